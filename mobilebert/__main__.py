@@ -1,0 +1,5 @@
+import sys
+
+from mobilebert.cli import main
+
+sys.exit(main())

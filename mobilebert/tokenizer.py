@@ -1,0 +1,224 @@
+"""BERT WordPiece tokenizer for MobileBERT, built on the Hugging Face `tokenizers` library.
+
+MobileBERT uses BERT's uncased WordPiece vocabulary (30,522 tokens). This module loads it from a
+`vocab.txt`, a `tokenizer.json` or a folder holding either, encodes single sentences and pairs with
+[CLS]/[SEP] and segment ids, and trains new vocabularies (`mobilebert vocab train`) for other
+languages and domains. We call `tokenizers` directly rather than transformers' `BertTokenizerFast`,
+which in transformers 5.x silently ignores `vocab_file=`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tokenizers import Tokenizer as _HFTokenizer
+from tokenizers import decoders, normalizers, pre_tokenizers, processors
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing or malformed; the message names the file."""
+
+
+@dataclass
+class Encoding:
+    """One encoded example: ids with special tokens, segment ids, mask and character offsets."""
+
+    input_ids: list[int]
+    token_type_ids: list[int]
+    attention_mask: list[int]
+    offsets: list[tuple[int, int]] = field(default_factory=list)
+    # 0 for tokens of the first text, 1 for the second, None for special tokens and padding.
+    sequence_ids: list[int | None] = field(default_factory=list)
+
+
+class Tokenizer:
+    """BERT WordPiece tokenizer. `backend` is the underlying `tokenizers.Tokenizer`."""
+
+    def __init__(self, backend: _HFTokenizer):
+        self.backend = backend
+        for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
+            if backend.token_to_id(tok) is None:
+                raise TokenizerError(f"vocabulary has no {tok} token")
+        self.pad_id = backend.token_to_id("[PAD]")
+        self.unk_id = backend.token_to_id("[UNK]")
+        self.cls_id = backend.token_to_id("[CLS]")
+        self.sep_id = backend.token_to_id("[SEP]")
+        self.mask_id = backend.token_to_id("[MASK]")
+
+    # ----------------------------------------------------------------- loading
+    @classmethod
+    def from_vocab(cls, vocab_file: str | os.PathLike, lowercase: bool | None = None) -> "Tokenizer":
+        """Build the standard BERT pipeline around a `vocab.txt` (one token per line)."""
+        path = Path(vocab_file)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: vocabulary file not found")
+        try:
+            tokens = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"{path}: not a UTF-8 text vocabulary ({e.reason} at byte {e.start})") from None
+        vocab: dict[str, int] = {}
+        for i, tok in enumerate(tokens):
+            tok = tok.rstrip("\r")
+            if tok == "":
+                raise TokenizerError(f"{path}:{i + 1}: empty line in vocabulary")
+            vocab.setdefault(tok, i)
+        if lowercase is None:
+            # An uncased vocabulary holds no upper-case word pieces (apart from the special tokens).
+            lowercase = not any(t != t.lower() for t in vocab if not (t.startswith("[") and t.endswith("]")))
+        return cls(_bert_pipeline(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100), lowercase))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike, lowercase: bool | None = None) -> "Tokenizer":
+        """Load from `vocab.txt`, `tokenizer.json`, or a folder holding one of them."""
+        path = Path(path)
+        if path.is_dir():
+            if (path / "tokenizer.json").is_file():
+                path = path / "tokenizer.json"
+            elif (path / "vocab.txt").is_file():
+                path = path / "vocab.txt"
+            else:
+                raise TokenizerError(f"{path}: folder holds neither tokenizer.json nor vocab.txt")
+        if not path.exists():
+            raise TokenizerError(f"{path}: tokenizer file not found")
+        if path.suffix == ".json":
+            try:
+                backend = _HFTokenizer.from_file(str(path))
+            except Exception as e:  # tokenizers raises a bare Exception on bad JSON
+                raise TokenizerError(f"{path}: not a valid tokenizer.json ({e})") from None
+            backend.no_truncation()
+            backend.no_padding()
+            return cls(backend)
+        return cls.from_vocab(path, lowercase=lowercase)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write `tokenizer.json` and `vocab.txt` (the latter for BERT tools that want it)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.backend.save(str(folder / "tokenizer.json"))
+        vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
+        (folder / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+
+    # ----------------------------------------------------------------- vocab
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size()
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self.backend.id_to_token(i) for i in ids]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    # ----------------------------------------------------------------- encoding
+    def tokenize_ids(self, texts: list[str]) -> list[list[int]]:
+        """Word-piece ids without special tokens, for many texts at once (parallel in Rust)."""
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+    def encode(self, text: str, pair: str | None = None, max_length: int | None = 512,
+               truncation: str = "longest_first") -> Encoding:
+        return self.encode_batch([text], None if pair is None else [pair], max_length, truncation)[0]
+
+    def encode_batch(self, texts: list[str], pairs: list[str] | None = None, max_length: int | None = 512,
+                     truncation: str = "longest_first", padding: str | None = None) -> list[Encoding]:
+        """Encode texts (and pairs) as `[CLS] a [SEP] (b [SEP])`.
+
+        truncation: longest_first | only_first | only_second | do_not_truncate.
+        padding: None, "longest" (to the longest in the batch) or "max_length".
+        """
+        if truncation not in TRUNCATION_STRATEGIES:
+            raise ValueError(f"truncation={truncation!r}: choose one of {', '.join(TRUNCATION_STRATEGIES)}")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(pairs)} pairs")
+        if truncation == "do_not_truncate" or max_length is None:
+            self.backend.no_truncation()
+        else:
+            self.backend.enable_truncation(max_length, strategy=truncation)
+        if padding == "max_length" and max_length is not None:
+            self.backend.enable_padding(pad_id=self.pad_id, pad_token="[PAD]", length=max_length)
+        elif padding in ("longest", "max_length"):
+            self.backend.enable_padding(pad_id=self.pad_id, pad_token="[PAD]")
+        elif padding is None:
+            self.backend.no_padding()
+        else:
+            raise ValueError(f"padding={padding!r}: choose None, 'longest' or 'max_length'")
+        try:
+            inputs = list(texts) if pairs is None else list(zip(texts, pairs))
+            out = self.backend.encode_batch(inputs)
+        except Exception as e:  # e.g. "Truncation error: Second sequence not provided"
+            raise ValueError(f"tokenizer: {e}") from None
+        finally:
+            self.backend.no_truncation()
+            self.backend.no_padding()
+        return [Encoding(e.ids, e.type_ids, e.attention_mask, e.offsets, e.sequence_ids) for e in out]
+
+    def __call__(self, texts: list[str] | str, pairs: list[str] | str | None = None, max_length: int | None = 512,
+                 truncation: str = "longest_first", padding: str = "longest"):
+        """Encode a batch and return a dict of LongTensors (input_ids, token_type_ids, attention_mask)."""
+        import torch
+
+        if isinstance(texts, str):
+            texts = [texts]
+            pairs = None if pairs is None else [pairs]
+        encs = self.encode_batch(texts, pairs, max_length, truncation, padding)
+        return {
+            "input_ids": torch.tensor([e.input_ids for e in encs], dtype=torch.long),
+            "token_type_ids": torch.tensor([e.token_type_ids for e in encs], dtype=torch.long),
+            "attention_mask": torch.tensor([e.attention_mask for e in encs], dtype=torch.long),
+        }
+
+
+def _bert_pipeline(model: WordPiece, lowercase: bool) -> _HFTokenizer:
+    """The BERT normalizer, pre-tokenizer, [CLS]/[SEP] template and WordPiece decoder."""
+    tok = _HFTokenizer(model)
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=None, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    if cls_id is not None and sep_id is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+def train_wordpiece(files: list[str], vocab_size: int = 30522, lowercase: bool = True,
+                    min_frequency: int = 2, limit_alphabet: int = 1000) -> Tokenizer:
+    """Train a new BERT WordPiece vocabulary on plain-text files (UTF-8; invalid bytes replaced)."""
+    if not files:
+        raise TokenizerError("no corpus files given")
+    backend = _HFTokenizer(WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, limit_alphabet=limit_alphabet,
+                               special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##")
+
+    def lines():
+        for f in files:
+            with open(f, "rb") as fh:
+                for raw in fh:
+                    yield raw.decode("utf-8", errors="replace")
+
+    backend.train_from_iterator(lines(), trainer=trainer)
+    vocab = backend.get_vocab()
+    return Tokenizer(_bert_pipeline(WordPiece(vocab, unk_token="[UNK]"), lowercase))
+
+
+def tokenizer_config_json(lowercase: bool = True) -> str:
+    """A minimal `tokenizer_config.json` so transformers' AutoTokenizer can read our saved folders."""
+    return json.dumps({"tokenizer_class": "BertTokenizer", "do_lower_case": lowercase,
+                       "model_max_length": 512}, indent=2) + "\n"
