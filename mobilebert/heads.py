@@ -1,0 +1,262 @@
+"""Task heads on top of `MobileBertModel`: pre-training (MLM + NSP), masked LM, NSP, sequence
+classification (single-label, regression, multi-label), question answering, token classification and
+multiple choice. Module names and losses follow transformers' MobileBERT (and BERT) heads exactly.
+
+MobileBERT's MLM head (official `get_logits`): h' = LayerNorm(act(Linear_512->512(h))), then
+logits = h' @ [E^T (128 x V) ; W_extra (384 x V)] + b: the first 128 dims score against the tied
+input embeddings, the other 384 against an untied extra matrix (`cls.predictions.dense`, stored [384, V]).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilebert.config import MobileBertConfig
+from mobilebert.model import ACT2FN, ModelOutput, MobileBertModel, PreTrainedMixin, init_weights
+
+
+class PredictionHeadTransform(nn.Module):
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = ACT2FN[cfg.hidden_act]
+        # A real LayerNorm even when the body uses NoNorm (as the official code and transformers).
+        self.LayerNorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def forward(self, h):
+        return self.LayerNorm(self.act(self.dense(h)))
+
+
+class LMPredictionHead(nn.Module):
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__()
+        self.mobile = cfg.model_type == "mobilebert"
+        self.transform = PredictionHeadTransform(cfg)
+        if self.mobile:
+            # Declared (V -> H-E) as in transformers, so its weight is stored [H-E, V] and used untransposed.
+            self.dense = nn.Linear(cfg.vocab_size, cfg.hidden_size - cfg.embedding_size, bias=False)
+            self.decoder = nn.Linear(cfg.embedding_size, cfg.vocab_size)
+        else:
+            self.decoder = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        self.decoder.bias = self.bias  # tied, as transformers ties them
+
+    def forward(self, h):
+        h = self.transform(h)  # (..., H)
+        if not self.mobile:
+            return self.decoder(h)
+        w = torch.cat([self.decoder.weight.t(), self.dense.weight], dim=0)  # (H, V)
+        return h.matmul(w) + self.bias
+
+
+class PreTrainingHeads(nn.Module):
+    def __init__(self, cfg: MobileBertConfig, nsp: bool = True, mlm: bool = True):
+        super().__init__()
+        if mlm:
+            self.predictions = LMPredictionHead(cfg)
+        if nsp:
+            self.seq_relationship = nn.Linear(cfg.hidden_size, 2)
+
+
+class MobileBertPreTrainedModel(PreTrainedMixin, nn.Module):
+    """Base of the head models: holds the config and the base model under `mobilebert.` (or `bert.`)."""
+
+    add_pooling_layer = True
+
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__()
+        self.config = cfg
+        setattr(self, cfg.base_prefix, MobileBertModel(cfg, add_pooling_layer=self.add_pooling_layer, init=False))
+
+    @property
+    def base_model(self) -> MobileBertModel:
+        return getattr(self, self.config.base_prefix)
+
+    def post_init(self):
+        init_weights(self, self.config)
+        self.tie_weights()
+
+    def tie_weights(self):
+        cls = getattr(self, "cls", None)
+        if cls is not None and hasattr(cls, "predictions"):
+            cls.predictions.decoder.weight = self.base_model.embeddings.word_embeddings.weight
+            cls.predictions.decoder.bias = cls.predictions.bias
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kw) -> ModelOutput:
+        return self.base_model(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+
+
+def _carry(out: ModelOutput, **fields) -> ModelOutput:
+    """A head's output: its own fields plus the base model's hidden states and attention maps."""
+    return ModelOutput(hidden_states=out.hidden_states, attentions=out.attentions,
+                       attention_scores=out.attention_scores, last_hidden_state=out.last_hidden_state,
+                       pooler_output=out.pooler_output, **fields)
+
+
+class MobileBertForPreTraining(MobileBertPreTrainedModel):
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__(cfg)
+        self.cls = PreTrainingHeads(cfg)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                next_sentence_label=None, sparse_mlm: bool = False, **kw) -> ModelOutput:
+        """sparse_mlm=True (with labels) scores only the positions where labels != -100:
+        prediction_logits is then (num_masked, V), which saves most of the MLM head's cost in training."""
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        h = out.last_hidden_state
+        if sparse_mlm and labels is not None:
+            keep = labels != -100
+            h, labels = h[keep], labels[keep]
+        mlm = self.cls.predictions(h)
+        nsp = self.cls.seq_relationship(out.pooler_output)
+        loss = mlm_loss = nsp_loss = None
+        if labels is not None:
+            mlm_loss = F.cross_entropy(_up(mlm.reshape(-1, mlm.shape[-1])), labels.reshape(-1), ignore_index=-100)
+            loss = mlm_loss
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(_up(nsp.reshape(-1, 2)), next_sentence_label.reshape(-1))
+            loss = nsp_loss if loss is None else loss + nsp_loss
+        return _carry(out, loss=loss, mlm_loss=mlm_loss, nsp_loss=nsp_loss, prediction_logits=mlm,
+                      seq_relationship_logits=nsp)
+
+
+class MobileBertForMaskedLM(MobileBertPreTrainedModel):
+    add_pooling_layer = False
+
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__(cfg)
+        self.cls = PreTrainingHeads(cfg, nsp=False)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        logits = self.cls.predictions(out.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(_up(logits.reshape(-1, logits.shape[-1])), labels.reshape(-1))
+        return _carry(out, loss=loss, logits=logits)
+
+
+class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__(cfg)
+        self.cls = PreTrainingHeads(cfg, mlm=False)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        logits = self.cls.seq_relationship(out.pooler_output)
+        loss = F.cross_entropy(_up(logits), labels.reshape(-1)) if labels is not None else None
+        return _carry(out, loss=loss, logits=logits)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """Losses in at least float32 (logits may be bf16 under autocast); float64 stays float64."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _classifier_dropout(cfg: MobileBertConfig) -> nn.Dropout:
+    return nn.Dropout(cfg.classifier_dropout if cfg.classifier_dropout is not None else cfg.hidden_dropout_prob)
+
+
+class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__(cfg)
+        self.num_labels = cfg.num_labels
+        self.dropout = _classifier_dropout(cfg)
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        loss = None
+        if labels is not None:
+            kind = self.config.problem_type
+            if kind is None:  # transformers' rule
+                if self.num_labels == 1:
+                    kind = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    kind = "single_label_classification"
+                else:
+                    kind = "multi_label_classification"
+                self.config.problem_type = kind
+            x = _up(logits)
+            if kind == "regression":
+                x, y = (x.squeeze(), labels.squeeze()) if self.num_labels == 1 else (x, labels)
+                loss = F.mse_loss(x, y.to(x.dtype))
+            elif kind == "single_label_classification":
+                loss = F.cross_entropy(x.reshape(-1, self.num_labels), labels.reshape(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(x, labels.to(x.dtype))
+        return _carry(out, loss=loss, logits=logits)
+
+
+class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
+    add_pooling_layer = False
+
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__(cfg)
+        self.qa_outputs = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                start_positions=None, end_positions=None, **kw):
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, S, 2)
+        start, end = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            # Positions outside the window are clamped to S and ignored (transformers' rule).
+            ignored = start.shape[1]
+            sp = start_positions.reshape(-1).clamp(0, ignored)
+            ep = end_positions.reshape(-1).clamp(0, ignored)
+            loss = (F.cross_entropy(_up(start), sp, ignore_index=ignored)
+                    + F.cross_entropy(_up(end), ep, ignore_index=ignored)) / 2
+        return _carry(out, loss=loss, start_logits=start, end_logits=end)
+
+
+class MobileBertForTokenClassification(MobileBertPreTrainedModel):
+    add_pooling_layer = False
+
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__(cfg)
+        self.num_labels = cfg.num_labels
+        self.dropout = _classifier_dropout(cfg)
+        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, S, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(_up(logits.reshape(-1, self.num_labels)), labels.reshape(-1))
+        return _carry(out, loss=loss, logits=logits)
+
+
+class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
+    def __init__(self, cfg: MobileBertConfig):
+        super().__init__(cfg)
+        self.dropout = _classifier_dropout(cfg)
+        self.classifier = nn.Linear(cfg.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
+        num_choices = input_ids.shape[1]
+        flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # (B*C, S)
+        out = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), **kw)
+        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)  # (B, C)
+        loss = F.cross_entropy(_up(logits), labels.reshape(-1)) if labels is not None else None
+        return _carry(out, loss=loss, logits=logits)
+
+
+HEADS = {c.__name__: c for c in (
+    MobileBertModel, MobileBertForPreTraining, MobileBertForMaskedLM, MobileBertForNextSentencePrediction,
+    MobileBertForSequenceClassification, MobileBertForQuestionAnswering, MobileBertForTokenClassification,
+    MobileBertForMultipleChoice)}
+# transformers' BERT class names map onto the same classes (config.model_type="bert" picks the layout).
+HEADS.update({name.replace("MobileBert", "Bert"): cls for name, cls in list(HEADS.items())})
