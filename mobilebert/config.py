@@ -45,6 +45,9 @@ _OFFICIAL_DEFAULTS = dict(
     num_feedforward_networks=1, normalization_type="layer_norm", classifier_activation=True,
 )
 _OFFICIAL_KEYS = set(_OFFICIAL_DEFAULTS) | {"vocab_size"}
+_BERT_KEYS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+              "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+              "initializer_range", "vocab_size"}
 
 
 @dataclass
@@ -197,8 +200,10 @@ class MobileBertConfig:
                                  ("hidden_act", "gelu"), ("hidden_dropout_prob", 0.1)):
                 kwargs.setdefault(key, default)
         if "id2label" in d:
-            kwargs["id2label"] = {int(k): v for k, v in d["id2label"].items()}
-            kwargs["num_labels"] = len(kwargs["id2label"])
+            id2label = {int(k): v for k, v in d["id2label"].items()}
+            kwargs["num_labels"] = len(id2label)
+            # transformers writes LABEL_i names when none were given; keep "none given" as None.
+            kwargs["id2label"] = None if id2label == {i: f"LABEL_{i}" for i in range(len(id2label))} else id2label
         elif "num_labels" in d:
             kwargs["num_labels"] = d["num_labels"]
         if "layer_norm_eps" in d:
@@ -229,6 +234,9 @@ class MobileBertConfig:
         for key in d:
             if key not in _OFFICIAL_KEYS:
                 raise ConfigError(f"{source}: unknown key {key!r} in official config")
+        if not any(k in d for k in _OFFICIAL_DEFAULTS if k not in _BERT_KEYS):
+            # No MobileBERT key at all: a google-research/bert `bert_config.json`.
+            return cls.from_hf_dict({**d, "model_type": "bert"}, source=source)
         if d.get("normalization_type") == "manual_layer_norm":
             raise ConfigError(f"{source}: normalization_type='manual_layer_norm' is not supported; "
                               "use 'layer_norm' (the same function with a learned affine)")

@@ -303,6 +303,8 @@ def _fp16_active(x: torch.Tensor) -> bool:
     if x.dtype == torch.float16:
         return True
     dev = x.device.type
+    if dev not in ("cpu", "cuda", "xpu", "mps"):
+        return False  # e.g. the meta device used for FLOP counting
     return torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.float16
 
 
