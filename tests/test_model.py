@@ -1,0 +1,116 @@
+"""Model behaviour beyond transformers parity: the teacher's GR semantics, SDPA vs explicit attention,
+stage-truncated forward passes, gradient checkpointing, and input checks."""
+
+import pytest
+import torch
+
+import mobilebert as mb
+from mobilebert.errors import UserError
+
+
+def batch(cfg, b=2, s=12):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, cfg.vocab_size, (b, s), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, s - 3:] = 0
+    return dict(input_ids=ids, attention_mask=mask)
+
+
+def test_ibbert_teacher_reads_inter_block_features():
+    cfg = mb.get_config("debug-ibbert")
+    model = mb.MobileBertModel(cfg)
+    attn = model.encoder.layer[0].attention.self
+    # IB-BERT (official semantics, which transformers cannot build): Q, K and V project 64 -> 128.
+    assert attn.query.weight.shape == attn.key.weight.shape == attn.value.weight.shape == (128, 64)
+    out = model(**batch(cfg), output_hidden_states=True, output_attentions=True)
+    assert all(h.shape[-1] == 64 for h in out.hidden_states)
+    assert out.attentions[0].shape == (2, 4, 12, 12)
+    # Inter-block width and heads fit the debug student, as knowledge transfer needs.
+    student = mb.get_config("debug-mobilebert")
+    assert student.hidden_size == cfg.hidden_size and student.num_attention_heads == cfg.num_attention_heads
+
+
+@pytest.mark.parametrize("preset", ["debug-mobilebert", "debug-ibbert", "debug-bert"])
+def test_sdpa_equals_explicit_attention(preset):
+    cfg = mb.get_config(preset)
+    model = mb.MobileBertModel(cfg).double().eval()
+    b = batch(cfg)
+    fast = model(**b)
+    slow = model(**b, output_attention_scores=True, output_attentions=True)
+    assert torch.allclose(fast.last_hidden_state, slow.last_hidden_state, rtol=1e-12, atol=1e-12)
+    probs, scores = slow.attentions[0], slow.attention_scores[0]
+    assert torch.allclose(probs, torch.softmax(scores, -1))
+    assert probs[0, :, :, -3:].abs().max() == 0  # padded keys get no weight
+    assert torch.allclose(probs.sum(-1), torch.ones_like(probs.sum(-1)))
+
+
+def test_truncated_forward_matches_full_prefix():
+    cfg = mb.get_config("debug-mobilebert")
+    model = mb.MobileBertForPreTraining(cfg).eval()
+    full = model(**batch(cfg), output_hidden_states=True)
+    part = model(**batch(cfg), output_hidden_states=True, num_layers=2)
+    assert len(part.hidden_states) == 3
+    for a, b in zip(part.hidden_states, full.hidden_states[:3]):
+        assert torch.equal(a, b)
+
+
+def test_gradient_checkpointing_same_gradients():
+    cfg = mb.get_config("debug-mobilebert", num_labels=3, attention_probs_dropout_prob=0.0)
+    model = mb.MobileBertForSequenceClassification(cfg).train()
+    b = {**batch(cfg), "labels": torch.tensor([0, 2])}
+    model(**b).loss.backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.base_model.gradient_checkpointing = True
+    model(**b).loss.backward()
+    for n, p in model.named_parameters():
+        if n in want:
+            assert torch.allclose(p.grad, want[n], atol=1e-7), n
+
+
+def test_dropout_only_in_training():
+    cfg = mb.get_config("debug-ibbert")  # hidden dropout 0.1
+    model = mb.MobileBertModel(cfg)
+    b = batch(cfg)
+    model.eval()
+    assert torch.equal(model(**b).last_hidden_state, model(**b).last_hidden_state)
+    model.train()
+    assert not torch.equal(model(**b).last_hidden_state, model(**b).last_hidden_state)
+
+
+def test_pooler_with_and_without_activation():
+    cfg = mb.get_config("debug-mobilebert")
+    raw = mb.MobileBertModel(cfg)
+    out = raw(**batch(cfg))
+    assert torch.equal(out.pooler_output, out.last_hidden_state[:, 0])  # released config: raw [CLS]
+    tanh = mb.MobileBertModel(cfg.replace(classifier_activation=True))
+    assert tanh(**batch(cfg)).pooler_output.abs().max() <= 1
+
+
+def test_sparse_mlm_equals_dense_loss():
+    cfg = mb.get_config("debug-mobilebert")
+    model = mb.MobileBertForPreTraining(cfg).eval()
+    b = batch(cfg)
+    labels = torch.full_like(b["input_ids"], -100)
+    labels[:, 3] = 5
+    labels[1, 7] = 9
+    dense = model(**b, labels=labels)
+    sparse = model(**b, labels=labels, sparse_mlm=True)
+    assert sparse.prediction_logits.shape == (3, cfg.vocab_size)
+    assert torch.allclose(dense.mlm_loss, sparse.mlm_loss, atol=1e-6)
+
+
+def test_input_checks():
+    cfg = mb.get_config("debug-mobilebert", max_position_embeddings=16)
+    model = mb.MobileBertModel(cfg)
+    with pytest.raises(UserError, match="longer than the model's max_position_embeddings=16"):
+        model(torch.ones(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch, seq"):
+        model(torch.ones(17, dtype=torch.long))
+
+
+def test_multiple_choice_shapes():
+    cfg = mb.get_config("debug-mobilebert")
+    model = mb.MobileBertForMultipleChoice(cfg)
+    out = model(torch.randint(1, 100, (2, 3, 8)), labels=torch.tensor([0, 2]))
+    assert out.logits.shape == (2, 3) and torch.isfinite(out.loss)
