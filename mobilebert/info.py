@@ -85,3 +85,24 @@ def explain(name: str | None, cfg: MobileBertConfig, info: ModelInfo) -> list[st
         lines.append("  ours: 2 x multiply-adds of linears and attention products; the paper's convention "
                      "(element-wise ops, embedding lookups) is undocumented, which explains a few percent.")
     return lines
+
+
+def activation_peaks(model: torch.nn.Module, batch: dict) -> list[tuple[str, float]]:
+    """Largest |value| leaving every linear and norm module on `batch`, in execution order.
+
+    Answers "does this checkpoint fit fp16, and where does it stop fitting": anything above 65504
+    becomes inf in fp16 (NoNorm never rescales, so trained MobileBERTs grow large activations).
+    """
+    peaks: list[tuple[str, float]] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or name.endswith("LayerNorm"):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: peaks.append((name, o.detach().abs().max().item()))))
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return peaks

@@ -50,3 +50,21 @@ def test_fp16_overflow_is_detected_and_named():
     # the same weights are fine in bf16 (fp32's range)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.isfinite(model(**batch).loss)
+
+
+def test_info_activations_reports_where_fp16_overflows(tmp_path, vocab_file):
+    import subprocess
+    import sys
+
+    cfg = mb.get_config("debug-mobilebert")
+    model = mb.MobileBertForPreTraining(cfg)
+    model.save_pretrained(tmp_path / "ok")
+    _grow_activations(model, 40.0)
+    model.save_pretrained(tmp_path / "big")
+    for folder in ("ok", "big"):
+        mb.Tokenizer.from_file(vocab_file).save(tmp_path / folder)
+    run = lambda f: subprocess.run([sys.executable, "-m", "mobilebert", "info", str(tmp_path / f), "--activations",
+                                    "a sentence to probe the activation range"], capture_output=True, text=True)
+    ok, big = run("ok"), run("big")
+    assert ok.returncode == 0 and "fits fp16" in ok.stdout, ok.stderr
+    assert big.returncode == 0 and "fp16 overflows first at mobilebert.encoder.layer." in big.stdout, big.stderr

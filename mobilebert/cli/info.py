@@ -7,6 +7,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("info", help="parameters and forward FLOPs of a preset or checkpoint, beside the paper")
     p.add_argument("model", help="a preset name (see --list) or a checkpoint folder with config.json")
     p.add_argument("--seq", type=int, default=128, help="sequence length for the FLOP count (default 128)")
+    p.add_argument("--activations", metavar="TEXT", help="run TEXT through the model (a checkpoint folder with a "
+                   "vocabulary) and report the largest activation of each layer against fp16's range")
     p.set_defaults(func=run)
 
 
@@ -36,4 +38,28 @@ def run(args: argparse.Namespace) -> int:
     print(f"  forward FLOPs at batch 1, seq {args.seq}:          {info.flops / 1e9:>10.2f} G")
     for line in explain(name, cfg, info):
         print("  " + line)
+    if args.activations:
+        _report_activations(args, cfg)
     return 0
+
+
+def _report_activations(args: argparse.Namespace, cfg) -> None:
+    from mobilebert.checkpoint import load_model
+    from mobilebert.errors import UserError
+    from mobilebert.info import activation_peaks
+    from mobilebert.model import FP16_MAX
+    from mobilebert.tokenizer import Tokenizer
+
+    if args.model in __import__("mobilebert.presets").presets.PRESETS:
+        raise UserError("--activations needs a checkpoint folder (random preset weights say nothing about fp16)")
+    tok = Tokenizer.from_file(args.model)
+    model = load_model(args.model).eval()
+    peaks = activation_peaks(model, tok(args.activations, max_length=cfg.max_position_embeddings))
+    over = [(n, p) for n, p in peaks if not p <= FP16_MAX]
+    top = max(peaks, key=lambda np_: np_[1])
+    print(f"  largest activation: {top[1]:.4g} at {top[0]}")
+    if over:
+        print(f"  fp16 overflows first at {over[0][0]} ({over[0][1]:.4g} > {FP16_MAX:.0f}); "
+              f"{len(over)} of {len(peaks)} modules exceed fp16: use bf16 or fp32")
+    else:
+        print(f"  fits fp16 on this input (headroom {FP16_MAX / top[1]:.1f}x)")
