@@ -1,23 +1,39 @@
 """MobileBERT in PyTorch: the model family, checkpoints in the Hugging Face layout, and the jobs that
-train, fine-tune, quantize and export it (Sun et al., ACL 2020, arXiv 2004.02984)."""
+train, fine-tune, quantize and export it (Sun et al., ACL 2020, arXiv 2004.02984).
 
-from mobilebert.config import MobileBertConfig
-from mobilebert.heads import (
-    MobileBertForMaskedLM,
-    MobileBertForMultipleChoice,
-    MobileBertForNextSentencePrediction,
-    MobileBertForPreTraining,
-    MobileBertForQuestionAnswering,
-    MobileBertForSequenceClassification,
-    MobileBertForTokenClassification,
-)
-from mobilebert.model import MobileBertModel, ModelOutput
-from mobilebert.presets import get_config, list_presets
-from mobilebert.tokenizer import Tokenizer
+Names are imported lazily (PEP 562), so `mobilebert --help` and other light commands do not pay for
+importing torch.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "MobileBertConfig", "MobileBertModel", "ModelOutput", "MobileBertForPreTraining", "MobileBertForMaskedLM",
-    "MobileBertForNextSentencePrediction", "MobileBertForSequenceClassification", "MobileBertForQuestionAnswering",
-    "MobileBertForTokenClassification", "MobileBertForMultipleChoice", "get_config", "list_presets", "Tokenizer",
-]
+
+_EXPORTS = {
+    "MobileBertConfig": "mobilebert.config",
+    "MobileBertModel": "mobilebert.model",
+    "ModelOutput": "mobilebert.model",
+    "MobileBertForPreTraining": "mobilebert.heads",
+    "MobileBertForMaskedLM": "mobilebert.heads",
+    "MobileBertForNextSentencePrediction": "mobilebert.heads",
+    "MobileBertForSequenceClassification": "mobilebert.heads",
+    "MobileBertForQuestionAnswering": "mobilebert.heads",
+    "MobileBertForTokenClassification": "mobilebert.heads",
+    "MobileBertForMultipleChoice": "mobilebert.heads",
+    "get_config": "mobilebert.presets",
+    "list_presets": "mobilebert.presets",
+    "Tokenizer": "mobilebert.tokenizer",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'mobilebert' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
