@@ -1,0 +1,154 @@
+"""`mobilebert sweep [CONFIG.yaml] [key=value ...] --out DIR`: the paper's fine-tuning search.
+
+MobileBERT was fine-tuned with a search over batch sizes 16/32/48, learning rates (1-10)e-5 and
+2-10 epochs (paper Sec. 4; it "usually needs a larger learning rate and more training epochs than
+BERT"). This runs `finetune` for every (batch, lr, epochs) setting and every seed, appends each run's
+best dev score to DIR/sweep.jsonl (a re-run skips finished runs, so an interrupted sweep continues),
+and reports the mean ± std over seeds per setting, best first, as a table (stdout and DIR/sweep.md),
+DIR/sweep.csv and a plot (DIR/sweep.png: dev score against learning rate, one line per batch size and
+epoch count, error bars = std over seeds). Checkpoints are not kept unless --keep-checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_BATCH = "16,32,48"
+DEFAULT_LR = "1e-5,2e-5,3e-5,5e-5,1e-4"
+DEFAULT_EPOCHS = "2,3,5,10"
+DEFAULT_SEEDS = "1,2,3"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sweep", help="grid search over batch size, learning rate, epochs and seeds (mean ± std)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("args", nargs="*", metavar="CONFIG.yaml|key=value", help="base fine-tuning settings")
+    p.add_argument("--out", required=True, help="the sweep folder")
+    p.add_argument("--batch-sizes", default=DEFAULT_BATCH, help=f"comma-separated (default {DEFAULT_BATCH})")
+    p.add_argument("--lrs", default=DEFAULT_LR, help=f"comma-separated (default {DEFAULT_LR})")
+    p.add_argument("--epochs", default=DEFAULT_EPOCHS, help=f"comma-separated (default {DEFAULT_EPOCHS})")
+    p.add_argument("--seeds", default=DEFAULT_SEEDS, help=f"comma-separated (default {DEFAULT_SEEDS})")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep every run's best checkpoint")
+    p.set_defaults(func=run)
+
+
+def _values(text: str, kind, name: str) -> list:
+    from mobilebert.errors import ConfigError
+
+    try:
+        vals = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name}: {text!r} is not a comma-separated list of numbers") from None
+    if not vals or any(v <= 0 for v in vals):
+        raise ConfigError(f"--{name}: give positive values, got {text!r}")
+    return vals
+
+
+def run_name(bs: int, lr: float, ep: float, seed: int) -> str:
+    return f"bs{bs}_lr{lr:g}_ep{ep:g}_seed{seed}"
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """Group runs by (batch, lr, epochs): mean and sample std of the score over seeds, best first."""
+    import numpy as np
+
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        key = (r["batch_size"], r["lr"], r["epochs"])
+        groups.setdefault(key, []).append(float("nan") if r["score"] is None else r["score"])
+    rows = []
+    for (bs, lr, ep), scores in groups.items():
+        a = np.array(scores, dtype=float)
+        rows.append({"batch_size": bs, "lr": lr, "epochs": ep, "mean": float(np.nanmean(a)) if np.isfinite(a).any()
+                     else float("nan"), "std": float(np.nanstd(a, ddof=1)) if np.isfinite(a).sum() > 1 else 0.0,
+                     "runs": len(a)})
+    rows.sort(key=lambda r: (-r["mean"] if np.isfinite(r["mean"]) else float("inf")))
+    return rows
+
+
+def table(rows: list[dict], metric: str) -> str:
+    lines = [f"| batch | lr | epochs | {metric} mean ± std | seeds |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['batch_size']} | {r['lr']:g} | {r['epochs']:g} | {r['mean']:.4f} ± {r['std']:.4f} | "
+                     f"{r['runs']} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], metric: str, path) -> bool:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # matplotlib is optional (the `train` extra)
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for bs, ep in sorted({(r["batch_size"], r["epochs"]) for r in rows}):
+        pts = sorted((r["lr"], r["mean"], r["std"]) for r in rows if (r["batch_size"], r["epochs"]) == (bs, ep))
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
+                    label=f"batch {bs}, {ep:g} epochs")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel(f"dev {metric} (mean ± std over seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+    from pathlib import Path
+
+    from mobilebert.cli.finetune import split_args
+    from mobilebert.finetune import FinetuneSettings, finetune
+    from mobilebert.settings import load_settings
+
+    config, overrides = split_args(args.args)
+    grid = [(bs, lr, ep, seed) for bs in _values(args.batch_sizes, int, "batch-sizes")
+            for lr in _values(args.lrs, float, "lrs") for ep in _values(args.epochs, float, "epochs")
+            for seed in _values(args.seeds, int, "seeds")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "sweep.jsonl"
+    done = {}
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+                done[r["run"]] = r
+            except (ValueError, KeyError):
+                continue   # a torn last line from an interrupted sweep
+    load_settings(FinetuneSettings, config, overrides)  # fail on a bad key before the first run
+    for i, (bs, lr, ep, seed) in enumerate(grid, 1):
+        name = run_name(bs, lr, ep, seed)
+        if name in done:
+            continue
+        s = load_settings(FinetuneSettings, config, overrides + [
+            f"out={out / 'runs' / name}", f"train.batch_size={bs}", f"optim.lr={lr}", f"train.epochs={ep}",
+            f"train.seed={seed}", "train.max_steps=0", f"train.save_best={args.keep_checkpoints}",
+            f"data.predict_test={args.keep_checkpoints}"])
+        print(f"[{i}/{len(grid)}] {name}", flush=True)
+        res = finetune(s)
+        rec = {"run": name, "batch_size": bs, "lr": lr, "epochs": ep, "seed": seed, "metric": res["main_metric"],
+               "score": (res["best"] or {}).get(res["main_metric"]), "best": res["best"], "steps": res["steps"]}
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        done[name] = rec
+        if not args.keep_checkpoints:
+            shutil.rmtree(out / "runs" / name / "tensorboard", ignore_errors=True)
+    records = [done[run_name(*g)] for g in grid]
+    metric = records[0]["metric"]
+    rows = summarize(records)
+    text = table(rows, metric)
+    best = rows[0]
+    summary = (f"best: batch {best['batch_size']}, lr {best['lr']:g}, {best['epochs']:g} epochs: "
+               f"{metric} {best['mean']:.4f} ± {best['std']:.4f} over {best['runs']} seed(s)")
+    print(text + "\n\n" + summary)
+    (out / "sweep.md").write_text(text + "\n\n" + summary + "\n", encoding="utf-8")
+    (out / "sweep.csv").write_text("batch_size,lr,epochs,mean,std,runs\n" + "".join(
+        f"{r['batch_size']},{r['lr']:g},{r['epochs']:g},{r['mean']},{r['std']},{r['runs']}\n" for r in rows),
+        encoding="utf-8")
+    plot(rows, metric, out / "sweep.png")
+    return 0

@@ -1,0 +1,285 @@
+"""Fine-tuning on GLUE, custom sentence(-pair) tasks and SQuAD, with optional task distillation.
+
+One entry point, `finetune(settings)`: read the task (`mobilebert.tasks`), tokenize it once, build the
+model from a preset or a checkpoint (a checkpoint whose head has the wrong labels is an error), and
+train with the shared engine (`mobilebert.engine.train_loop`): AdamW, linear warm-up then linear
+decay, gradient clipping, bf16 autocast on GPU, metrics JSONL + TensorBoard. The dev set is scored
+after every `eval_every` steps (default: each epoch) with the exact GLUE/SQuAD metrics; the best
+model is kept in `OUT/best/` (weights, tokenizer, resolved settings) and its dev predictions and
+test-set submission files are written beside it. With `distill.teacher`, the loss mixes the hard
+labels with a fine-tuned teacher's soft logits: alpha * T^2 * KL(teacher/T || student/T) +
+(1 - alpha) * CE (MSE to the teacher's score for regression). Settings follow the paper's and the
+official code's recipe (AdamW, eps 1e-6, wd 0.01, 10% warm-up, clip 1.0; sweep lr, batch, epochs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from mobilebert.errors import ConfigError
+from mobilebert.settings import dump_settings
+
+
+@dataclass
+class ModelSettings:
+    init: str = "debug-mobilebert"       # a preset name (random weights) or a checkpoint folder
+    tokenizer: str | None = None         # vocab.txt / tokenizer.json / folder; default: the checkpoint's
+    dropout: float | None = None         # override hidden_dropout_prob (None: the checkpoint's)
+    classifier_dropout: float | None = 0.1   # on the pooled output (official run_classifier.py: 0.1)
+
+
+@dataclass
+class DataSettings:
+    task: str = "sst-2"                  # a GLUE task, "squad" (v1.1 or v2.0, from the file), or "custom"
+    dir: str | None = None               # GLUE root or task folder; "hf:glue" reads the Hugging Face hub
+    train_file: str | None = None        # explicit files (custom tasks, SQuAD, or to override GLUE's)
+    dev_file: str | None = None
+    test_file: str | None = None
+    text_a: str | None = None            # custom tasks: column names (or 0-based indices if header=false)
+    text_b: str | None = None
+    label: str = "label"
+    id_column: str | None = None
+    labels: list[str] | None = None      # custom classification: label list (default: sorted train labels)
+    regression: bool = False
+    header: bool = True
+    max_seq_length: int | None = None    # None: 128 for sentence tasks, 384 for SQuAD (official settings)
+    on_bad_row: Literal["skip", "error"] = "skip"
+    max_train_examples: int = 0          # 0: all; otherwise a seeded random subset (for quick runs)
+    max_eval_examples: int = 0           # 0: all; otherwise the first N dev and test examples
+    predict_test: bool = True            # write test-set predictions in the GLUE submission format
+    doc_stride: int = 128                # SQuAD (official run_squad.py settings)
+    max_query_length: int = 64
+    max_answer_length: int = 30
+    n_best_size: int = 20
+    null_score_diff_threshold: float = 0.0
+
+
+@dataclass
+class OptimSettings:
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1                  # fraction of the steps
+    eps: float = 1e-6
+    end_lr_ratio: float = 1e-4           # linear decay to lr * end_lr_ratio (official create_optimizer)
+    clip_grad_norm: float = 1.0
+
+
+@dataclass
+class TrainSettings:
+    batch_size: int = 32
+    epochs: float = 3.0
+    max_steps: int = 0                   # > 0 overrides epochs
+    grad_accum: int = 1
+    eval_batch_size: int = 64
+    eval_every: int = 0                  # steps; 0: at the end of every epoch
+    log_every: int = 10
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16"] = "auto"   # auto: bf16 autocast on GPU, fp32 on CPU
+    device: str = "auto"
+    progress: bool = True
+    save_best: bool = True               # False (sweeps): keep metrics only
+
+
+@dataclass
+class DistillSettings:
+    teacher: str | None = None           # a fine-tuned checkpoint for the same task
+    temperature: float = 1.0
+    alpha: float = 0.5                   # weight of the soft (teacher) loss
+
+    def validate(self):
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"distill.alpha: {self.alpha} is not in [0, 1]")
+        if self.temperature <= 0:
+            raise ConfigError(f"distill.temperature: {self.temperature} must be positive")
+
+
+@dataclass
+class FinetuneSettings:
+    out: str = "runs/finetune"
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_precision(setting: str, device) -> str:
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def finetune(s: FinetuneSettings) -> dict:
+    """Train, keep the best dev checkpoint, write predictions; returns the results dict (also results.json)."""
+    from mobilebert.engine import LoopConfig, build_optimizer, linear_schedule, train_loop
+    from mobilebert.engine.logging import MetricsLogger
+    from mobilebert.tasks import build_task_data, check_teacher, load_model_for_task, load_tokenizer
+
+    seed_everything(s.train.seed)
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(s.train.device)
+    precision = pick_precision(s.train.precision, device)
+    tokenizer = load_tokenizer(s.model)
+    data = build_task_data(s.data, tokenizer, seed=s.train.seed)
+    if not data.train:
+        raise ConfigError("data: no training file (set data.dir or data.train_file)")
+    model = load_model_for_task(s.model.init, data, tokenizer, dropout=s.model.dropout,
+                                classifier_dropout=s.model.classifier_dropout).to(device)
+    teacher = None
+    if s.distill.teacher:
+        teacher = check_teacher(s.distill.teacher, data, tokenizer).to(device).eval()
+    dump_settings(s, out / "settings.yaml")
+
+    n = len(data.train)
+    steps_per_epoch = math.ceil(n / s.train.batch_size)
+    total = s.train.max_steps or max(1, math.ceil(s.train.epochs * steps_per_epoch))
+    if s.train.batch_size % s.train.grad_accum:
+        raise ConfigError(f"train.batch_size={s.train.batch_size} is not divisible by grad_accum={s.train.grad_accum}")
+    micro = s.train.batch_size // s.train.grad_accum
+    perms: dict[int, np.ndarray] = {}
+
+    def batches(step: int):
+        # Step -> batch, from a fixed permutation per epoch: reproducible for a given seed.
+        epoch, k = divmod(step, steps_per_epoch)
+        if epoch not in perms:
+            perms.clear()
+            perms[epoch] = np.random.default_rng(s.train.seed * 1000 + epoch).permutation(n)
+        idx = perms[epoch][k * s.train.batch_size:(k + 1) * s.train.batch_size]
+        parts = [idx[i:i + micro] for i in range(0, len(idx), micro)]
+        return [data.collate([data.train[j] for j in p]) for p in parts]
+
+    optimizer = build_optimizer(model, "adamw", s.optim.lr, s.optim.weight_decay, eps=s.optim.eps)
+    scheduler = linear_schedule(optimizer, int(s.optim.warmup * total), total, s.optim.end_lr_ratio)
+    logger = MetricsLogger(out)
+    history: list[dict] = []
+    best: dict = {}
+
+    def eval_fn(step: int) -> dict:
+        if not data.dev:
+            return {}
+        result = data.evaluate(model, s, device, precision, out / "dev_predictions.tmp")
+        record = {"step": step, **result["metrics"]}
+        history.append(record)
+        score = result["metrics"][data.main_metric]
+        if not best or (score is not None and (best["score"] is None or score > best["score"])):
+            best.update(score=score, step=step, metrics=result["metrics"])
+            _replace_dir(out / "dev_predictions.tmp", out / "dev_predictions")
+            if s.train.save_best:
+                save_model(model, tokenizer, s, out / "best", {"step": step, **result["metrics"]}, data)
+        shutil.rmtree(out / "dev_predictions.tmp", ignore_errors=True)
+        model.train()
+        return {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
+
+    loss_fn = make_loss_fn(data.kind, data.is_regression, teacher, s.distill)
+    cfg = LoopConfig(max_steps=total, grad_accum=s.train.grad_accum, clip_grad_norm=s.optim.clip_grad_norm,
+                     log_every=s.train.log_every, eval_every=s.train.eval_every or steps_per_epoch,
+                     precision=precision, stage="finetune", progress=s.train.progress, save_at_end=False)
+    model.train()
+    try:
+        summary = train_loop(model, loss_fn, batches, optimizer, scheduler, cfg, logger=logger, eval_fn=eval_fn,
+                             desc=f"finetune {data.name}")
+        if data.dev and (not history or history[-1]["step"] != summary["end_step"]):
+            final = eval_fn(summary["end_step"])
+            logger.log("finetune", summary["end_step"], {f"eval_{k}": v for k, v in final.items()})
+    finally:
+        logger.close()
+    if not data.dev and s.train.save_best:
+        save_model(model, tokenizer, s, out / "best", {"step": summary["end_step"]}, data)
+    results = {"task": data.name, "main_metric": data.main_metric, "best_step": best.get("step"),
+               "best": best.get("metrics"), "history": history, "train_examples": n, "steps": summary["end_step"],
+               "train_seconds": summary["seconds"], "final_loss": summary["loss"], "skipped_rows": data.skipped,
+               "precision": precision, "device": str(device), "interrupted": summary["interrupted"]}
+    if s.data.predict_test and data.test and s.train.save_best:
+        best_model = load_model_for_task(str(out / "best"), data, tokenizer).to(device)
+        written = data.predict_test(best_model, s, device, precision, out / "submission")
+        results["test_files"] = [str(p) for p in written]
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def make_loss_fn(kind: str, is_regression: bool, teacher, distill: DistillSettings):
+    """The loss step the engine calls: hard-label loss, optionally mixed with the teacher's soft targets."""
+    import torch
+    import torch.nn.functional as F
+
+    T, alpha = distill.temperature, distill.alpha
+    inputs = ("input_ids", "attention_mask", "token_type_ids")
+
+    def soft(student_logits, teacher_logits):
+        s, t = student_logits.float(), teacher_logits.float()
+        if is_regression:
+            return F.mse_loss(s, t)
+        return F.kl_div(F.log_softmax(s / T, -1), F.softmax(t / T, -1), reduction="batchmean") * T * T
+
+    def loss_fn(model, batch):
+        x = {k: batch[k] for k in inputs}
+        if kind == "squad":
+            out = model(**x, start_positions=batch["start_positions"], end_positions=batch["end_positions"])
+        else:
+            out = model(**x, labels=batch["labels"])
+        if teacher is None:
+            return out.loss, {}
+        with torch.no_grad():
+            t_out = teacher(**x)
+        if kind == "squad":
+            s_loss = (soft(out.start_logits, t_out.start_logits) + soft(out.end_logits, t_out.end_logits)) / 2
+        else:
+            s_loss = soft(out.logits, t_out.logits)
+        return alpha * s_loss + (1 - alpha) * out.loss, {"hard_loss": out.loss.detach(), "soft_loss": s_loss.detach()}
+
+    return loss_fn
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Swap a finished folder into place (old one removed only after the new one is there)."""
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_model(model, tokenizer, settings: FinetuneSettings, folder: Path, metrics: dict, data=None) -> None:
+    """Weights (HF layout) + tokenizer + resolved settings + dev metrics + task.json, written then swapped in."""
+    from mobilebert.engine.distributed import unwrap
+    from mobilebert.tokenizer import tokenizer_config_json
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    unwrap(model).save_pretrained(tmp)
+    tokenizer.save(tmp)
+    (tmp / "tokenizer_config.json").write_text(tokenizer_config_json(), encoding="utf-8")
+    dump_settings(settings, tmp / "settings.yaml")
+    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if data is not None:  # what `predict` needs to know beyond config.json (SQuAD v2's null answers)
+        info = {"task": data.name, "kind": data.kind, "version_2": data.version_2, "main_metric": data.main_metric}
+        (tmp / "task.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    _replace_dir(tmp, folder)
