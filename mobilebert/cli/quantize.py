@@ -1,0 +1,67 @@
+"""`mobilebert quantize`: int8 post-training quantization with fp32 and int8 dev accuracy side by side.
+
+    mobilebert quantize MODEL_DIR --task SST-2 --data GLUE_DIR --out model.int8.onnx
+        [--method ort-dynamic|ort-static|torch-dynamic] [--calib-samples 128] [--max-drop 1.0] [--warn-only]
+
+Paper §3.3 Table 6. The command refuses (exit 2, no file written) when int8 loses more than
+--max-drop points of the task's metric on the dev set, unless --warn-only is given.
+"""
+
+from __future__ import annotations
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("quantize", help="int8 quantization, gated on fp32-vs-int8 dev accuracy",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("model", help="fine-tuned sequence-classification checkpoint folder")
+    p.add_argument("--task", required=True, help="GLUE task the model was fine-tuned on (e.g. SST-2)")
+    p.add_argument("--data", help="GLUE root or task folder (dev set; train set for calibration)")
+    p.add_argument("--out", help="int8 .onnx file to write (ort-* methods)")
+    p.add_argument("--method", default="ort-dynamic", choices=["ort-dynamic", "ort-static", "torch-dynamic"],
+                   help="ONNX Runtime dynamic (default) or static QDQ, or PyTorch dynamic (scored only)")
+    p.add_argument("--calibration", help="static: file to calibrate on (default: the task's train file)")
+    p.add_argument("--calib-samples", type=int, default=128, help="static: calibration examples (default 128)")
+    p.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--eval-file", help="labeled dev file (default: the task's dev file under --data)")
+    p.add_argument("--eval-samples", type=int, default=0, help="score only the first N dev examples (0: all)")
+    p.add_argument("--max-drop", type=float, default=1.0, help="largest allowed drop in points (default 1.0)")
+    p.add_argument("--warn-only", action="store_true", help="keep the int8 model and warn when the drop is larger")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per matrix instead of one per "
+                                                             "output channel (the default; more accurate)")
+    p.add_argument("--fold-nonorm", action="store_true", help="fold NoNorm into adjacent linear layers first")
+    p.add_argument("--quantize-embeddings", action="store_true", help="ort-dynamic: int8 word embeddings too")
+    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--vocab", help="vocabulary (default: the one in the checkpoint folder)")
+    p.add_argument("--json", help="also write the report here as JSON")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    import json
+    import sys
+    from pathlib import Path
+
+    from mobilebert.quant.pipeline import quantize_checkpoint
+
+    result = quantize_checkpoint(
+        args.model, args.task, args.data, out=args.out, method=args.method, calibration=args.calibration,
+        calib_samples=args.calib_samples, calibration_method=args.calibration_method, eval_file=args.eval_file,
+        eval_samples=args.eval_samples, max_drop=args.max_drop, warn_only=args.warn_only,
+        per_channel=not args.per_tensor, fold_nonorm=args.fold_nonorm, embeddings=args.quantize_embeddings,
+        max_seq_length=args.max_seq_length, batch_size=args.batch_size, vocab=args.vocab)
+    r = result.report
+    print(r.table(result.method))
+    if result.fp32_size:
+        print(f"size: fp32 ONNX {result.fp32_size / 2**20:.1f} MiB, int8 {result.int8_size / 2**20:.1f} MiB "
+              f"({result.fp32_size / result.int8_size:.2f}x smaller)")
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
+    if result.out:
+        print(f"wrote {result.out}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "task": r.task, "metric": r.metric, "examples": r.n, "fp32": r.fp32, "int8": r.int8, "drop_points": r.drop,
+            "agreement": r.agreement, "method": result.method, "out": str(result.out) if result.out else None,
+            "warning": result.warning, "fp32_bytes": result.fp32_size, "int8_bytes": result.int8_size}, indent=2) + "\n")
+    return 0

@@ -1,0 +1,238 @@
+"""Latency and size benchmark: MobileBERT beside BERT_BASE in the same runtimes (paper Tables 4 and 7).
+
+The paper reports MobileBERT at 62 ms on a Pixel 4 (TFLite, 4 threads, seq 128, batch 1; Table 7) and
+BERT_BASE as 4.3x larger and 5.5x slower (Table 4: 25.3M vs 109M parameters, 62 vs 342 ms). We cannot
+run on a Pixel 4, so `mobilebert bench` measures the same ratios on this host: batch 1, p50 and p90 over
+`runs` timed calls after `warmup` untimed ones, per sequence length and thread count, in PyTorch eager,
+torch.compile, PyTorch dynamic int8, ONNX Runtime fp32 and int8 (dynamic), and ExecuTorch (XNNPACK,
+the mobile runtime here) fp32 and int8; plus every artifact's size on disk. Ratios (BERT_BASE /
+MobileBERT) are computed from the same run. Weights are random: latency does not depend on them.
+Every exported artifact passes the same PyTorch parity check as `mobilebert export` before it is timed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilebert.errors import UserError
+
+RUNTIMES = ("torch-eager", "torch-compile", "torch-int8", "ort-fp32", "ort-int8", "executorch-fp32",
+            "executorch-int8")
+PAPER = {"size_ratio": 109 / 25.3, "speed_ratio": 342 / 62, "mobilebert_ms_pixel4": 62, "bert_base_ms_pixel4": 342}
+
+
+@dataclass
+class Result:
+    model: str
+    runtime: str
+    seq: int
+    threads: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+
+
+@dataclass
+class BenchReport:
+    machine: dict
+    results: list[Result] = field(default_factory=list)
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> artifact -> bytes
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, model, runtime, seq, threads) -> Result | None:
+        return next((r for r in self.results if (r.model, r.runtime, r.seq, r.threads) == (model, runtime, seq, threads)), None)
+
+
+def machine_info() -> dict:
+    import onnxruntime
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__}
+    try:
+        from importlib.metadata import version
+
+        info["executorch"] = version("executorch")
+    except Exception:
+        info["executorch"] = None
+    try:
+        info["load_average"] = os.getloadavg()[0]
+    except OSError:
+        pass
+    return info
+
+
+def time_calls(fn, runs: int, warmup: int) -> tuple[float, float, float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    t = np.array(times)
+    return float(np.percentile(t, 50)), float(np.percentile(t, 90)), float(t.mean()), float(t.min())
+
+
+def _inputs(cfg, seq: int):
+    g = torch.Generator().manual_seed(seq)
+    ids = torch.randint(999, cfg.vocab_size, (1, seq), generator=g)
+    return ids, torch.ones_like(ids), torch.zeros_like(ids)
+
+
+class ModelArtifacts:
+    """One model's PyTorch module and exported files, built once and reused across the grid."""
+
+    def __init__(self, preset: str, workdir: Path, runtimes, max_seq: int, log=print):
+        from mobilebert.export.wrapper import ExportWrapper
+        from mobilebert.heads import MobileBertForSequenceClassification
+        from mobilebert.presets import get_config
+
+        self.preset, self.dir, self.log = preset, workdir / preset, log
+        self.dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        self.model = MobileBertForSequenceClassification(get_config(preset)).eval()
+        self.wrapper = ExportWrapper(self.model).eval()
+        self.sizes: dict[str, int] = {}
+        self.model.save_pretrained(self.dir / "checkpoint")
+        self.sizes["safetensors fp32"] = (self.dir / "checkpoint" / "model.safetensors").stat().st_size
+        self.paths: dict[str, Path] = {}
+        if any(r.startswith("ort") for r in runtimes):
+            self._onnx()
+        if "executorch-fp32" in runtimes:
+            self._pte("executorch-fp32", False, max_seq)
+        if "executorch-int8" in runtimes:
+            self._pte("executorch-int8", True, max_seq)
+
+    def _onnx(self):
+        from mobilebert.export.onnx import export_onnx
+        from mobilebert.quant.ort import quantize_onnx_dynamic
+
+        fp32, int8 = self.dir / "model.onnx", self.dir / "model.int8.onnx"
+        if not fp32.is_file():
+            self.log(f"[{self.preset}] exporting ONNX fp32")
+            export_onnx(self.model, fp32)
+        if not int8.is_file():
+            quantize_onnx_dynamic(fp32, int8)
+        self.paths.update({"ort-fp32": fp32, "ort-int8": int8})
+        self.sizes.update({"onnx fp32": fp32.stat().st_size, "onnx int8": int8.stat().st_size})
+
+    def _pte(self, name: str, int8: bool, max_seq: int):
+        from mobilebert.export.mobile import export_executorch
+
+        path = self.dir / f"model{'.int8' if int8 else ''}.{max_seq}.pte"
+        if not path.is_file():
+            self.log(f"[{self.preset}] exporting ExecuTorch {'int8' if int8 else 'fp32'} (max seq {max_seq}); "
+                     "this takes minutes")
+            t = time.time()
+            export_executorch(self.model, path, max_seq=max_seq, int8=int8, max_batch=4)  # batch 1 is timed
+            self.log(f"[{self.preset}]   done in {time.time() - t:.0f} s")
+        self.paths[name] = path
+        self.sizes[f"pte {'int8' if int8 else 'fp32'}"] = path.stat().st_size
+
+    def runner(self, runtime: str, seq: int, threads: int):
+        """A zero-argument callable running one batch-1 forward of length `seq` on `threads` threads."""
+        ids, mask, types = _inputs(self.model.config, seq)
+        torch.set_num_threads(threads)
+        if runtime in ("torch-eager", "torch-compile", "torch-int8"):
+            module = self.wrapper
+            if runtime == "torch-int8":
+                from mobilebert.export.wrapper import ExportWrapper
+                from mobilebert.quant.pytorch import quantize_torch_dynamic
+
+                if not hasattr(self, "_int8"):
+                    self._int8 = ExportWrapper(quantize_torch_dynamic(self.model))
+                module = self._int8
+            elif runtime == "torch-compile":
+                if not hasattr(self, "_compiled"):
+                    self._compiled = torch.compile(self.wrapper, dynamic=False)
+                module = self._compiled
+
+            def run():
+                with torch.inference_mode():
+                    module(ids, mask, types)
+            return run
+        if runtime.startswith("ort"):
+            from mobilebert.export.runtime import OrtSession
+
+            session = OrtSession(self.paths[runtime], threads=threads)
+            a, b, c = ids.numpy(), mask.numpy(), types.numpy()
+            return lambda: session(a, b, c)
+        if runtime.startswith("executorch"):
+            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+            from mobilebert.export.runtime import ExecuTorchSession
+
+            _unsafe_reset_threadpool(threads)
+            session = ExecuTorchSession(self.paths[runtime])
+            a, b, c = ids.numpy(), mask.numpy(), types.numpy()
+            return lambda: session(a, b, c)
+        raise UserError(f"--runtimes: unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+
+
+def run_bench(models=("mobilebert", "bert-base"), runtimes=RUNTIMES, seqs=(128, 384), threads=(1, 2),
+              runs: int = 30, warmup: int = 5, workdir="runs/bench", log=print) -> BenchReport:
+    for r in runtimes:
+        if r not in RUNTIMES:
+            raise UserError(f"--runtimes: unknown runtime {r!r}; choose from {', '.join(RUNTIMES)}")
+    if runs < 1 or warmup < 0:
+        raise UserError("--runs must be >= 1 and --warmup >= 0")
+    if any(r.startswith("executorch") for r in runtimes):
+        try:
+            import executorch  # noqa: F401
+        except ImportError:
+            raise UserError("--runtimes executorch-*: needs the `executorch` package (pip install executorch)") from None
+    report = BenchReport(machine=machine_info())
+    cores = os.cpu_count() or 1
+    if max(threads) > cores:
+        report.notes.append(f"thread counts above the {cores} cores of this machine were skipped")
+        threads = tuple(t for t in threads if t <= cores)
+    workdir = Path(workdir)
+    saved_threads = torch.get_num_threads()
+    try:
+        arts = {preset: ModelArtifacts(preset, workdir, runtimes, max(seqs), log) for preset in models}
+        report.sizes = {preset: art.sizes for preset, art in arts.items()}
+        # Models interleaved per setting: on a shared machine both see the same load, so ratios hold.
+        for runtime in runtimes:
+            for seq in seqs:
+                for t in threads:
+                    for preset, art in arts.items():
+                        fn = art.runner(runtime, seq, t)
+                        p50, p90, mean, lo = time_calls(fn, runs, warmup)
+                        report.results.append(Result(preset, runtime, seq, t, p50, p90, mean, lo, runs))
+                        log(f"[{preset}] {runtime:16s} seq {seq:4d} threads {t}: p50 {p50:8.1f} ms  p90 {p90:8.1f} ms")
+    finally:
+        torch.set_num_threads(saved_threads)
+    report.machine["load_average_end"] = os.getloadavg()[0]
+    return report
+
+
+def save_report(report: BenchReport, out_dir) -> dict[str, Path]:
+    """results.json, table.md and latency.png in `out_dir`."""
+    from mobilebert.export.bench_report import markdown_table, plot
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "markdown": out / "table.md", "chart": out / "latency.png"}
+    paths["json"].write_text(json.dumps({"machine": report.machine, "results": [asdict(r) for r in report.results],
+                                         "sizes": report.sizes, "notes": report.notes, "paper": PAPER}, indent=2) + "\n")
+    paths["markdown"].write_text(markdown_table(report) + "\n", encoding="utf-8")
+    plot(report, paths["chart"])
+    return paths

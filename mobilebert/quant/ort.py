@@ -1,0 +1,132 @@
+"""int8 post-training quantization of exported ONNX models with ONNX Runtime: dynamic and static (QDQ).
+
+Paper §3.3 / Table 6 and §5: MobileBERT ships as an 8-bit model made by TFLite *post-training*
+quantization ("nearly no degradation"): `Optimize.DEFAULT` is dynamic-range int8 (weights int8,
+activations quantized on the fly) and `--activation_quantization` adds a representative dataset of
+~100 training examples for full-integer (static) quantization. The two ONNX Runtime equivalents:
+
+- `quantize_onnx_dynamic`: int8 weights, activations quantized per call (MatMulInteger); no data needed;
+- `quantize_onnx_static`: QDQ nodes whose activation ranges are calibrated on a sample of the task's data.
+
+Only weight matmuls are quantized by default. The attention matmuls (activation x activation) and the
+additive attention mask stay in float: the mask holds the dtype's minimum, and a calibrated range that
+includes it would leave no resolution for the scores (one cause of int8 collapses such as
+tensorflow#44306, 90% -> 49%). The word-embedding Gather can be quantized too (`embeddings=True`), for
+the paper's ~4x smaller file. The model's metadata (config, vocabulary) is carried to the int8 file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mobilebert.errors import UserError
+from mobilebert.export.onnx import atomic_output, set_metadata
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+def _metadata(path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def weight_matmuls(path) -> tuple[list[str], list[str]]:
+    """(names of MatMul/Gemm nodes with a constant weight, names of activation x activation MatMuls)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    weights, acts = [], []
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            (weights if any(i in consts for i in node.input[:2]) else acts).append(node.name)
+    return weights, acts
+
+
+def _quiet():
+    # ORT's quantizer logs a pre-processing suggestion per call on the root logger.
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
+
+
+def _finish(src: Path, tmp: Path, out: Path, cleanup) -> Path:
+    set_metadata(tmp, {**_metadata(src), "mobilebert.quantized": "int8"})
+    os.replace(tmp, out)
+    cleanup()
+    return out
+
+
+def quantize_onnx_dynamic(src, out, per_channel: bool = False, reduce_range: bool = False,
+                          embeddings: bool = False) -> Path:
+    """Dynamic int8: weights int8 (symmetric), activations uint8 per call. Returns `out`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    src, out = Path(src), Path(out)
+    if not src.is_file():
+        raise UserError(f"{src}: ONNX model not found")
+    _quiet()
+    weights, _ = weight_matmuls(src)
+    ops = ["MatMul", "Gemm"] + (["Gather"] if embeddings else [])
+    tmp, cleanup = atomic_output(out)
+    try:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         reduce_range=reduce_range, op_types_to_quantize=ops,
+                         nodes_to_quantize=None if embeddings else weights,
+                         extra_options={"MatMulConstBOnly": True})
+        return _finish(src, tmp, out, cleanup)
+    except BaseException:
+        cleanup()
+        raise
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of input dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]):
+        self.feeds = feeds
+        self.it = iter(feeds)
+
+    def get_next(self):
+        return next(self.it, None)
+
+    def rewind(self):
+        self.it = iter(self.feeds)
+
+
+def quantize_onnx_static(src, out, calibration: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                         method: str = "minmax", per_channel: bool = True) -> Path:
+    """Static int8 in QDQ format: activation ranges from `calibration` batches of (ids, mask, types).
+
+    Only the weight matmuls' inputs get QuantizeLinear/DequantizeLinear pairs; see the module docstring."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    src, out = Path(src), Path(out)
+    if not src.is_file():
+        raise UserError(f"{src}: ONNX model not found")
+    if method not in CALIBRATION_METHODS:
+        raise UserError(f"--calibration-method {method}: choose one of {', '.join(CALIBRATION_METHODS)}")
+    if not calibration:
+        raise UserError("static quantization needs at least one calibration batch (--calib-samples)")
+    _quiet()
+    names = ("input_ids", "attention_mask", "token_type_ids")
+    feeds = [dict(zip(names, (np.asarray(t, dtype=np.int64) for t in batch))) for batch in calibration]
+    weights, _ = weight_matmuls(src)
+    calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+             "percentile": CalibrationMethod.Percentile}[method]
+    tmp, cleanup = atomic_output(out)
+    try:
+        quantize_static(str(src), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=weights,
+                        calibrate_method=calib,
+                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
+                                       "WeightSymmetric": True})
+        return _finish(src, tmp, out, cleanup)
+    except BaseException:
+        cleanup()
+        raise

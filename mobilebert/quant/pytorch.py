@@ -1,0 +1,105 @@
+"""PyTorch-side int8 preparation of MobileBERT: NoNorm folding and dynamic int8 linear layers.
+
+1. NoNorm folding. Paper §3.4 (operational optimizations, Table 7) replaces LayerNorm by NoNorm
+(`h * gamma + beta`, eq. 1) precisely because an element-wise affine costs almost nothing and, unlike
+LayerNorm, can be merged into adjacent matmuls for inference. `fold_nonorm` merges it where the
+algebra is exact and nothing else reads the un-normalised value:
+
+- bottleneck.input and bottleneck.attention: `N(W x + b)` -> `(diag(g) W) x + (g*b + beta)`;
+- the embedding norm: `N(T e + b + P[pos] + Y[type])` -> every term scaled by `g` (P and Y are tables,
+  so they are rescaled in place) and `beta` added to the transformation bias.
+
+The norms that follow a residual add (`N(W x + b + r)`) are left alone: folding them would still need
+a `g * r` multiply, so they save nothing. The folded model computes the same function up to float
+rounding, so every export is still checked against the *unfolded* PyTorch model.
+
+2. Dynamic int8 (`quantize_torch_dynamic`). Paper §3.3 / Table 6 use TFLite dynamic-range
+quantization: int8 weights, activations quantized on the fly. PyTorch's
+`torch.ao.quantization.quantize_dynamic` does the same for `nn.Linear` on the CPU (fbgemm/x86
+kernels), which lets `mobilebert quantize --method torch-dynamic` and `mobilebert bench` measure int8
+in the PyTorch runtime without any export. The attention matmuls (activation x activation) stay in
+float, as in the ONNX Runtime path. torch's quantized modules are not part of the Hugging Face
+checkpoint layout, so the quantized model is an in-memory object and is not saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch import nn
+
+from mobilebert.model import NoNorm
+
+
+@torch.no_grad()
+def _fold_into_linear(linear: nn.Linear, norm: NoNorm) -> None:
+    g, beta = norm.weight, norm.bias
+    linear.weight.mul_(g[:, None])  # rows are outputs: scale each output feature
+    bias = linear.bias if linear.bias is not None else torch.zeros_like(g)
+    linear.bias = nn.Parameter(bias * g + beta)
+
+
+def fold_nonorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, int]:
+    """Fold every exactly-foldable NoNorm into its linear map; returns (model, number of norms folded).
+
+    Models with LayerNorm (BERT, `mobilebert-no-opt`, the teacher) are returned unchanged (count 0)."""
+    if not inplace:
+        model = copy.deepcopy(model)
+    base = model.base_model
+    if getattr(base.config, "normalization_type", "layer_norm") != "no_norm":
+        return model, 0
+    folded = 0
+    emb = base.embeddings
+    if isinstance(emb.LayerNorm, NoNorm) and getattr(emb, "transform", False):
+        with torch.no_grad():
+            g = emb.LayerNorm.weight
+            _fold_into_linear(emb.embedding_transformation, emb.LayerNorm)
+            # The linear now carries beta once; the two tables are only scaled.
+            emb.position_embeddings.weight.mul_(g)
+            emb.token_type_embeddings.weight.mul_(g)
+        emb.LayerNorm = nn.Identity()
+        folded += 1
+    for layer in base.encoder.layer:
+        bottleneck = getattr(layer, "bottleneck", None)
+        if bottleneck is None:
+            continue
+        for name in ("input", "attention"):
+            part = getattr(bottleneck, name, None)
+            if part is not None and isinstance(part.LayerNorm, NoNorm):
+                _fold_into_linear(part.dense, part.LayerNorm)
+                part.LayerNorm = nn.Identity()
+                folded += 1
+    return model, folded
+
+
+def quantize_torch_dynamic(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """A copy of `model` whose nn.Linear layers run int8 weights with dynamically quantized inputs.
+
+    The MLM head's extra matrix is used as a raw weight (not through Linear.forward) and stays float."""
+    from torch.ao.quantization import quantize_dynamic
+
+    if not inplace:
+        model = copy.deepcopy(model)
+    model.eval()
+    if "x86" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "x86"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch deprecates quantized tensor creation in favour of torchao
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+
+
+def model_size_bytes(model: nn.Module) -> int:
+    """Bytes of parameters and buffers, counting packed int8 weights of quantized linears."""
+    total, seen = 0, set()
+    for t in list(model.parameters()) + list(model.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    for m in model.modules():
+        packed = getattr(m, "_packed_params", None)
+        if packed is not None:
+            w, b = packed._weight_bias()
+            total += w.numel() * w.element_size() + (0 if b is None else b.numel() * b.element_size())
+    return total

@@ -1,0 +1,184 @@
+"""ONNX / ExecuTorch export parity for every head (paper §5; optimum#1027's max diff 34 is the trap).
+
+Each head is exported with dynamic axes, then run on a real SST-2 dev sample at a shape different
+from the trace shape: fp32 must agree with PyTorch within 1e-4 relative (max|a-b| / max|b|) and on
+every argmax. Bad input (missing path, not a model, unsupported opset, failed parity, too long a
+sequence at inference) must be a UserError and leave no file behind.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mobilebert import get_config
+from mobilebert.errors import UserError
+from mobilebert.heads import HEADS
+from mobilebert.tokenizer import Tokenizer
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from mobilebert.export import onnx as export_onnx_mod  # noqa: E402
+from mobilebert.export.onnx import ParityError, compare_outputs, export_onnx  # noqa: E402
+from mobilebert.export.runtime import load_session  # noqa: E402
+from mobilebert.export.wrapper import OUTPUTS, output_names, reference_outputs  # noqa: E402
+
+RTOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tokenizer(vocab_file):
+    return Tokenizer.from_file(vocab_file)
+
+
+@pytest.fixture(scope="module")
+def dev_sample(data_dir, tokenizer):
+    """16 real SST-2 dev sentences, padded (so the attention mask has padding)."""
+    lines = (data_dir / "glue" / "SST-2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:17]
+    enc = tokenizer([line.split("\t")[0] for line in lines], max_length=64)
+    return enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+
+
+def _perturbed(model):
+    """Non-trivial NoNorm/LayerNorm affines, so that a mistake in any of them would show."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "LayerNorm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    return model.eval()
+
+
+def _shape_for(head, ids, mask, types):
+    if head == "MobileBertForMultipleChoice":
+        return tuple(t.reshape(-1, 2, t.shape[-1]) for t in (ids, mask, types))
+    return ids, mask, types
+
+
+def _check_dev_parity(path, model, head, dev_sample):
+    session = load_session(path)
+    ids, mask, types = _shape_for(head, *dev_sample)
+    want = [t.numpy() for t in reference_outputs(model, ids, mask, types)]
+    got = session(ids.numpy(), mask.numpy(), types.numpy())
+    names = output_names(model)
+    assert set(names) <= set(got)
+    report = compare_outputs(names, [got[n] for n in names], want, RTOL)
+    for d in report.diffs:
+        assert d.max_rel <= RTOL, str(d)
+    for name, w in zip(names, want):  # identical argmax wherever the output is a score over classes/positions
+        if w.ndim >= 2 and w.shape[-1] > 1:
+            np.testing.assert_array_equal(got[name].argmax(-1), w.argmax(-1), err_msg=name)
+    return report
+
+
+@pytest.mark.parametrize("head", list(OUTPUTS))
+def test_every_head_exports_with_parity(head, tmp_path, tokenizer, dev_sample):
+    labels = 2 if head == "MobileBertForQuestionAnswering" else 3  # QA: start and end
+    model = _perturbed(HEADS[head](get_config("debug-mobilebert", num_labels=labels)))
+    out = tmp_path / f"{head}.onnx"
+    report = export_onnx(model, out, tokenizer=tokenizer)
+    assert report.ok and out.is_file()
+    assert all(d.max_rel <= RTOL for d in report.diffs)
+    # A real dev sample at another batch size and sequence length than the trace: dynamic axes work.
+    _check_dev_parity(out, model, head, dev_sample)
+    assert list(tmp_path.iterdir()) == [out]  # no temporary files left
+
+
+@pytest.mark.parametrize("head", ["MobileBertForSequenceClassification", "MobileBertForQuestionAnswering"])
+def test_bert_layout_exports(head, tmp_path, tokenizer, dev_sample):
+    model = _perturbed(HEADS[head](get_config("debug-bert")))
+    out = tmp_path / "bert.onnx"
+    export_onnx(model, out, tokenizer=tokenizer)
+    _check_dev_parity(out, model, head, dev_sample)
+
+
+def test_folded_nonorm_export_matches_unfolded_model(tmp_path, tokenizer, dev_sample):
+    from mobilebert.quant.pytorch import fold_nonorm
+
+    model = _perturbed(HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert")))
+    folded, n = fold_nonorm(model)
+    assert n == 1 + 2 * model.config.num_hidden_layers  # embeddings + two bottlenecks per layer
+    out = tmp_path / "folded.onnx"
+    export_onnx(model, out, tokenizer=tokenizer, fold_nonorm=True)
+    _check_dev_parity(out, model, "MobileBertForSequenceClassification", dev_sample)
+
+
+def test_session_carries_config_and_vocabulary(tmp_path, tokenizer, vocab_file):
+    model = HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert")).eval()
+    out = tmp_path / "m.onnx"
+    export_onnx(model, out, tokenizer=tokenizer, vocab_path=vocab_file)
+    session = load_session(out)
+    assert session.head == "MobileBertForSequenceClassification"
+    assert session.config.hidden_size == model.config.hidden_size
+    enc = session.tokenizer(["a gorgeous , witty , seductive movie ."])
+    logits = session(enc["input_ids"].numpy(), enc["attention_mask"].numpy(), enc["token_type_ids"].numpy())["logits"]
+    want = model(**enc).logits.detach().numpy()
+    assert np.abs(logits - want).max() <= RTOL * np.abs(want).max()
+
+
+def test_sequence_longer_than_positions_is_a_clear_error(tmp_path):
+    model = HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert", max_position_embeddings=32))
+    out = tmp_path / "short.onnx"
+    export_onnx(model, out)
+    session = load_session(out)
+    ids = np.ones((1, 33), dtype=np.int64)
+    with pytest.raises(UserError, match="longer than the model's max_position_embeddings=32"):
+        session(ids, np.ones_like(ids), np.zeros_like(ids))
+    with pytest.raises(UserError, match="outside the vocabulary"):
+        session(np.full((1, 8), 10**6), None, None)
+
+
+@pytest.mark.parametrize("opset", [9, 13, 21])
+def test_unsupported_opset_is_refused(opset, tmp_path):
+    model = HEADS["MobileBertModel"](get_config("debug-mobilebert"))
+    with pytest.raises(UserError, match=f"--opset {opset}: unsupported"):
+        export_onnx(model, tmp_path / "m.onnx", opset=opset)
+    assert not any(tmp_path.iterdir())
+
+
+def test_parity_failure_leaves_no_file(tmp_path, monkeypatch):
+    model = HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert")).eval()
+    real = reference_outputs
+    monkeypatch.setattr(export_onnx_mod, "reference_outputs", lambda *a: tuple(t + 1.0 for t in real(*a)))
+    out = tmp_path / "bad.onnx"
+    with pytest.raises(ParityError, match="disagrees with PyTorch"):
+        export_onnx(model, out)
+    assert not any(tmp_path.iterdir())
+
+
+def test_bad_model_paths(tmp_path):
+    from mobilebert.export.onnx import load_for_export
+
+    with pytest.raises(UserError, match="no such model folder"):
+        load_for_export(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(UserError, match="config.json"):
+        load_for_export(tmp_path)
+    with pytest.raises(UserError, match="config.json"):
+        load_for_export(tmp_path / "notes.txt")
+    with pytest.raises(UserError, match="not a readable ONNX file"):
+        load_session(_garbage(tmp_path))
+    with pytest.raises(UserError, match="unknown exported model format"):
+        load_session(tmp_path / "notes.txt")
+
+
+def _garbage(tmp_path):
+    p = tmp_path / "garbage.onnx"
+    p.write_bytes(b"\x00\x01not onnx at all")
+    return p
+
+
+def test_executorch_program_matches_pytorch(tmp_path, tokenizer, dev_sample):
+    pytest.importorskip("executorch")
+    from mobilebert.export.mobile import export_executorch
+
+    model = _perturbed(HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert", num_hidden_layers=1)))
+    out = tmp_path / "m.pte"
+    report = export_executorch(model, out, max_seq=64, tokenizer=tokenizer)
+    assert report.ok and out.is_file() and (tmp_path / "m.pte.json").is_file()
+    _check_dev_parity(out, model, "MobileBertForSequenceClassification", dev_sample)
+    session = load_session(out)
+    with pytest.raises(UserError, match="longer than the 64"):
+        session(np.ones((1, 65), dtype=np.int64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pte", "m.pte.json"]
