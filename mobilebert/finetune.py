@@ -34,6 +34,8 @@ class ModelSettings:
     tokenizer: str | None = None         # vocab.txt / tokenizer.json / folder; default: the checkpoint's
     dropout: float | None = None         # override hidden_dropout_prob (None: the checkpoint's)
     classifier_dropout: float | None = 0.1   # on the pooled output (official run_classifier.py: 0.1)
+    qat: bool = False                    # quantization-aware training: fake quantization at the official
+                                         # points (needs a relu6 + no_norm model, e.g. preset mobilebert-qat)
 
 
 @dataclass
@@ -151,7 +153,12 @@ def finetune(s: FinetuneSettings) -> dict:
     if not data.train:
         raise ConfigError("data: no training file (set data.dir or data.train_file)")
     model = load_model_for_task(s.model.init, data, tokenizer, dropout=s.model.dropout,
-                                classifier_dropout=s.model.classifier_dropout).to(device)
+                                classifier_dropout=s.model.classifier_dropout)
+    if s.model.qat:
+        from mobilebert.quant.qat import prepare_qat
+
+        model = prepare_qat(model)  # saved weights stay plain float tensors; export quantizes them for real
+    model = model.to(device)
     teacher = None
     if s.distill.teacher:
         teacher = check_teacher(s.distill.teacher, data, tokenizer).to(device).eval()

@@ -185,6 +185,38 @@ def test_predict_sentence_pair_and_file(rte_run, tmp_path, capsys):
     assert "in.tsv:1: has 3 tab-separated fields" in capsys.readouterr().err
 
 
+def test_predict_on_exported_models(rte_run, tmp_path, capsys):
+    """`predict` runs the ONNX export (fp32 and int8) and agrees with the PyTorch checkpoint."""
+    pytest.importorskip("onnxruntime")
+    pair = ["A man is here.", "Nobody is here."]
+    assert main(["predict", str(rte_run / "best"), *pair]) == 0
+    want_label, want_prob = capsys.readouterr().out.split()
+    assert main(["export", "onnx", str(rte_run / "best"), "--out", str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m.onnx"), *pair]) == 0
+    label, prob = capsys.readouterr().out.split()
+    assert label == want_label and abs(float(prob) - float(want_prob)) < 1e-4
+    inputs = tmp_path / "in.tsv"
+    inputs.write_text("A dog runs.\tAn animal moves.\nIt rains.\tThe sun shines.\n")
+    assert main(["predict", str(tmp_path / "m.onnx"), "--file", str(inputs), "--out", str(tmp_path / "o.jsonl")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["label"] in ("entailment", "not_entailment") for r in rows)
+
+
+def test_qat_option(tmp_path, capsys, data_dir, vocab):
+    """`model.qat=true` fine-tunes with fake quantization (relu6 + NoNorm only; anything else is refused)."""
+    from mobilebert import MobileBertForSequenceClassification, get_config
+
+    init = tmp_path / "relu6"
+    MobileBertForSequenceClassification(get_config("debug-mobilebert", hidden_act="relu6")).save_pretrained(init)
+    res = _ft(capsys, tmp_path / "run", "data.task=sst-2", f"data.dir={data_dir / 'glue'}", f"model.tokenizer={vocab}",
+              f"model.init={init}", "model.qat=true")
+    assert np.isfinite(res["final_loss"]) and res["steps"] == 2
+    assert main(["finetune", f"out={tmp_path / 'bad'}", *QUICK, "data.task=sst-2", f"data.dir={data_dir / 'glue'}",
+                 f"model.tokenizer={vocab}", "model.qat=true"]) == 2
+    assert "relu6" in capsys.readouterr().err
+
+
 def test_wrong_head_is_a_clear_error(rte_run, tmp_path, capsys, data_dir):
     for task, message in (("sst-2", "its labels ['entailment', 'not_entailment'] differ from task SST-2's"),
                           ("sts-b", "its classifier has 2 output(s) but task STS-B needs 1")):

@@ -17,7 +17,8 @@ import argparse
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict with a fine-tuned checkpoint (sentence, pair, question, or a file)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a fine-tuned checkpoint folder (for example RUN/best)")
+    p.add_argument("checkpoint", help="a fine-tuned checkpoint folder (for example RUN/best), or a model exported "
+                                      "by `mobilebert export` (.onnx, fp32 or int8, or .pte)")
     p.add_argument("text", nargs="*", help="a sentence, or two for a sentence pair")
     p.add_argument("--question", help="QA models: the question")
     p.add_argument("--context", help="QA models: the passage to answer from")
@@ -83,19 +84,37 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     from mobilebert.tasks import GLUE_SEQ, TaskData, _glue_features, _squad_features, custom_task, load_model_for_task
     from mobilebert.tasks import load_tokenizer, squad
 
-    s = checkpoint_settings(checkpoint, ["train.progress=false"])
-    cfg = load_config(checkpoint)
-    arch = (cfg.architectures or [""])[0]
-    tokenizer = load_tokenizer(s.model)
-    device = pick_device(s.train.device)
-    precision = pick_precision(s.train.precision, device)
+    exported = Path(checkpoint).suffix in (".onnx", ".pte")
+    if exported:
+        # An exported model (mobilebert export): config and vocabulary travel inside the file.
+        from mobilebert.export.runtime import load_session
+        from mobilebert.finetune import FinetuneSettings
+
+        session = load_session(checkpoint)
+        if session.tokenizer is None:
+            raise UserError(f"{checkpoint}: exported without a vocabulary; export again with --vocab")
+        s, cfg, tokenizer = FinetuneSettings(), session.config, session.tokenizer
+        arch = session.head
+        s.data.max_seq_length = min(cfg.max_position_embeddings, 384 if arch.endswith("QuestionAnswering") else 128)
+    else:
+        s = checkpoint_settings(checkpoint, ["train.progress=false"])
+        cfg = load_config(checkpoint)
+        arch = (cfg.architectures or [""])[0]
+        tokenizer = load_tokenizer(s.model)
+    device = pick_device("cpu" if exported else s.train.device)
+    precision = "fp32" if exported else pick_precision(s.train.precision, device)
+
+    def load(data):
+        return _SessionModel(session) if exported else load_model_for_task(checkpoint, data, tokenizer).to(device)
+
     if arch.endswith("ForQuestionAnswering"):
         info = Path(checkpoint) / "task.json"
-        version_2 = bool(json.loads(info.read_text(encoding="utf-8")).get("version_2")) if info.is_file() else False
+        version_2 = bool(json.loads(info.read_text(encoding="utf-8")).get("version_2")) \
+            if not exported and info.is_file() else False
         data = TaskData("predict", "squad", None, tokenizer.pad_id, version_2=version_2)
         examples = [squad.SquadExample(str(i), q, c, []) for i, (q, c) in enumerate(inputs)]
         feats = _squad_features(examples, tokenizer, s.data, False)
-        model = load_model_for_task(checkpoint, data, tokenizer).to(device)
+        model = load(data)
         outs = data.run(model, feats, batch_size, device, precision)
         preds, _, nbest = data._postprocess(examples, feats, outs, s.data)
         return [{"answer": preds[e.qid], "probability": next((x["probability"] for x in nbest[e.qid]
@@ -106,7 +125,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     pair = any(b is not None for _, b in inputs)
     if pair and not all(b is not None for _, b in inputs):
         raise UserError("give every input as a sentence pair, or none")
-    trained_pair = _trained_on_pairs(checkpoint, s.data)
+    trained_pair = None if exported else _trained_on_pairs(checkpoint, s.data)
     if trained_pair is not None and trained_pair != pair:
         raise UserError(f"{checkpoint} was fine-tuned on {'sentence pairs' if trained_pair else 'single sentences'} "
                         f"({s.data.task}); give {'two sentences' if trained_pair else 'one sentence'} per input")
@@ -115,13 +134,32 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     from mobilebert.tasks.glue import Example
     examples = [Example(str(i), a, b, None, 0) for i, (a, b) in enumerate(inputs)]
     feats = _glue_features(spec, examples, tokenizer, s.data.max_seq_length or GLUE_SEQ)
-    model = load_model_for_task(checkpoint, data, tokenizer).to(device)
+    model = load(data)
     logits = np.stack(data.run(model, feats, batch_size, device, precision))
     if regression:
         return [{"score": float(x)} for x in logits[:, 0]]
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     return [{"label": labels[int(p.argmax())], "probability": float(p.max())} for p in probs]
+
+
+class _SessionModel:
+    """An exported model (ONNX Runtime / ExecuTorch session) behind the model interface TaskData.run uses."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def eval(self):
+        return self
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, **_):
+        import torch
+
+        from mobilebert.model import ModelOutput
+
+        out = self.session(input_ids.numpy(), attention_mask.numpy(), token_type_ids.numpy())
+        return ModelOutput(**{k: torch.from_numpy(v) for k, v in out.items()
+                              if k in ("logits", "start_logits", "end_logits")})
 
 
 def _trained_on_pairs(checkpoint: str, ds) -> bool | None:
@@ -148,7 +186,12 @@ def run(args: argparse.Namespace) -> int:
     from mobilebert.checkpoint import load_config
     from mobilebert.errors import UserError
 
-    qa = (load_config(args.checkpoint).architectures or [""])[0].endswith("ForQuestionAnswering")
+    if Path(args.checkpoint).suffix in (".onnx", ".pte"):
+        from mobilebert.export.runtime import load_session
+
+        qa = load_session(args.checkpoint, check_inputs=False).head.endswith("ForQuestionAnswering")
+    else:
+        qa = (load_config(args.checkpoint).architectures or [""])[0].endswith("ForQuestionAnswering")
     if args.file:
         if args.text or args.question or args.context:
             raise UserError("give inputs either on the command line or with --file, not both")
