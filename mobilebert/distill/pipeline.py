@@ -1,0 +1,338 @@
+"""The MobileBERT training pipeline: teacher pre-training -> knowledge transfer -> pre-training distillation.
+
+Paper §3.5 and §4; the stages of one run (any subset, in this order):
+    teacher      IB-BERT (or any preset) pre-trained with MLM + NSP                     -> OUT/teacher
+    kt           pkt: one stage per layer `pkt-1 .. pkt-L`; jkt: one stage `jkt`; akt: one stage `akt`
+                 (layer losses + PD in one loss); bare: `bare` (MLM + NSP, no teacher)
+    pd           pre-training distillation `pd`                                         -> OUT/student
+Every stage runs through the shared `engine.train_loop`, checkpoints every `run.save_every` steps and at
+its end, and resumes mid-stage (`--resume`) from OUT/checkpoints/latest. Each stage draws its batches from
+its own deterministic data stream (seed + stage index), and a fresh stage re-seeds torch, so a resumed
+run repeats the uninterrupted run bit for bit on CPU.
+
+Run folder: settings.yaml, data/ (prepared from data.corpus), teacher/, student/ (HF layout + vocab),
+checkpoints/, metrics.jsonl, tensorboard/, loss_curves.png, summary.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from mobilebert.checkpoint import load_config, load_pretrained
+from mobilebert.config import MobileBertConfig
+from mobilebert.distill import estimate as E
+from mobilebert.distill import steps as S
+from mobilebert.distill import transfer as T
+from mobilebert.distill.settings import StageSettings, TrainSettings, build_model_config, check_models
+from mobilebert.engine import checkpoint as C
+from mobilebert.engine import distributed as D
+from mobilebert.engine.logging import MetricsLogger
+from mobilebert.engine.loop import LoopConfig, train_loop
+from mobilebert.engine.optim import build_optimizer, build_schedule
+from mobilebert.errors import ConfigError, DataError
+from mobilebert.heads import MobileBertForPreTraining
+
+# Settings that may change between a run and its --resume (they do not change the numbers).
+RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every", "run.keep_checkpoints"}
+
+
+@dataclass
+class Stage:
+    name: str                 # teacher | pkt-<l> | jkt | akt | bare | pd
+    kind: str                 # teacher | pkt | jkt | akt | bare | pd
+    train: StageSettings
+    index: int
+    layer: int | None = None  # PKT: 1-based layer this stage trains
+
+
+def plan(s: TrainSettings, num_layers: int) -> list[Stage]:
+    out: list[Stage] = []
+    add = lambda name, kind, train, layer=None: out.append(Stage(name, kind, train, len(out), layer))
+    if "teacher" in s.run.stages:
+        add("teacher", "teacher", s.teacher.train)
+    if "kt" in s.run.stages:
+        if s.kt.strategy == "pkt":
+            for l in range(1, num_layers + 1):
+                add(f"pkt-{l}", "pkt", s.kt, l)
+        else:
+            add(s.kt.strategy, s.kt.strategy, s.kt)
+    if "pd" in s.run.stages:
+        add("pd", "pd", s.pd)
+    return out
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "overrides":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class Pipeline:
+    """`Pipeline(settings, resume).run()`; all checks happen in `__init__`, before anything is written."""
+
+    def __init__(self, settings: TrainSettings, resume: bool = False, dry_run: bool = False):
+        self.s, self.resume, self.dry_run = settings, resume, dry_run
+        self.out = Path(settings.run.out)
+        self.device = D.init(None if settings.run.device == "auto" else settings.run.device)
+        if settings.run.threads:
+            torch.set_num_threads(settings.run.threads)
+        self._check_out()
+        try:
+            self._check_data()
+        except DataError as e:
+            if not dry_run:
+                raise
+            print(f"note: {e} (ignored by --dry-run)")
+            self.vocab_size = 0
+        seq = settings.data.seq_len
+        self.student_cfg = (load_config(settings.student.init) if settings.student.init
+                            else build_model_config(settings.student, "student", seq))
+        self.teacher_cfg = None
+        if settings.needs_teacher() or "teacher" in settings.run.stages:
+            self.teacher_cfg = (load_config(settings.teacher.init) if settings.teacher.init
+                                else build_model_config(settings.teacher, "teacher", seq))
+        for key, cfg in (("student", self.student_cfg), ("teacher", self.teacher_cfg)):
+            if cfg is not None and cfg.vocab_size < self.vocab_size:
+                raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
+                                  f"vocabulary ({self.vocab_size} tokens)")
+        check_models(settings, self.teacher_cfg, self.student_cfg)
+        self.stages = plan(settings, self.student_cfg.num_hidden_layers)
+        world = D.world_size()
+        for st in self.stages:
+            if st.train.batch_size % (world * st.train.grad_accum):
+                key = "teacher.train" if st.kind == "teacher" else ("pd" if st.kind == "pd" else "kt")
+                raise ConfigError(f"{key}.batch_size: {st.train.batch_size} is not divisible by world size "
+                                  f"{world} x grad_accum {st.train.grad_accum}")
+        if settings.run.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("run.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+        self.teacher: MobileBertForPreTraining | None = None
+        self.student: MobileBertForPreTraining | None = None
+        self.summaries: list[dict] = []
+        D.barrier()  # every rank has checked the run folder before rank 0 writes into it
+
+    # ------------------------------------------------------------------ checks (nothing written)
+    def _check_out(self) -> None:
+        out, run_file = self.out, self.out / "settings.yaml"
+        if self.resume:
+            if not run_file.is_file():
+                raise ConfigError(f"run.out: {out} holds no run to resume (no settings.yaml)")
+            saved = _flatten(yaml.safe_load(run_file.read_text(encoding="utf-8")))
+            now = _flatten(json.loads(json.dumps(dataclasses.asdict(self.s))))
+            for key in sorted(set(saved) | set(now)):
+                if key not in RESUME_FREE and saved.get(key) != now.get(key):
+                    raise ConfigError(f"{key}: {now.get(key)!r} differs from the run being resumed "
+                                      f"({saved.get(key)!r} in {run_file})")
+        elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+            what = "holds another run" if run_file.is_file() else "is not empty"
+            raise ConfigError(f"run.out: {out} {what}; pass --resume to continue it or choose another run.out")
+
+    def _check_data(self) -> None:
+        from mobilebert.data.corpus import resolve_corpus
+        from mobilebert.data.shards import load_manifest
+        from mobilebert.tokenizer import Tokenizer, TokenizerError
+
+        d = self.s.data
+        self.shards = Path(d.shards) if d.shards else self.out / "data"
+        if d.shards or (self.resume and (self.shards / "manifest.json").is_file()):
+            self.vocab_size = int(load_manifest(self.shards)["vocab_size"])
+            return
+        try:
+            sources, _ = resolve_corpus(d.corpus, d.skip_bad_files, exclude=[self.out])
+        except DataError as e:
+            raise DataError(str(e).replace("pass --skip-bad-files", "set data.skip_bad_files=true")) from None
+        self.corpus_bytes = sum(src.size for src in sources)
+        if all(src.hf is None and src.size == 0 for src in sources):
+            raise ConfigError(f"data.corpus: {', '.join(d.corpus)} is empty (no text at all)")
+        try:
+            self.tokenizer = Tokenizer.from_file(d.vocab)
+        except TokenizerError as e:
+            raise ConfigError(f"data.vocab: {e}") from None
+        self.vocab_size = self.tokenizer.backend.get_vocab_size()
+
+    # ------------------------------------------------------------------ helpers
+    def _data(self, stage_seed: int):
+        from mobilebert.data import MaskingConfig, PretrainingData
+
+        d = self.s.data
+        masking = MaskingConfig(mask_prob=d.mask_prob, max_predictions=d.max_predictions, whole_word=d.whole_word,
+                                short_seq_prob=d.short_seq_prob)
+        return PretrainingData(self.shards, d.seq_len, masking=masking, seed=stage_seed)
+
+    def _stage_seed(self, name: str) -> int:
+        return self.s.run.seed * 1_000_003 + zlib.crc32(name.encode()) % 1_000_000
+
+    def _new_model(self, cfg: MobileBertConfig, init: str | None) -> MobileBertForPreTraining:
+        model = load_pretrained(MobileBertForPreTraining, init) if init else MobileBertForPreTraining(cfg)
+        return model.to(self.device)
+
+    def _export(self, model, name: str) -> Path:
+        """OUT/<name> in HF layout (+ vocab), written beside and renamed into place."""
+        final, tmp = self.out / name, self.out / f".{name}.tmp"
+        if D.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+            D.unwrap(model).save_pretrained(tmp)
+            for f in ("vocab.txt", "tokenizer.json"):
+                if (self.shards / f).is_file():
+                    shutil.copy(self.shards / f, tmp / f)
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+        D.barrier()
+        return final
+
+    def _load_teacher(self) -> None:
+        src = self.out / "teacher" if "teacher" in self.s.run.stages else Path(self.s.teacher.init)
+        self.teacher = T.freeze(self._new_model(self.teacher_cfg, str(src)).eval())
+
+    def _setup_student(self, stage: Stage) -> None:
+        """The first student stage builds the student: fresh (+ teacher copy) or from student.init."""
+        if self.student is not None:
+            return
+        self.student = self._new_model(self.student_cfg, self.s.student.init)
+        if (stage.kind in ("pkt", "jkt", "akt") and self.s.kt.copy_from_teacher and not self.s.student.init):
+            T.copy_from_teacher(self.teacher, self.student)
+
+    # ------------------------------------------------------------------ one stage
+    def _run_stage(self, stage: Stage, logger, start: int = 0, ckpt: Path | None = None) -> dict:
+        s, L = self.s, self.student_cfg.num_hidden_layers
+        if ckpt is None:
+            torch.manual_seed(self._stage_seed(stage.name))  # a fresh stage does not depend on history
+        if stage.kind == "teacher":
+            if self.teacher is None:
+                self.teacher = self._new_model(self.teacher_cfg, s.teacher.init)
+            model = self.teacher.train()
+        else:
+            if self.teacher is None and s.needs_teacher():
+                self._load_teacher()
+            self._setup_student(stage)
+            # GR builds the student with is_training=False under a teacher: no dropout in KT and PD.
+            model = self.student.train(stage.kind == "bare")
+        scale = T.stage_plan(stage.kind, L, stage.layer, s.kt.lower_layers, s.kt.active_lr_scale, s.kt.lower_lr_scale)
+        trainable, total = T.apply_plan(model, scale)
+        o = stage.train.optim
+        opt = build_optimizer(model, o.name, o.lr, o.weight_decay, eps=o.eps, lr_scale=scale)
+        sched = build_schedule(opt, o.schedule, o.warmup_steps, stage.train.steps, o.end_lr_ratio)
+        loop_state = None
+        if ckpt is not None:
+            state = C.load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched)
+            loop_state = state["extra"].get("loop")
+        if stage.kind in ("teacher", "bare"):
+            loss_fn = S.MlmNspLoss()
+        elif stage.kind == "pd":
+            loss_fn = S.DistillationLoss(self.teacher, s.pd.alpha, s.pd.temperature)
+        else:
+            pd = S.DistillationLoss(self.teacher, s.pd.alpha, s.pd.temperature) if stage.kind == "akt" else None
+            layers = [stage.layer] if stage.kind == "pkt" else list(range(1, L + 1))
+            depth = stage.layer if stage.kind == "pkt" else None
+            loss_fn = S.TransferLoss(self.teacher, s.kt, layers, L, depth, pd)
+        fwd = D.wrap_ddp(S.Forward(model))
+        data = self._data(self._stage_seed(stage.name))
+        bs, rank, world = stage.train.batch_size, D.rank(), D.world_size()
+        batches = lambda step: data.batch(step, bs // world, rank, world)  # this rank's slice of the global batch
+        settings_dict = dataclasses.asdict(s)
+
+        def checkpoint_fn(step: int, state: dict) -> None:
+            C.save_checkpoint(self.out, C.checkpoint_name(stage.name, step), model=model, optimizer=opt,
+                              scheduler=sched, step=step, stage=stage.name, data_position=step * bs,
+                              settings=settings_dict, extra={"loop": state}, keep=s.run.keep_checkpoints)
+
+        cfg = LoopConfig(max_steps=stage.train.steps, grad_accum=stage.train.grad_accum,
+                         clip_grad_norm=o.clip_grad_norm or None, log_every=s.run.log_every,
+                         save_every=s.run.save_every, precision=s.run.precision, stage=stage.name,
+                         progress=s.run.progress)
+        if logger is not None:
+            logger.log_event("stage_start", stage=stage.name, step=start, trainable=trainable, params=total,
+                             world_size=world, device=str(self.device))
+        summary = train_loop(fwd, loss_fn, batches, opt, sched, cfg, logger=logger, start_step=start,
+                             checkpoint_fn=checkpoint_fn, loop_state=loop_state,
+                             desc=f"[{stage.index + 1}/{len(self.stages)}] {stage.name}")
+        summary.update(trainable_params=trainable, params=total)
+        return summary
+
+    # ------------------------------------------------------------------ the whole run
+    def run(self) -> int:
+        s, main = self.s, D.is_main()
+        if main:
+            print(yaml.safe_dump({"resolved settings": dataclasses.asdict(s)}, sort_keys=False).rstrip())
+            rate = E.measure_matmul_flops(self.device)
+            self.estimate = E.estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
+                                       s.data.max_predictions / s.data.seq_len, rate, D.world_size(), self.device.type)
+            print(E.format_estimate(self.estimate, rate, str(self.device)), flush=True)
+        if self.dry_run:
+            return 0
+        fresh = not self.out.exists()
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            # settings.yaml first: from here on the folder is this run's, and --resume can pick it up.
+            (self.out / "settings.yaml").write_text(yaml.safe_dump(dataclasses.asdict(s), sort_keys=False))
+            try:
+                if s.data.corpus and not (self.shards / "manifest.json").is_file():
+                    from mobilebert.data.shards import prepare
+                    print(f"preparing {', '.join(s.data.corpus)} -> {self.shards}", flush=True)
+                    # Small corpora tokenize faster in-process than through a worker pool.
+                    workers = 1 if self.corpus_bytes < 64 << 20 else None
+                    prepare(s.data.corpus, self.tokenizer, self.shards, workers=workers,
+                            skip_bad_files=s.data.skip_bad_files)
+            except BaseException:
+                if fresh:
+                    shutil.rmtree(self.out, ignore_errors=True)  # bad corpus: leave nothing behind
+                raise
+        D.barrier()
+        latest = C.latest_checkpoint(self.out) if self.resume else None
+        meta = C.read_meta(latest) if latest else None
+        logger = MetricsLogger(self.out, enabled=main, tensorboard=s.run.tensorboard,
+                               resume_from=(meta["stage"], meta["step"]) if meta else None)
+        names = [st.name for st in self.stages]
+        first = names.index(meta["stage"]) if meta else 0
+        t0 = time.time()
+        try:
+            for st in self.stages[first:]:
+                resuming = meta is not None and st.name == meta["stage"]
+                if resuming and meta["step"] >= st.train.steps:  # the checkpoint ends this stage
+                    self._restore_finished(st, latest)
+                else:
+                    summ = self._run_stage(st, logger, meta["step"] if resuming else 0, latest if resuming else None)
+                    self.summaries.append(summ)
+                    if summ["interrupted"]:
+                        name = signal.Signals(summ["interrupted"]).name
+                        logger.log_event("interrupted", stage=st.name, step=summ["end_step"], signal=name)
+                        if main:
+                            print(f"\n{name}: saved {st.name} step {summ['end_step']} in {self.out}/checkpoints; "
+                                  f"continue with: mobilebert train CONFIG --resume --out {self.out}", flush=True)
+                        return 128 + summ["interrupted"]
+                if st.kind == "teacher":
+                    self._export(self.teacher, "teacher")
+                    self._load_teacher()  # later stages read the exported teacher, as a resumed run does
+            if self.student is not None:
+                self._export(self.student, "student")
+            if main:
+                from mobilebert.distill.report import write_report
+                write_report(self, time.time() - t0)
+            return 0
+        finally:
+            logger.close()
+
+    def _restore_finished(self, st: Stage, ckpt: Path) -> None:
+        """Resume exactly at a stage boundary: take the model the finished stage saved."""
+        if st.kind == "teacher":
+            self.teacher = self._new_model(self.teacher_cfg, None)
+            C.load_model_weights(self.teacher, ckpt)
+            return
+        if self.teacher is None and self.s.needs_teacher():
+            self._load_teacher()
+        self.student = self._new_model(self.student_cfg, None)
+        C.load_model_weights(self.student, ckpt)

@@ -1,0 +1,87 @@
+"""End-of-run report of `mobilebert train`: what was made, how well it predicts, what it cost.
+
+Writes OUT/summary.json and OUT/loss_curves.png and prints a short table. The evaluation scores the
+final teacher and student on `data.eval_batches` batches drawn with a seed no training stage uses
+(fresh masks and sentence pairs from the same corpus, not a held-out split): MLM loss and accuracy,
+NSP accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from mobilebert.distill import steps as S
+from mobilebert.engine.logging import METRICS_FILE, plot_losses, read_metrics
+
+EVAL_BATCH = 32
+
+
+@torch.no_grad()
+def evaluate(model, data, batches: int, device) -> dict:
+    """MLM loss/accuracy and NSP accuracy of a `MobileBertForPreTraining` (eval mode)."""
+    was = model.training
+    model.eval()
+    mlm_sum = mlm_hit = mlm_n = nsp_hit = nsp_n = 0.0
+    for i in range(batches):
+        b = {k: v.to(device) for k, v in data.batch(i, EVAL_BATCH, 0, 1).items()}
+        out = S.run_model(model, b, heads=True)
+        y = b["labels"][b["labels"] != -100]
+        logits = out["mlm_logits"].float()
+        mlm_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        mlm_hit += (logits.argmax(-1) == y).sum().item()
+        mlm_n += y.numel()
+        nsp_hit += (out["nsp_logits"].argmax(-1) == b["next_sentence_label"].view(-1)).sum().item()
+        nsp_n += b["input_ids"].shape[0]
+    model.train(was)
+    return {"mlm_loss": mlm_sum / max(mlm_n, 1), "mlm_accuracy": mlm_hit / max(mlm_n, 1),
+            "nsp_accuracy": nsp_hit / max(nsp_n, 1), "masked_tokens": int(mlm_n)}
+
+
+def _stage_losses(records: list[dict]) -> dict:
+    out: dict[str, dict] = {}
+    for r in records:
+        if "step" in r and "loss" in r:
+            d = out.setdefault(r["stage"], {"first_loss": r["loss"], "first_step": r["step"]})
+            d.update(last_loss=r["loss"], last_step=r["step"], tokens_per_s=r.get("tokens_per_s"))
+    return out
+
+
+def write_report(p, seconds: float) -> dict:
+    """`p` is the finished `Pipeline`."""
+    out = p.out
+    evals = {}
+    if p.s.data.eval_batches:
+        data = p._data(p._stage_seed("eval"))
+        for name, model in (("teacher", p.teacher), ("student", p.student)):
+            if model is not None:
+                evals[name] = evaluate(model, data, p.s.data.eval_batches, p.device)
+    losses = _stage_losses(read_metrics(out / METRICS_FILE))
+    est = {r["stage"]: r for r in getattr(p, "estimate", [])}
+    stages = []
+    for st in p.stages:
+        row = {"stage": st.name, "steps": st.train.steps, **losses.get(st.name, {})}
+        if st.name in est:
+            row["estimated_minutes"] = round(est[st.name]["hours"] * 60, 2)
+        stages.append(row)
+    outputs = {name: str(out / name) for name in ("teacher", "student") if (out / name).is_dir()}
+    plot = plot_losses(out / METRICS_FILE, out / "loss_curves.png")
+    summary = {"run": str(out), "seconds": round(seconds, 1), "stages": stages, "eval": evals,
+               "outputs": outputs, "loss_plot": str(plot) if plot else None,
+               "runs_this_session": [{k: v for k, v in s.items() if k != "last"} for s in p.summaries]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+
+    print(f"\nfinished in {seconds / 60:.1f} min; run folder {out}")
+    print(f"  {'stage':<10} {'steps':>7} {'first loss':>11} {'last loss':>10} {'tok/s':>9}")
+    for r in stages:
+        if "last_loss" in r:
+            print(f"  {r['stage']:<10} {r['steps']:>7} {r['first_loss']:>11.4g} {r['last_loss']:>10.4g} "
+                  f"{(r.get('tokens_per_s') or 0):>9.0f}")
+    for name, e in evals.items():
+        print(f"  {name}: MLM loss {e['mlm_loss']:.3f}, MLM accuracy {e['mlm_accuracy']:.1%}, "
+              f"NSP accuracy {e['nsp_accuracy']:.1%} ({e['masked_tokens']} masked tokens)")
+    for name, path in outputs.items():
+        print(f"  {name} model (Hugging Face layout): {path}")
+    print(f"  metrics: {out / METRICS_FILE}; loss curves: {plot}; summary: {out / 'summary.json'}", flush=True)
+    return summary

@@ -1,0 +1,264 @@
+"""Settings of `mobilebert train`: one YAML file describes teacher pre-training, knowledge transfer and
+pre-training distillation (paper §4; the official run's flags are in configs/paper-full.yaml).
+
+The YAML maps 1:1 onto these dataclasses; `mobilebert.settings.load_settings` applies dotted overrides
+(`kt.strategy=jkt pd.steps=100`) and rejects unknown keys with the key's name. `validate()` methods check
+values that a type cannot express; `check_models()` checks that teacher and student fit the chosen
+losses. All of it runs before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mobilebert.config import MobileBertConfig
+from mobilebert.errors import ConfigError
+
+STRATEGIES = ("pkt", "jkt", "akt", "bare")
+STAGES = ("teacher", "kt", "pd")
+
+
+@dataclass
+class OptimSettings:
+    name: Literal["lamb", "adamw"] = "lamb"
+    lr: float = 1.5e-3
+    weight_decay: float = 0.01
+    schedule: Literal["linear", "constant", "pkt_official"] = "linear"
+    warmup_steps: int = 0
+    end_lr_ratio: float = 1e-4        # linear decay ends at lr * end_lr_ratio (GR default)
+    clip_grad_norm: float = 1.0       # global-norm clipping (GR: 1.0); 0 disables
+    eps: float = 1e-6
+
+    def check(self, key: str):
+        if self.lr <= 0:
+            raise ConfigError(f"{key}.lr: must be positive, got {self.lr}")
+        for name in ("warmup_steps", "weight_decay", "clip_grad_norm", "end_lr_ratio"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name}: must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class KtOptimSettings(OptimSettings):
+    schedule: Literal["linear", "constant", "pkt_official"] = "pkt_official"  # GR: constant LR x PKT background
+
+
+@dataclass
+class PdOptimSettings(OptimSettings):
+    warmup_steps: int = 10_000
+
+
+@dataclass
+class StageSettings:
+    """Steps, batch and optimizer of one stage (for PKT: of each of its per-layer stages)."""
+    steps: int = 1000
+    batch_size: int = 32              # global batch: split over ranks, then over grad_accum micro-batches
+    grad_accum: int = 1
+    optim: OptimSettings = field(default_factory=OptimSettings)
+
+    def check(self, key: str):
+        for name in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name}: must be a positive integer, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"{key}.batch_size: {self.batch_size} is not divisible by grad_accum={self.grad_accum}")
+        self.optim.check(f"{key}.optim")
+
+
+@dataclass
+class ModelSettings:
+    preset: str = "mobilebert"
+    overrides: dict = field(default_factory=dict)   # MobileBertConfig fields, e.g. {num_hidden_layers: 4}
+    init: str | None = None          # an existing checkpoint folder (HF layout): use it instead of training it
+
+
+@dataclass
+class TeacherTrainSettings(StageSettings):
+    steps: int = 500_000              # third-party summaries of the paper (UNVERIFIED): 500k steps at 4096
+    batch_size: int = 4096
+
+
+@dataclass
+class TeacherSettings(ModelSettings):
+    preset: str = "ibbert-large"
+    train: TeacherTrainSettings = field(default_factory=TeacherTrainSettings)
+
+
+@dataclass
+class FmtSettings:
+    weight: float = 100.0             # GR hidden_distill_factor
+    standardize: bool = True          # GR: MSE of non-affine LayerNorm'd maps; false: eq. 2 plain MSE
+    mask_padding: bool = False        # GR averages over padding too
+
+
+@dataclass
+class AtSettings:
+    weight: float = 1.0               # GR attention_distill_factor
+    kind: Literal["ce", "kl"] = "ce"  # ce: GR cross-entropy on scores; kl: eq. 3 per-head KL
+    mask_padding: bool = False
+
+
+@dataclass
+class MeanVarSettings:
+    beta: float = 5000.0              # GR beta_distill_factor (mean term); 0 disables
+    gamma: float = 5.0                # GR gamma_distill_factor (variance term); 0 disables
+    all_layer_teacher_stats: bool = False  # reproduce GR's bug (teacher statistics over all layers)
+
+
+@dataclass
+class KtSettings(StageSettings):
+    """Knowledge transfer. PKT: `steps` per layer stage; JKT/AKT/bare: `steps` in total."""
+    strategy: Literal["pkt", "jkt", "akt", "bare"] = "pkt"
+    lower_layers: Literal["reduced_lr", "freeze"] = "reduced_lr"  # PKT: GR trains lower layers at 0.1x
+    active_lr_scale: float = 3.0      # GR: the active layer runs at 3x the background LR
+    lower_lr_scale: float = 0.3       # GR: layers below at 0.3x (= 0.1 x 3x); used with reduced_lr
+    copy_from_teacher: bool = True    # embeddings and heads copied from the teacher, frozen in KT
+    fmt: FmtSettings = field(default_factory=FmtSettings)
+    at: AtSettings = field(default_factory=AtSettings)
+    mean_var: MeanVarSettings = field(default_factory=MeanVarSettings)
+    steps: int = 10_000
+    batch_size: int = 2048
+    optim: KtOptimSettings = field(default_factory=KtOptimSettings)
+
+
+@dataclass
+class PdSettings(StageSettings):
+    alpha: float = 0.5                # eq. 4; GR distill_ground_truth_ratio (1.0 drops the teacher)
+    temperature: float = 1.0
+    steps: int = 500_000
+    batch_size: int = 2048
+    optim: PdOptimSettings = field(default_factory=PdOptimSettings)
+
+    def check(self, key: str):
+        super().check(key)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"{key}.alpha: must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            raise ConfigError(f"{key}.temperature: must be positive, got {self.temperature}")
+
+
+@dataclass
+class DataSettings:
+    corpus: list[str] | str = field(default_factory=list)  # raw text (files, folders, globs): prepared into OUT/data
+    shards: str | None = None         # or an already prepared folder (`mobilebert data prepare`)
+    vocab: str = "../shared/data/bert-base-uncased/vocab.txt"
+    seq_len: int = 128
+    max_predictions: int = 20
+    mask_prob: float = 0.15           # BERT: 15% of the tokens, at most max_predictions per sequence
+    whole_word: bool = False
+    short_seq_prob: float = 0.1
+    skip_bad_files: bool = False      # skip binary files in the corpus instead of stopping
+    eval_batches: int = 4             # held-out batches for the final MLM/NSP report (0: none)
+
+    def check(self, key: str = "data"):
+        if isinstance(self.corpus, str):  # `data.corpus=PATH` on the command line
+            self.corpus = [self.corpus]
+        if bool(self.corpus) == bool(self.shards):
+            raise ConfigError(f"{key}: give exactly one of {key}.corpus (raw text) or {key}.shards (prepared folder)")
+        if self.seq_len < 8:
+            raise ConfigError(f"{key}.seq_len: must be at least 8, got {self.seq_len}")
+        if self.max_predictions < 1:
+            raise ConfigError(f"{key}.max_predictions: must be positive, got {self.max_predictions}")
+        if not 0 < self.mask_prob < 1:
+            raise ConfigError(f"{key}.mask_prob: must be in (0, 1), got {self.mask_prob}")
+        if not 0 <= self.short_seq_prob <= 1:
+            raise ConfigError(f"{key}.short_seq_prob: must be in [0, 1], got {self.short_seq_prob}")
+
+
+@dataclass
+class RunSettings:
+    out: str = "runs/mobilebert"
+    stages: list[str] = field(default_factory=lambda: ["teacher", "kt", "pd"])
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    log_every: int = 10
+    save_every: int = 1000            # checkpoint every N steps of a stage (and always at its end)
+    keep_checkpoints: int = 3
+    threads: int = 0                  # torch.set_num_threads; 0 leaves the default
+    progress: bool = True
+    tensorboard: bool = True
+
+    def check(self, key: str = "run"):
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad or not self.stages:
+            raise ConfigError(f"{key}.stages: {bad or self.stages} must be a non-empty subset of {', '.join(STAGES)}")
+        if sorted(self.stages, key=STAGES.index) != list(self.stages) or len(set(self.stages)) != len(self.stages):
+            raise ConfigError(f"{key}.stages: list each stage once, in the order {', '.join(STAGES)}")
+        for name, low in (("log_every", 1), ("save_every", 0), ("keep_checkpoints", 1), ("threads", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"{key}.{name}: must be >= {low}, got {getattr(self, name)}")
+
+
+@dataclass
+class TrainSettings:
+    run: RunSettings = field(default_factory=RunSettings)
+    data: DataSettings = field(default_factory=lambda: DataSettings(corpus=["../shared/data/corpus"]))
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    student: ModelSettings = field(default_factory=ModelSettings)
+    kt: KtSettings = field(default_factory=KtSettings)
+    pd: PdSettings = field(default_factory=PdSettings)
+
+    def validate(self):
+        self.run.check("run")
+        self.data.check("data")
+        self.teacher.train.check("teacher.train")
+        self.kt.check("kt")
+        self.pd.check("pd")
+        for key, w in (("kt.fmt.weight", self.kt.fmt.weight), ("kt.at.weight", self.kt.at.weight),
+                       ("kt.mean_var.beta", self.kt.mean_var.beta), ("kt.mean_var.gamma", self.kt.mean_var.gamma)):
+            if w < 0:
+                raise ConfigError(f"{key}: must be >= 0, got {w}")
+        stages = self.run.stages
+        if self.kt.strategy == "bare" and "pd" in stages:
+            raise ConfigError("run.stages: pd needs a teacher, but kt.strategy=bare trains the student without one")
+        if "teacher" not in stages and self.needs_teacher() and not self.teacher.init:
+            raise ConfigError("teacher.init: the stages need a teacher; add `teacher` to run.stages or give "
+                              "teacher.init (a trained teacher folder)")
+        if "pd" in stages and "kt" not in stages and not self.student.init:
+            raise ConfigError("student.init: pd without kt starts from a student folder; give student.init")
+
+    def needs_teacher(self) -> bool:
+        kt = "kt" in self.run.stages and self.kt.strategy != "bare"
+        pd = "pd" in self.run.stages and self.pd.alpha < 1.0
+        return kt or pd
+
+
+def build_model_config(ms: ModelSettings, key: str, max_len: int) -> MobileBertConfig:
+    """The preset with overrides; errors name `teacher.` / `student.` keys."""
+    from mobilebert.presets import get_config
+    try:
+        cfg = get_config(ms.preset, **ms.overrides)
+    except ConfigError as e:
+        msg = str(e)
+        raise ConfigError(f"{key}.{'preset' if 'preset' in msg else 'overrides.' + msg}") from None
+    if cfg.max_position_embeddings < max_len:
+        raise ConfigError(f"data.seq_len: {max_len} is longer than {key} max_position_embeddings="
+                          f"{cfg.max_position_embeddings}")
+    return cfg
+
+
+def check_models(s: TrainSettings, teacher: MobileBertConfig, student: MobileBertConfig) -> None:
+    """Teacher and student must fit the chosen losses (and the teacher->student copy)."""
+    if not s.needs_teacher():
+        return
+    kt = "kt" in s.run.stages and s.kt.strategy != "bare"
+
+    def need(key: str, why: str):
+        t, st = getattr(teacher, key), getattr(student, key)
+        if t != st:
+            raise ConfigError(f"teacher/student {key}: {t} != {st}; {why}")
+
+    need("vocab_size", "distillation compares the two models' vocabulary distributions")
+    if student.model_type != "mobilebert" or teacher.model_type != "mobilebert":
+        raise ConfigError("teacher/student model_type: knowledge transfer is defined for MobileBERT/IB-BERT models")
+    if kt:
+        need("num_hidden_layers", "layer l of the student learns layer l of the teacher")
+        if s.kt.fmt.weight or s.kt.mean_var.beta or s.kt.mean_var.gamma:
+            need("hidden_size", "feature-map transfer compares inter-block feature maps of equal width")
+        if s.kt.at.weight:
+            need("num_attention_heads", "attention transfer compares the heads one to one "
+                                        "(set kt.at.weight=0 to transfer feature maps only)")
+        if s.kt.copy_from_teacher:
+            for key in ("embedding_size", "hidden_size", "max_position_embeddings", "type_vocab_size", "trigram_input"):
+                need(key, "the embeddings are copied from the teacher (or set kt.copy_from_teacher=false)")
