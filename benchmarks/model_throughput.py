@@ -2,8 +2,10 @@
 
 Measures tokens/s of forward + backward (+ an optimizer-free step) on random token batches, alternating the
 two implementations so that machine noise hits both alike, and reports the ratio. CPU by default; on a GPU
-add `--device cuda --dtype bf16`. Usage:
+add `--device cuda --dtype bf16` (and `--compile` for torch.compile on both sides; `--preset bert-base` for
+the BERT_BASE row of the issue's table). Usage:
     python benchmarks/model_throughput.py --preset mobilebert --batch 8 --seq 128 --steps 5
+    python benchmarks/model_throughput.py --device cuda --dtype bf16 --batch 256 --steps 20 --compile
 """
 
 import argparse
@@ -37,7 +39,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both models (same settings)")
     args = ap.parse_args()
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers under autocast; the same for both sides
     dtype = torch.bfloat16 if args.dtype == "bf16" else None
     cfg = mb.get_config(args.preset)
     ours = mb.MobileBertForPreTraining(cfg).to(args.device).train()
@@ -52,10 +57,15 @@ def main() -> None:
     batch = {k: v.to(args.device) for k, v in dict(input_ids=ids, attention_mask=torch.ones_like(ids),
              token_type_ids=torch.zeros_like(ids), labels=labels,
              next_sentence_label=torch.zeros(args.batch, dtype=torch.long)).items()}
-    runs = {"transformers": (theirs, False), "ours (dense MLM)": (ours, False), "ours (sparse MLM)": (ours, True)}
+    run_ours, run_theirs = ours, theirs
+    if args.compile:
+        run_ours, run_theirs = torch.compile(ours), torch.compile(theirs)
+    runs = {"transformers": (run_theirs, False), "ours (dense MLM)": (run_ours, False),
+            "ours (sparse MLM)": (run_ours, True)}
     times = {k: [] for k in runs}
-    for name, (m, sparse) in runs.items():  # warm-up
-        step_time(m, batch, sparse, args.device, dtype)
+    for name, (m, sparse) in runs.items():  # warm-up (compiles, when --compile)
+        for _ in range(3 if args.compile else 1):
+            step_time(m, batch, sparse, args.device, dtype)
     for _ in range(args.steps):
         for name, (m, sparse) in runs.items():
             times[name].append(step_time(m, batch, sparse, args.device, dtype))
@@ -63,6 +73,8 @@ def main() -> None:
     base = statistics.median(times["transformers"])
     result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "transformers": hf.__version__, "threads": torch.get_num_threads(), **vars(args), "results": {}}
+    if args.device == "cuda":
+        result["gpu"] = torch.cuda.get_device_name()
     for name, ts in times.items():
         med = statistics.median(ts)
         result["results"][name] = {"median_s": round(med, 4), "tokens_per_s": round(tokens / med, 1),

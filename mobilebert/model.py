@@ -125,6 +125,7 @@ class MobileBertSelfAttention(nn.Module):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.head_size = cfg.true_hidden_size // cfg.num_attention_heads
+        self.scale = 1.0 / math.sqrt(self.head_size)  # a constant, so the export graph computes no Sqrt
         width = cfg.true_hidden_size
         # Q/K read the shared bottleneck (MobileBERT), the input bottleneck (TINY), or the 512-d input (teacher).
         qk_in = width if (cfg.use_bottleneck_attention or cfg.key_query_shared_bottleneck) else cfg.hidden_size
@@ -134,20 +135,30 @@ class MobileBertSelfAttention(nn.Module):
         self.value = nn.Linear(v_in, width)
         self.dropout = nn.Dropout(cfg.attention_probs_dropout_prob)
 
+    def heads(self, q_in, k_in, v_in, mask_add):
+        """(q, k, v) as (B, heads, S, d), and a function that merges a (B, heads, S, d) context back.
+
+        q_in: (B, S, in), or token-major (B*S, in) as the export graph runs it (there mask_add, (B, 1, 1, S),
+        gives S): every linear then sees a 2-D input, which ONNX Runtime fuses with its bias into one Gemm."""
+        flat = q_in.dim() == 2
+        S = mask_add.shape[-1] if flat else q_in.shape[1]
+        split = lambda t: t.view(-1, S, self.num_heads, self.head_size).transpose(1, 2)
+        width = self.num_heads * self.head_size
+        merge = lambda c: c.transpose(1, 2).contiguous().view((-1, width) if flat else (c.shape[0], S, width))
+        return split(self.query(q_in)), split(self.key(k_in)), split(self.value(v_in)), merge
+
     def forward(self, q_in, k_in, v_in, mask_add, want_maps: bool):
-        B, S, _ = q_in.shape
-        split = lambda t: t.view(B, S, self.num_heads, self.head_size).transpose(1, 2)  # (B, heads, S, d)
-        q, k, v = split(self.query(q_in)), split(self.key(k_in)), split(self.value(v_in))
+        q, k, v, merge = self.heads(q_in, k_in, v_in, mask_add)
         if not want_maps:
             p = self.dropout.p if self.training else 0.0
-            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_add, dropout_p=p)
-            return ctx.transpose(1, 2).reshape(B, S, -1), None, None
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_size))  # (B, heads, S, S)
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_add, dropout_p=p, scale=self.scale)
+            return merge(ctx), None, None
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, heads, S, S)
         if mask_add is not None:
             scores = scores + mask_add.to(scores.dtype)
         probs = torch.softmax(scores, dim=-1)
         ctx = torch.matmul(self.dropout(probs), v)
-        return ctx.transpose(1, 2).reshape(B, S, -1), probs, scores
+        return merge(ctx), probs, scores
 
 
 class MobileBertSelfOutput(nn.Module):

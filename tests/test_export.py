@@ -104,6 +104,29 @@ def test_folded_nonorm_export_matches_unfolded_model(tmp_path, tokenizer, dev_sa
     _check_dev_parity(out, model, "MobileBertForSequenceClassification", dev_sample)
 
 
+def test_token_major_graph_has_bias_fused_gemms_and_matmul_rewrite_is_exact(tmp_path, tokenizer, dev_sample):
+    """The encoder exports on (B*S, H), so every linear is one Gemm with its bias (no separate bias Add);
+    the dynamic quantizer's MatMul + Add rewrite of those Gemms computes the same numbers."""
+    import onnxruntime as ort
+
+    from mobilebert.quant.ort import gemms_to_matmuls
+
+    model = _perturbed(HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert")))
+    out = tmp_path / "m.onnx"
+    export_onnx(model, out, tokenizer=tokenizer)
+    ops = [n.op_type for n in onnx.load(str(out)).graph.node]
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    assert ops.count("Gemm") >= linears - 3  # all but the embedding projection and the head's
+    plain = tmp_path / "plain.onnx"
+    assert gemms_to_matmuls(out, plain) == ops.count("Gemm")
+    plain_ops = [n.op_type for n in onnx.load(str(plain)).graph.node]
+    assert "Gemm" not in plain_ops and plain_ops.count("MatMul") == ops.count("MatMul") + ops.count("Gemm")
+    ids, mask, types = dev_sample
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": types.numpy()}
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(run(plain), run(out), rtol=1e-5, atol=1e-6)
+
+
 def test_session_carries_config_and_vocabulary(tmp_path, tokenizer, vocab_file):
     model = HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert")).eval()
     out = tmp_path / "m.onnx"

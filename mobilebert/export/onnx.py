@@ -239,7 +239,7 @@ def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol:
         from mobilebert.quant.pytorch import fold_nonorm as fold
 
         graph_model, _ = fold(model)
-    wrapper = ExportWrapper(graph_model)
+    wrapper = ExportWrapper(graph_model, token_major=True)
     # Two shapes: the trace shape and another batch/sequence size, so a lost dynamic axis shows up.
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]
     if batches[1][0].shape[-1] == batches[0][0].shape[-1]:

@@ -45,13 +45,21 @@ def output_names(model: nn.Module) -> tuple[str, ...]:
     return names
 
 
-def encode(base: nn.Module, input_ids, attention_mask, token_type_ids):
-    """MobileBertModel.forward without the data-dependent mask shortcut; returns (hidden, pooled)."""
+def encode(base: nn.Module, input_ids, attention_mask, token_type_ids, token_major: bool = False):
+    """MobileBertModel.forward without the data-dependent mask shortcut; returns (hidden, pooled).
+
+    token_major: run the encoder on (B*S, H) instead of (B, S, H). Same numbers; in ONNX every linear is
+    then a 2-D Gemm with its bias (and ReLU) fused, which ONNX Runtime runs ~20% faster for MobileBERT's
+    ~360 small linears (with 3-D inputs each bias is a separate Add)."""
     h = base.embeddings(input_ids, token_type_ids)  # (B, S, H)
     # Same additive key mask as the model: 0 where attended, the dtype's minimum where padded.
     mask_add = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+    B, S, H = h.shape
+    if token_major:
+        h = h.reshape(-1, H)  # (B*S, H); attention recovers S from mask_add
     for layer in base.encoder.layer:
         h = layer(h, mask_add, False)[0]
+    h = h.view(B, S, H)
     pooled = base.pooler(h) if base.pooler is not None else None
     return h, pooled
 
@@ -59,8 +67,9 @@ def encode(base: nn.Module, input_ids, attention_mask, token_type_ids):
 class ExportWrapper(nn.Module):
     """`forward(input_ids, attention_mask, token_type_ids) -> tuple` of the head's outputs (`output_names`)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, token_major: bool = False):
         super().__init__()
+        self.token_major = token_major  # see `encode`; the ONNX export sets it
         self.kind = head_name(model)
         self.model = model.eval()
         self.output_names = output_names(model)
@@ -73,7 +82,7 @@ class ExportWrapper(nn.Module):
             flat = lambda t: t.reshape(-1, t.shape[-1])
             input_ids, attention_mask, token_type_ids = flat(input_ids), flat(attention_mask), flat(token_type_ids)
         base = m if kind == "MobileBertModel" else m.base_model
-        h, pooled = encode(base, input_ids, attention_mask, token_type_ids)
+        h, pooled = encode(base, input_ids, attention_mask, token_type_ids, self.token_major)
         if kind == "MobileBertModel":
             return (h,) if pooled is None else (h, pooled)
         if kind == "MobileBertForPreTraining":

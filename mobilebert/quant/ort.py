@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,46 @@ def weight_matmuls(path) -> tuple[list[str], list[str]]:
     return weights, acts
 
 
+def gemms_to_matmuls(src, dst) -> int:
+    """Rewrite every Gemm with a constant weight as MatMul + Add (same numbers); returns how many.
+
+    Our export writes the encoder's linears as bias-fused Gemms (2-D token-major layout, the fastest fp32
+    graph), but ONNX Runtime's dynamic quantizer only knows MatMul; it then fuses the Add back into
+    DynamicQuantizeMatMul / MatMulIntegerToFloat as their bias input."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes, count = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (node.op_type != "Gemm" or node.input[1] not in inits or attrs.get("transA", 0)
+                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0):
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if attrs.get("transB", 0):
+            w = np.ascontiguousarray(w.T)
+        w_name = f"{node.input[1]}_kn_{count}"
+        model.graph.initializer.append(numpy_helper.from_array(w, w_name))
+        has_bias = len(node.input) > 2 and node.input[2]
+        mm_out = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], w_name], [mm_out], name=f"{node.name}_MatMul"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [mm_out, node.input[2]], [node.output[0]], name=f"{node.name}_Add"))
+        count += 1
+    # Drop weights that only the rewritten Gemms used (the transposed copies replace them).
+    used = {i for n in nodes for i in n.input}
+    keep = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return count
+
+
 def _quiet():
     # ORT's quantizer logs a pre-processing suggestion per call on the root logger.
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
@@ -70,14 +111,17 @@ def quantize_onnx_dynamic(src, out, per_channel: bool = False, reduce_range: boo
     if not src.is_file():
         raise UserError(f"{src}: ONNX model not found")
     _quiet()
-    weights, _ = weight_matmuls(src)
-    ops = ["MatMul", "Gemm"] + (["Gather"] if embeddings else [])
+    ops = ["MatMul"] + (["Gather"] if embeddings else [])
     tmp, cleanup = atomic_output(out)
     try:
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         reduce_range=reduce_range, op_types_to_quantize=ops,
-                         nodes_to_quantize=None if embeddings else weights,
-                         extra_options={"MatMulConstBOnly": True})
+        with tempfile.TemporaryDirectory(dir=out.parent) as work:
+            plain = Path(work) / "matmuls.onnx"
+            gemms_to_matmuls(src, plain)
+            weights, _ = weight_matmuls(plain)
+            quantize_dynamic(str(plain), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             reduce_range=reduce_range, op_types_to_quantize=ops,
+                             nodes_to_quantize=None if embeddings else weights,
+                             extra_options={"MatMulConstBOnly": True})
         return _finish(src, tmp, out, cleanup)
     except BaseException:
         cleanup()

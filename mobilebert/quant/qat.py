@@ -22,7 +22,6 @@ the attention of the float model (the -6 mask leaks attention to padding).
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -90,14 +89,12 @@ class QatSelfAttention(MobileBertSelfAttention):
     """Explicit attention (no SDPA) so the scores and the context can be fake-quantized."""
 
     def forward(self, q_in, k_in, v_in, mask_add, want_maps: bool):
-        B, S, _ = q_in.shape
-        split = lambda t: t.view(B, S, self.num_heads, self.head_size).transpose(1, 2)
-        q, k, v = split(self.query(q_in)), split(self.key(k_in)), split(self.value(v_in))
-        scores = self.score_fq(torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_size)))
+        q, k, v, merge = self.heads(q_in, k_in, v_in, mask_add)
+        scores = self.score_fq(torch.matmul(q, k.transpose(-1, -2)) * self.scale)
         if mask_add is not None:
             scores = scores + mask_add.to(scores.dtype)
         probs = torch.softmax(scores, dim=-1)
-        ctx = self.ctx_fq(torch.matmul(self.dropout(probs), v)).transpose(1, 2).reshape(B, S, -1)
+        ctx = merge(self.ctx_fq(torch.matmul(self.dropout(probs), v)))
         return (ctx, probs, scores) if want_maps else (ctx, None, None)
 
 
