@@ -88,6 +88,8 @@ class TrainSettings:
     device: str = "auto"
     progress: bool = True
     save_best: bool = True               # False (sweeps): keep metrics only
+    save_every: int = 0                  # steps between resumable checkpoints (OUT/checkpoints); 0: only on
+                                         # SIGTERM/SIGINT. `--resume` continues from the newest one, bit-exact
 
 
 @dataclass
@@ -137,14 +139,45 @@ def pick_precision(setting: str, device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def finetune(s: FinetuneSettings) -> dict:
-    """Train, keep the best dev checkpoint, write predictions; returns the results dict (also results.json)."""
+# Settings that may differ between a run and its --resume: they do not change the numbers.
+RESUME_FREE = ("train.progress", "train.log_every", "train.save_every", "train.device")
+
+
+def check_resume(s: FinetuneSettings, out: Path, resume: bool):
+    """The checkpoint to resume from (None for a fresh run); refuses mismatched or ambiguous folders."""
+    from mobilebert.engine import checkpoint as C
+    from mobilebert.settings import read_yaml, to_dict
+
+    latest = C.latest_checkpoint(out) if (out / "checkpoints").is_dir() else None
+    if not resume:
+        if latest is not None:
+            raise ConfigError(f"out: {out} holds an interrupted fine-tuning run ({latest.name}); pass --resume to "
+                              "continue it, or choose another out")
+        return None
+    if latest is None:
+        raise ConfigError(f"out: {out} holds no fine-tuning checkpoint to resume (no checkpoints/latest)")
+    flat = lambda d, pre="": {k2: v2 for k, v in d.items() for k2, v2 in
+                              (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(f"{pre}{k}", v)])}
+    before, now = flat(read_yaml(out / "settings.yaml")), flat(to_dict(s))
+    for key in sorted(set(before) | set(now)):
+        if key not in RESUME_FREE and before.get(key) != now.get(key):
+            raise ConfigError(f"{key}: {now.get(key)!r} differs from the run being resumed ({before.get(key)!r} "
+                              f"in {out / 'settings.yaml'})")
+    return latest
+
+
+def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
+    """Train, keep the best dev checkpoint, write predictions; returns the results dict (also results.json).
+
+    resume: continue the interrupted run in `s.out` from its newest checkpoint (same settings)."""
     from mobilebert.engine import LoopConfig, build_optimizer, linear_schedule, train_loop
+    from mobilebert.engine import checkpoint as C
     from mobilebert.engine.logging import MetricsLogger
     from mobilebert.tasks import build_task_data, check_teacher, load_model_for_task, load_tokenizer
 
     seed_everything(s.train.seed)
     out = Path(s.out)
+    latest = check_resume(s, out, resume)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(s.train.device)
     precision = pick_precision(s.train.precision, device)
@@ -184,9 +217,18 @@ def finetune(s: FinetuneSettings) -> dict:
 
     optimizer = build_optimizer(model, "adamw", s.optim.lr, s.optim.weight_decay, eps=s.optim.eps)
     scheduler = linear_schedule(optimizer, int(s.optim.warmup * total), total, s.optim.end_lr_ratio)
-    logger = MetricsLogger(out)
     history: list[dict] = []
     best: dict = {}
+    start, loop_state = 0, None
+    if latest is not None:
+        # Weights, AdamW moments, schedule, RNG streams (dropout) and the loop's log window: the run
+        # continues exactly where it stopped; batches are a pure function of (seed, step).
+        state = C.load_checkpoint(latest, model=model, optimizer=optimizer, scheduler=scheduler)
+        start, loop_state = state["step"], state["extra"].get("loop")
+        history.extend(state["extra"].get("history", []))
+        best.update(state["extra"].get("best", {}))
+        print(f"resuming {out} from step {start} of {total}", flush=True)
+    logger = MetricsLogger(out, resume_from=("finetune", start) if latest is not None else None)
 
     def eval_fn(step: int) -> dict:
         if not data.dev:
@@ -204,14 +246,29 @@ def finetune(s: FinetuneSettings) -> dict:
         model.train()
         return {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
 
+    def checkpoint_fn(step: int, loop: dict) -> None:
+        C.save_checkpoint(out, C.checkpoint_name("finetune", step), model=model, optimizer=optimizer,
+                          scheduler=scheduler, step=step, stage="finetune", data_position=step * s.train.batch_size,
+                          settings=s, extra={"loop": loop, "history": list(history), "best": dict(best)}, keep=1)
+
     loss_fn = make_loss_fn(data.kind, data.is_regression, teacher, s.distill)
     cfg = LoopConfig(max_steps=total, grad_accum=s.train.grad_accum, clip_grad_norm=s.optim.clip_grad_norm,
                      log_every=s.train.log_every, eval_every=s.train.eval_every or steps_per_epoch,
-                     precision=precision, stage="finetune", progress=s.train.progress, save_at_end=False)
+                     save_every=s.train.save_every, precision=precision, stage="finetune",
+                     progress=s.train.progress, save_at_end=False)
     model.train()
     try:
         summary = train_loop(model, loss_fn, batches, optimizer, scheduler, cfg, logger=logger, eval_fn=eval_fn,
+                             checkpoint_fn=checkpoint_fn, start_step=start, loop_state=loop_state,
                              desc=f"finetune {data.name}")
+        if summary["interrupted"]:
+            logger.close()
+            print(f"stopped at step {summary['end_step']} (signal {summary['interrupted']}); continue with: "
+                  f"mobilebert finetune ... --resume --out {out}", flush=True)
+            return {"task": data.name, "main_metric": data.main_metric, "best_step": best.get("step"),
+                    "best": best.get("metrics"), "history": history, "train_examples": n,
+                    "steps": summary["end_step"], "train_seconds": summary["seconds"],
+                    "final_loss": summary["loss"], "interrupted": summary["interrupted"], "device": str(device)}
         if data.dev and (not history or history[-1]["step"] != summary["end_step"]):
             final = eval_fn(summary["end_step"])
             logger.log("finetune", summary["end_step"], {f"eval_{k}": v for k, v in final.items()})
@@ -228,6 +285,7 @@ def finetune(s: FinetuneSettings) -> dict:
         written = data.predict_test(best_model, s, device, precision, out / "submission")
         results["test_files"] = [str(p) for p in written]
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: best/ holds the model
     return results
 
 

@@ -282,3 +282,41 @@ def test_sweep_table_and_plot(tmp_path, capsys, data_dir, vocab):
     assert not (tmp_path / "runs" / "bs16_lr0.001_ep1_seed1" / "best").exists()   # no checkpoints kept
     assert main(argv) == 0   # a re-run finds every run done and only re-reports
     assert "[1/4]" not in capsys.readouterr().out
+
+
+def test_resume_after_sigterm_is_bit_exact(tmp_path, capsys, monkeypatch, data_dir, vocab):
+    """SIGTERM at step 3 of 6 saves a checkpoint and exits 130; --resume finishes with the same weights, loss
+    and dev metrics as an uninterrupted run. A folder holding an interrupted run needs --resume."""
+    import os
+    import signal
+
+    import mobilebert.engine as engine
+    from safetensors.torch import load_file
+
+    args = ["data.task=mrpc", f"data.dir={data_dir / 'glue'}", f"model.tokenizer={vocab}", "train.max_steps=6",
+            "train.eval_every=2", "model.dropout=0.1"]  # dropout on: the RNG stream must be restored too
+    full = _ft(capsys, tmp_path / "full", *args)
+    real_loop = engine.train_loop
+
+    def loop_killed_at_3(*a, **kw):
+        kw["on_step_end"] = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 3 else None
+        return real_loop(*a, **kw)
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(engine, "train_loop", loop_killed_at_3)
+    assert main(["finetune", f"out={out}", *QUICK, *args]) == 130
+    monkeypatch.setattr(engine, "train_loop", real_loop)
+    assert (out / "checkpoints" / "latest").read_text().strip() == "finetune-step-0000003"
+    assert main(["finetune", f"out={out}", *QUICK, *args]) == 2  # no --resume: refused, nothing touched
+    assert "--resume" in capsys.readouterr().err
+    assert main(["finetune", f"out={out}", *QUICK, *args, "optim.lr=2e-3", "--resume"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+    assert main(["finetune", f"out={out}", *QUICK, *args, "--resume"]) == 0
+    cut = json.loads((out / "results.json").read_text())
+    assert cut["final_loss"] == full["final_loss"] and cut["best"] == full["best"]
+    assert [h["step"] for h in cut["history"]] == [2, 4, 6]
+    a, b = load_file(tmp_path / "full" / "best" / "model.safetensors"), load_file(out / "best" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (out / "checkpoints").exists()  # finished runs keep best/ only
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    assert steps == sorted(set(steps))  # the resumed log continues, no duplicated steps

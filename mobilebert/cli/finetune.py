@@ -11,8 +11,9 @@ Examples:
 
 Settings are `mobilebert.finetune.FinetuneSettings` (groups model, data, optim, train, distill). The
 run folder gets metrics.jsonl, tensorboard/, best/ (weights, tokenizer, settings.yaml),
-dev_predictions/, submission/ (GLUE test predictions) and results.json.
-Exit status: 0 done, 2 bad input.
+dev_predictions/, submission/ (GLUE test predictions) and results.json; while it runs, checkpoints/
+(resumable with --resume; removed when the run finishes).
+Exit status: 0 done, 2 bad input, 130 stopped by SIGTERM/SIGINT (a checkpoint was saved).
 """
 
 import argparse
@@ -24,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("args", nargs="*", metavar="CONFIG.yaml|key=value",
                    help="an optional YAML file, then dotted overrides such as optim.lr=3e-5 train.epochs=4")
     p.add_argument("--out", help="the run folder (same as out=DIR)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in the run folder from its newest checkpoint "
+                        "(SIGTERM/SIGINT save one; train.save_every=N saves every N steps)")
     p.set_defaults(func=run)
 
 
@@ -47,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out={args.out}")
     settings = load_settings(FinetuneSettings, config, overrides)
-    results = finetune(settings)
+    results = finetune(settings, resume=args.resume)
+    if results.get("interrupted"):
+        return 130
     print(json.dumps({"task": results["task"], "best_step": results["best_step"], "best": results["best"],
                       "out": settings.out}, indent=2))
     return 0
