@@ -69,8 +69,9 @@ def run_task(task: str, args) -> dict:
         out.update(seconds_per_step=per_step, steps_per_epoch=steps_per_epoch,
                    epoch_minutes=per_step * steps_per_epoch / 60, epochs=s.train.epochs)
     else:
-        out.update(score=res["best"][recipe["metric"]], best=res["best"], best_step=res["best_step"],
-                   passed=res["best"][recipe["metric"]] >= recipe["target"], interrupted=res["interrupted"])
+        score = (res["best"] or {}).get(recipe["metric"])  # None when stopped before the first evaluation
+        out.update(score=score, best=res["best"], best_step=res["best_step"],
+                   passed=score is not None and score >= recipe["target"], interrupted=res["interrupted"])
     return out
 
 
@@ -92,7 +93,8 @@ def main() -> int:
                   f"per epoch -> {r['epoch_minutes']:.1f} min per epoch ({r['epochs']:g} epochs in the recipe)")
         else:
             verdict = "PASS" if r["passed"] else f"INTERRUPTED at step {r['steps']}" if r["interrupted"] else "FAIL"
-            print(f"{r['task']}: dev {r['metric']} {r['score']:.4f} (target >= {r['target']}) {verdict} "
+            score = "-" if r["score"] is None else f"{r['score']:.4f}"
+            print(f"{r['task']}: dev {r['metric']} {score} (target >= {r['target']}) {verdict} "
                   f"[{r['wall_seconds'] / 60:.1f} min on {r['device']}]")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

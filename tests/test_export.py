@@ -98,7 +98,10 @@ def test_folded_nonorm_export_matches_unfolded_model(tmp_path, tokenizer, dev_sa
 
     model = _perturbed(HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert")))
     folded, n = fold_nonorm(model)
-    assert n == 1 + 2 * model.config.num_hidden_layers  # embeddings + two bottlenecks per layer
+    cfg = model.config
+    # embeddings; per layer two bottlenecks (fully) and the residual norms' shifts: attention output,
+    # the F-1 stacked FFNs, the FFN output, the output bottleneck
+    assert n == 1 + cfg.num_hidden_layers * (2 + 1 + (cfg.num_feedforward_networks - 1) + 2)
     out = tmp_path / "folded.onnx"
     export_onnx(model, out, tokenizer=tokenizer, fold_nonorm=True)
     _check_dev_parity(out, model, "MobileBertForSequenceClassification", dev_sample)

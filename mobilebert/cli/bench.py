@@ -32,6 +32,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=_csv(int), default=(1, 2, 4), help="thread counts (default 1,2,4)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per setting (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--no-fold-nonorm", dest="fold_nonorm", action="store_false",
+                   help="time MobileBERT with its NoNorms as trained (default: folded into the linears)")
     p.add_argument("--out", default="runs/bench", help="folder for artifacts, results.json, table.md, latency.png")
     p.set_defaults(func=_run)
 
@@ -50,7 +52,7 @@ def _run(args) -> int:
     if not args.threads or min(args.threads) < 1:
         raise UserError("--threads: give positive thread counts")
     report = run_bench(args.models, args.runtimes, args.seqs, args.threads, args.runs, args.warmup,
-                       workdir=args.out)
+                       workdir=args.out, fold_nonorm=args.fold_nonorm)
     paths = save_report(report, args.out)
     print(paths["markdown"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")

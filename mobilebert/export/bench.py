@@ -100,18 +100,23 @@ def _inputs(cfg, seq: int):
 class ModelArtifacts:
     """One model's PyTorch module and exported files, built once and reused across the grid."""
 
-    def __init__(self, preset: str, workdir: Path, runtimes, max_seq: int, log=print):
+    def __init__(self, preset: str, workdir: Path, runtimes, max_seq: int, log=print, fold_nonorm: bool = True):
         from mobilebert.export.wrapper import ExportWrapper
         from mobilebert.heads import MobileBertForSequenceClassification
         from mobilebert.presets import get_config
+        from mobilebert.quant.pytorch import fold_nonorm as fold
 
-        self.preset, self.dir, self.log = preset, workdir / preset, log
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.preset, self.log = preset, log
         torch.manual_seed(0)
-        self.model = MobileBertForSequenceClassification(get_config(preset)).eval()
+        plain = MobileBertForSequenceClassification(get_config(preset)).eval()
+        # NoNorm folded into the adjacent linears (paper §3.4: why NoNorm replaces LayerNorm); a no-op for
+        # LayerNorm models such as BERT_BASE. Exact up to rounding (tests/test_export.py checks it).
+        self.model, self.folded = fold(plain) if fold_nonorm else (plain, 0)
+        self.dir = workdir / (preset + ("-folded" if self.folded else ""))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.wrapper = ExportWrapper(self.model).eval()
         self.sizes: dict[str, int] = {}
-        self.model.save_pretrained(self.dir / "checkpoint")
+        plain.save_pretrained(self.dir / "checkpoint")
         self.sizes["safetensors fp32"] = (self.dir / "checkpoint" / "model.safetensors").stat().st_size
         self.paths: dict[str, Path] = {}
         if any(r.startswith("ort") for r in runtimes):
@@ -188,7 +193,8 @@ class ModelArtifacts:
 
 
 def run_bench(models=("mobilebert", "bert-base"), runtimes=RUNTIMES, seqs=(128, 384), threads=(1, 2),
-              runs: int = 30, warmup: int = 5, workdir="runs/bench", log=print) -> BenchReport:
+              runs: int = 30, warmup: int = 5, workdir="runs/bench", log=print,
+              fold_nonorm: bool = True) -> BenchReport:
     for r in runtimes:
         if r not in RUNTIMES:
             raise UserError(f"--runtimes: unknown runtime {r!r}; choose from {', '.join(RUNTIMES)}")
@@ -207,7 +213,8 @@ def run_bench(models=("mobilebert", "bert-base"), runtimes=RUNTIMES, seqs=(128, 
     workdir = Path(workdir)
     saved_threads = torch.get_num_threads()
     try:
-        arts = {preset: ModelArtifacts(preset, workdir, runtimes, max(seqs), log) for preset in models}
+        arts = {preset: ModelArtifacts(preset, workdir, runtimes, max(seqs), log, fold_nonorm) for preset in models}
+        report.machine["nonorm_folded"] = {preset: art.folded for preset, art in arts.items()}
         report.sizes = {preset: art.sizes for preset, art in arts.items()}
         # Models interleaved per setting: on a shared machine both see the same load, so ratios hold.
         for runtime in runtimes:

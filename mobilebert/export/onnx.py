@@ -224,11 +224,13 @@ def atomic_output(out: Path):
 
 
 def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol: float = DEFAULT_RTOL,
-                tokenizer=None, vocab_path: Path | None = None, fold_nonorm: bool = False) -> ParityReport:
+                tokenizer=None, vocab_path: Path | None = None, fold_nonorm: bool = False,
+                token_major: bool = True) -> ParityReport:
     """Export `model` (any head) to `out` and check it against PyTorch; raises ParityError (no file) on failure.
 
     fold_nonorm: merge NoNorm into adjacent linears first (mobilebert.quant.pytorch); the check still
-    compares with the unfolded model."""
+    compares with the unfolded model. token_major: run the encoder on (B*S, H) (`wrapper.encode`; faster
+    in ONNX Runtime); False keeps (B, S, H), for comparison."""
     check_opset(opset)
     out = Path(out)
     if out.suffix != ".onnx":
@@ -239,7 +241,7 @@ def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol:
         from mobilebert.quant.pytorch import fold_nonorm as fold
 
         graph_model, _ = fold(model)
-    wrapper = ExportWrapper(graph_model, token_major=True)
+    wrapper = ExportWrapper(graph_model, token_major=token_major)
     # Two shapes: the trace shape and another batch/sequence size, so a lost dynamic axis shows up.
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]
     if batches[1][0].shape[-1] == batches[0][0].shape[-1]:

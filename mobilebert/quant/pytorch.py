@@ -9,9 +9,13 @@ algebra is exact and nothing else reads the un-normalised value:
 - the embedding norm: `N(T e + b + P[pos] + Y[type])` -> every term scaled by `g` (P and Y are tables,
   so they are rescaled in place) and `beta` added to the transformation bias.
 
-The norms that follow a residual add (`N(W x + b + r)`) are left alone: folding them would still need
-a `g * r` multiply, so they save nothing. The folded model computes the same function up to float
-rounding, so every export is still checked against the *unfolded* PyTorch model.
+- the norms that follow a residual add, `g * (W x + b + r) + beta` -> `g * (W x + (b + beta / g) + r)`:
+  beta moves into the linear's bias (where the exported graph adds it for free: Gemm / the int8 matmul's
+  bias input), leaving one multiply; `g` itself cannot move, since `g * r` would still be needed. Skipped
+  for a norm with a zero gain.
+
+The folded model computes the same function up to float rounding, so every export is still checked
+against the *unfolded* PyTorch model.
 
 2. Dynamic int8 (`quantize_torch_dynamic`). Paper §3.3 / Table 6 use TFLite dynamic-range
 quantization: int8 weights, activations quantized on the fly. PyTorch's
@@ -39,6 +43,28 @@ def _fold_into_linear(linear: nn.Linear, norm: NoNorm) -> None:
     linear.weight.mul_(g[:, None])  # rows are outputs: scale each output feature
     bias = linear.bias if linear.bias is not None else torch.zeros_like(g)
     linear.bias = nn.Parameter(bias * g + beta)
+
+
+class Scale(nn.Module):
+    """NoNorm without its shift (`x * weight`): what stays of a residual NoNorm once beta is folded."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone())
+
+    def forward(self, x):
+        return x * self.weight
+
+
+@torch.no_grad()
+def _fold_shift_into_bias(owner: nn.Module, linear: nn.Linear) -> int:
+    """`owner.LayerNorm(linear(x) + r)` with a NoNorm: move beta into linear's bias; returns 1 if folded."""
+    norm = getattr(owner, "LayerNorm", None)
+    if not isinstance(norm, NoNorm) or linear.bias is None or bool((norm.weight == 0).any()):
+        return 0
+    linear.bias.add_(norm.bias / norm.weight)
+    owner.LayerNorm = Scale(norm.weight)
+    return 1
 
 
 def fold_nonorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, int]:
@@ -71,6 +97,12 @@ def fold_nonorm(model: nn.Module, inplace: bool = False) -> tuple[nn.Module, int
                 _fold_into_linear(part.dense, part.LayerNorm)
                 part.LayerNorm = nn.Identity()
                 folded += 1
+        # Residual norms: attention output, each stacked FFN, the block's FFN output and output bottleneck.
+        folded += _fold_shift_into_bias(layer.attention.output, layer.attention.output.dense)
+        for ffn in getattr(layer, "ffn", ()):
+            folded += _fold_shift_into_bias(ffn.output, ffn.output.dense)
+        folded += _fold_shift_into_bias(layer.output, layer.output.dense)
+        folded += _fold_shift_into_bias(layer.output.bottleneck, layer.output.bottleneck.dense)
     return model, folded
 
 
