@@ -172,14 +172,19 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
     resume: continue the interrupted run in `s.out` from its newest checkpoint (same settings)."""
     from mobilebert.engine import LoopConfig, build_optimizer, linear_schedule, train_loop
     from mobilebert.engine import checkpoint as C
+    from mobilebert.engine import distributed as D
     from mobilebert.engine.logging import MetricsLogger
     from mobilebert.tasks import build_task_data, check_teacher, load_model_for_task, load_tokenizer
 
     seed_everything(s.train.seed)
     out = Path(s.out)
     latest = check_resume(s, out, resume)
+    # torchrun: one process per device, each trains on its slice of every global batch (DDP); rank 0
+    # alone evaluates, logs and writes. Without torchrun this is the plain single-process run.
+    device = D.init(None if s.train.device == "auto" else s.train.device)
+    world, rank, main = D.world_size(), D.rank(), D.is_main()
+    D.barrier()  # every rank has checked the folder before rank 0 writes into it
     out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(s.train.device)
     precision = pick_precision(s.train.precision, device)
     tokenizer = load_tokenizer(s.model)
     data = build_task_data(s.data, tokenizer, seed=s.train.seed)
@@ -195,23 +200,31 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
     teacher = None
     if s.distill.teacher:
         teacher = check_teacher(s.distill.teacher, data, tokenizer).to(device).eval()
-    dump_settings(s, out / "settings.yaml")
+    if main:
+        dump_settings(s, out / "settings.yaml")
 
-    n = len(data.train)
-    steps_per_epoch = math.ceil(n / s.train.batch_size)
+    n, bs = len(data.train), s.train.batch_size
+    if bs % (world * s.train.grad_accum):
+        raise ConfigError(f"train.batch_size={bs} is not divisible by grad_accum={s.train.grad_accum} x "
+                          f"{world} processes")
+    # With several processes every rank needs a full slice, so the last partial batch of an epoch is dropped.
+    steps_per_epoch = math.ceil(n / bs) if world == 1 else n // bs
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={bs}: larger than the {n} training examples")
     total = s.train.max_steps or max(1, math.ceil(s.train.epochs * steps_per_epoch))
-    if s.train.batch_size % s.train.grad_accum:
-        raise ConfigError(f"train.batch_size={s.train.batch_size} is not divisible by grad_accum={s.train.grad_accum}")
-    micro = s.train.batch_size // s.train.grad_accum
+    per_rank = bs // world
+    micro = per_rank // s.train.grad_accum
     perms: dict[int, np.ndarray] = {}
 
     def batches(step: int):
-        # Step -> batch, from a fixed permutation per epoch: reproducible for a given seed.
+        # Step -> global batch, from a fixed permutation per epoch (reproducible for a given seed); this
+        # rank's contiguous slice of it, split into grad_accum micro-batches.
         epoch, k = divmod(step, steps_per_epoch)
         if epoch not in perms:
             perms.clear()
             perms[epoch] = np.random.default_rng(s.train.seed * 1000 + epoch).permutation(n)
-        idx = perms[epoch][k * s.train.batch_size:(k + 1) * s.train.batch_size]
+        idx = perms[epoch][k * bs:(k + 1) * bs][rank * per_rank:(rank + 1) * per_rank] if world > 1 else \
+            perms[epoch][k * bs:(k + 1) * bs]
         parts = [idx[i:i + micro] for i in range(0, len(idx), micro)]
         return [data.collate([data.train[j] for j in p]) for p in parts]
 
@@ -227,11 +240,16 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
         start, loop_state = state["step"], state["extra"].get("loop")
         history.extend(state["extra"].get("history", []))
         best.update(state["extra"].get("best", {}))
-        print(f"resuming {out} from step {start} of {total}", flush=True)
-    logger = MetricsLogger(out, resume_from=("finetune", start) if latest is not None else None)
+        if main:
+            print(f"resuming {out} from step {start} of {total}", flush=True)
+    logger = MetricsLogger(out, enabled=main, resume_from=("finetune", start) if latest is not None else None)
+    train_model = D.wrap_ddp(model)  # DDP broadcasts rank 0's weights (the new head) to every rank
 
     def eval_fn(step: int) -> dict:
         if not data.dev:
+            return {}
+        if not main:
+            D.barrier()  # rank 0 evaluates and writes; the others wait
             return {}
         result = data.evaluate(model, s, device, precision, out / "dev_predictions.tmp")
         record = {"step": step, **result["metrics"]}
@@ -244,6 +262,7 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
                 save_model(model, tokenizer, s, out / "best", {"step": step, **result["metrics"]}, data)
         shutil.rmtree(out / "dev_predictions.tmp", ignore_errors=True)
         model.train()
+        D.barrier()
         return {k: v for k, v in result["metrics"].items() if isinstance(v, (int, float))}
 
     def checkpoint_fn(step: int, loop: dict) -> None:
@@ -258,7 +277,7 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
                      progress=s.train.progress, save_at_end=False)
     model.train()
     try:
-        summary = train_loop(model, loss_fn, batches, optimizer, scheduler, cfg, logger=logger, eval_fn=eval_fn,
+        summary = train_loop(train_model, loss_fn, batches, optimizer, scheduler, cfg, logger=logger, eval_fn=eval_fn,
                              checkpoint_fn=checkpoint_fn, start_step=start, loop_state=loop_state,
                              desc=f"finetune {data.name}")
         if summary["interrupted"]:
@@ -269,11 +288,13 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
                     "best": best.get("metrics"), "history": history, "train_examples": n,
                     "steps": summary["end_step"], "train_seconds": summary["seconds"],
                     "final_loss": summary["loss"], "interrupted": summary["interrupted"], "device": str(device)}
-        if data.dev and (not history or history[-1]["step"] != summary["end_step"]):
+        if data.dev and summary["end_step"] % cfg.eval_every:  # the loop evaluates at multiples only
             final = eval_fn(summary["end_step"])
             logger.log("finetune", summary["end_step"], {f"eval_{k}": v for k, v in final.items()})
     finally:
         logger.close()
+    if not main:
+        return {"task": data.name, "rank": rank, "steps": summary["end_step"], "interrupted": summary["interrupted"]}
     if not data.dev and s.train.save_best:
         save_model(model, tokenizer, s, out / "best", {"step": summary["end_step"]}, data)
     results = {"task": data.name, "main_metric": data.main_metric, "best_step": best.get("step"),

@@ -1,5 +1,6 @@
 """Data parallelism: 2 processes (torchrun, gloo on CPU) give the losses of 1 process at the same global batch."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,30 @@ def test_two_process_ddp_matches_one_process(tmp_path, data_dir):
     starts = [r for r in read_metrics(two / "metrics.jsonl") if r.get("event") == "stage_start"]
     assert len(starts) == 4 and all(r["world_size"] == 2 for r in starts)
     assert (two / "student" / "model.safetensors").is_file() and (two / "teacher" / "config.json").is_file()
+
+
+def test_finetune_two_processes_match_one(tmp_path, data_dir):
+    """`torchrun -m mobilebert finetune`: 2 ranks x 2 micro-batches of 4 = 1 process with batches of 16."""
+    vocab = data_dir / "bert-base-uncased" / "vocab.txt"
+    common = ["finetune", "data.task=mrpc", f"data.dir={data_dir / 'glue'}", f"model.tokenizer={vocab}",
+              "data.max_train_examples=32", "data.max_eval_examples=24", "data.max_seq_length=32",
+              "train.batch_size=16", "train.max_steps=4", "train.log_every=1", "train.progress=false",
+              "optim.lr=1e-3", "model.dropout=0", "model.classifier_dropout=0", "data.predict_test=false"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    p1 = subprocess.run([sys.executable, "-m", "mobilebert", *common, f"out={one}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                         "-m", "mobilebert", *common, f"out={two}", "train.grad_accum=2"], cwd=REPO,
+                        capture_output=True, text=True, timeout=600)
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    a = [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(one / "metrics.jsonl") if "loss" in r]
+    b = [(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(two / "metrics.jsonl") if "loss" in r]
+    assert [x[0] for x in a] == [x[0] for x in b] == [1, 2, 3, 4]  # rank 0 alone logs
+    for (step, la, ga), (_, lb, gb) in zip(a, b):
+        assert lb == pytest.approx(la, rel=2e-4, abs=1e-5), f"step {step} loss"
+        assert gb == pytest.approx(ga, rel=2e-4, abs=1e-5), f"step {step} grad_norm"
+    assert p2.stdout.count('"best_step"') == 1  # one report, from rank 0
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert ra["steps"] == rb["steps"] == 4 and (two / "best" / "model.safetensors").is_file()
+    assert rb["best"]["accuracy"] == pytest.approx(ra["best"]["accuracy"], abs=1 / 24 + 1e-9)

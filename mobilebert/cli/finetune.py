@@ -8,6 +8,7 @@ Examples:
     mobilebert finetune data.task=custom data.train_file=train.csv data.dev_file=dev.csv \\
         data.text_a=review data.label=stars model.init=ckpt/
     mobilebert finetune data.task=rte data.dir=glue_data model.init=student/ distill.teacher=teacher/best
+    torchrun --nproc_per_node 8 -m mobilebert finetune data.task=squad ...   # DDP: batch_size is global
 
 Settings are `mobilebert.finetune.FinetuneSettings` (groups model, data, optim, train, distill). The
 run folder gets metrics.jsonl, tensorboard/, best/ (weights, tokenizer, settings.yaml),
@@ -51,9 +52,16 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"out={args.out}")
     settings = load_settings(FinetuneSettings, config, overrides)
-    results = finetune(settings, resume=args.resume)
+    from mobilebert.engine import distributed
+
+    try:
+        results = finetune(settings, resume=args.resume)
+    finally:
+        distributed.cleanup()
     if results.get("interrupted"):
         return 130
+    if "rank" in results:  # torchrun: rank 0 reports
+        return 0
     print(json.dumps({"task": results["task"], "best_step": results["best_step"], "best": results["best"],
                       "out": settings.out}, indent=2))
     return 0
