@@ -15,7 +15,7 @@ start of the decay, as in GR). The PKT "background" schedule of GR `distill_util
 
 API:
     param_groups(model, weight_decay, lr_scale=None) -> list[dict]
-    Lamb(params, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, bias_correction=False)
+    Lamb(params, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, bias_correction=False, foreach=None)
     build_optimizer(model, name, lr, weight_decay=0.01, *, betas=(0.9, 0.999), eps=1e-6, lr_scale=None)
     linear_schedule(optimizer, warmup_steps, total_steps, end_lr_ratio=1e-4) -> LambdaLR
     pkt_background_schedule(optimizer, steps_per_phase) -> LambdaLR
@@ -86,12 +86,29 @@ class Lamb(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = False):
+                 eps: float = 1e-6, weight_decay: float = 0.0, bias_correction: bool = False,
+                 foreach: bool | None = None):
         if lr < 0 or eps < 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"invalid LAMB hyper-parameters lr={lr} betas={betas} eps={eps}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         bias_correction=bias_correction, exclude_from_trust_ratio=False)
         super().__init__(params, defaults)
+        # foreach: one multi-tensor kernel per operation over all of a group's parameters instead of ~12
+        # kernels per parameter (MobileBERT has ~1,100 parameter tensors: on a GPU the per-parameter loop
+        # alone costs more launches than a whole forward/backward). Same arithmetic; the loop is kept as
+        # the readable reference (`foreach=False`) and tests compare the two. None (default): foreach on
+        # GPU; the loop on CPU, where it measured faster (303 vs 369 ms per MobileBERT step, 1 thread:
+        # the CPU multi-tensor ops loop per tensor anyway and allocate more temporaries).
+        self.foreach = foreach
+
+    def _state(self, p: torch.Tensor) -> dict:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        return state
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -100,39 +117,65 @@ class Lamb(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            b1, b2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if g.is_sparse:
-                    raise RuntimeError("Lamb does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                if group["bias_correction"]:
-                    mhat = m / (1 - b1 ** state["step"])
-                    vhat = v / (1 - b2 ** state["step"])
-                else:
-                    mhat, vhat = m, v
-                update = mhat / (vhat.sqrt() + group["eps"])
-                if group["weight_decay"]:
-                    update.add_(p, alpha=group["weight_decay"])
-                if group["exclude_from_trust_ratio"]:
-                    p.add_(update, alpha=-group["lr"])
-                    continue
-                # Trust ratio as a tensor (no host sync): 1.0 where either norm is zero.
-                w_norm = torch.linalg.vector_norm(p)
-                u_norm = torch.linalg.vector_norm(update)
-                ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.sub_(update * (ratio * group["lr"]))
+            params = [p for p in group["params"] if p.grad is not None]
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("Lamb does not support sparse gradients")
+            if params:
+                foreach = params[0].is_cuda if self.foreach is None else self.foreach
+                (self._group_foreach if foreach else self._group_loop)(group, params)
         return loss
+
+    def _group_loop(self, group: dict, params: list[torch.Tensor]) -> None:
+        b1, b2 = group["betas"]
+        for p in params:
+            g, state = p.grad, self._state(p)
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            if group["bias_correction"]:
+                mhat = m / (1 - b1 ** state["step"])
+                vhat = v / (1 - b2 ** state["step"])
+            else:
+                mhat, vhat = m, v
+            update = mhat / (vhat.sqrt() + group["eps"])
+            if group["weight_decay"]:
+                update.add_(p, alpha=group["weight_decay"])
+            if group["exclude_from_trust_ratio"]:
+                p.add_(update, alpha=-group["lr"])
+                continue
+            # Trust ratio as a tensor (no host sync): 1.0 where either norm is zero.
+            w_norm = torch.linalg.vector_norm(p)
+            u_norm = torch.linalg.vector_norm(update)
+            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+            p.sub_(update * (ratio * group["lr"]))
+
+    def _group_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
+        b1, b2 = group["betas"]
+        grads = [p.grad for p in params]
+        states = [self._state(p) for p in params]
+        ms, vs = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
+        torch._foreach_mul_(ms, b1)
+        torch._foreach_add_(ms, grads, alpha=1 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+        if group["bias_correction"]:
+            mhat = torch._foreach_div(ms, [1 - b1 ** st["step"] for st in states])
+            vhat = torch._foreach_div(vs, [1 - b2 ** st["step"] for st in states])
+        else:
+            mhat, vhat = ms, vs
+        denom = torch._foreach_sqrt(vhat)
+        torch._foreach_add_(denom, group["eps"])
+        updates = torch._foreach_div(mhat, denom)
+        if group["weight_decay"]:
+            torch._foreach_add_(updates, params, alpha=group["weight_decay"])
+        if group["exclude_from_trust_ratio"]:
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
+            return
+        w_norm = torch.stack(torch._foreach_norm(params))   # (N,) one norm per parameter tensor
+        u_norm = torch.stack(torch._foreach_norm(updates))
+        ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+        torch._foreach_mul_(updates, list((ratio * group["lr"]).unbind()))
+        torch._foreach_sub_(params, updates)
 
 
 def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.01, *,
@@ -150,7 +193,9 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float 
     if name == "lamb":
         return Lamb(groups, lr=lr, betas=betas, eps=eps)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+        # fused (one kernel for the whole update) where every parameter is on a GPU; foreach elsewhere
+        fused = all(p.is_cuda for g in groups for p in g["params"])
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused or None)
     raise ConfigError(f"optim.name: {name!r} is not one of {', '.join(OPTIMIZERS)}")
 
 
