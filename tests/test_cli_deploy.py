@@ -105,6 +105,17 @@ def test_bench_bad_options_exit_2(tmp_path, capsys):
     assert "unknown runtime 'tflite'" in capsys.readouterr().err
 
 
+def test_bench_default_runtimes_skip_executorch_when_missing(monkeypatch, capsys):
+    import sys
+
+    from mobilebert.cli.bench import default_runtimes
+    from mobilebert.export.bench import RUNTIMES
+
+    monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
+    assert default_runtimes() == tuple(r for r in RUNTIMES if not r.startswith("executorch"))
+    assert "executorch is not installed" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_export_executorch_cli(tmp_path, vocab_file, capsys):
     pytest.importorskip("executorch")

@@ -21,13 +21,26 @@ def _csv(kind):
     return parse
 
 
+def default_runtimes() -> tuple[str, ...]:
+    """Every runtime, less the ExecuTorch ones when `executorch` is not installed (an optional extra)."""
+    from mobilebert.export.bench import RUNTIMES
+
+    try:
+        import executorch  # noqa: F401
+    except ImportError:
+        print("executorch is not installed (pip install 'mobilebert[mobile]'): timing the other runtimes")
+        return tuple(r for r in RUNTIMES if not r.startswith("executorch"))
+    return RUNTIMES
+
+
 def add_parser(subparsers) -> None:
     from mobilebert.export.bench import RUNTIMES
 
     p = subparsers.add_parser("bench", help="latency and size, MobileBERT vs BERT_BASE, in several runtimes",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=_csv(str), default=("mobilebert", "bert-base"), help="presets to compare")
-    p.add_argument("--runtimes", type=_csv(str), default=RUNTIMES, help=f"any of {','.join(RUNTIMES)}")
+    p.add_argument("--runtimes", type=_csv(str), default=None,
+                   help=f"any of {','.join(RUNTIMES)} (default: all; the executorch ones only when it is installed)")
     p.add_argument("--seqs", type=_csv(int), default=(128, 384), help="sequence lengths (default 128,384)")
     p.add_argument("--threads", type=_csv(int), default=(1, 2, 4), help="thread counts (default 1,2,4)")
     p.add_argument("--runs", type=int, default=30, help="timed runs per setting (default 30)")
@@ -51,7 +64,8 @@ def _run(args) -> int:
             raise UserError(f"--seqs: {s} is outside 3..512 (the models' max_position_embeddings)")
     if not args.threads or min(args.threads) < 1:
         raise UserError("--threads: give positive thread counts")
-    report = run_bench(args.models, args.runtimes, args.seqs, args.threads, args.runs, args.warmup,
+    runtimes = args.runtimes if args.runtimes is not None else default_runtimes()
+    report = run_bench(args.models, runtimes, args.seqs, args.threads, args.runs, args.warmup,
                        workdir=args.out, fold_nonorm=args.fold_nonorm)
     paths = save_report(report, args.out)
     print(paths["markdown"].read_text())
