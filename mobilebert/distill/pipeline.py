@@ -17,6 +17,7 @@ checkpoints/, metrics.jsonl, tensorboard/, loss_curves.png, summary.json.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import signal
@@ -43,7 +44,8 @@ from mobilebert.errors import ConfigError, DataError
 from mobilebert.heads import MobileBertForPreTraining
 
 # Settings that may change between a run and its --resume (they do not change the numbers).
-RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every", "run.keep_checkpoints"}
+RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every", "run.keep_checkpoints",
+               "data.workers"}
 
 
 @dataclass
@@ -242,7 +244,14 @@ class Pipeline:
         fwd = D.wrap_ddp(S.Forward(model))
         data = self._data(self._stage_seed(stage.name))
         bs, rank, world = stage.train.batch_size, D.rank(), D.world_size()
-        batches = lambda step: data.batch(step, bs // world, rank, world)  # this rank's slice of the global batch
+        # this rank's slice of the global batch of `step`; built ahead in worker processes when data.workers > 0
+        batch_fn = functools.partial(data.batch, batch_size=bs // world, rank=rank, world_size=world)
+        batches = batch_fn
+        if s.data.workers:
+            from mobilebert.data.prefetch import StepPrefetcher
+
+            batches = StepPrefetcher(batch_fn, start, stage.train.steps, s.data.workers,
+                                     pin_memory=self.device.type == "cuda")
         settings_dict = dataclasses.asdict(s)
 
         def checkpoint_fn(step: int, state: dict) -> None:
@@ -257,9 +266,13 @@ class Pipeline:
         if logger is not None:
             logger.log_event("stage_start", stage=stage.name, step=start, trainable=trainable, params=total,
                              world_size=world, device=str(self.device))
-        summary = train_loop(fwd, loss_fn, batches, opt, sched, cfg, logger=logger, start_step=start,
-                             checkpoint_fn=checkpoint_fn, loop_state=loop_state,
-                             desc=f"[{stage.index + 1}/{len(self.stages)}] {stage.name}")
+        try:
+            summary = train_loop(fwd, loss_fn, batches, opt, sched, cfg, logger=logger, start_step=start,
+                                 checkpoint_fn=checkpoint_fn, loop_state=loop_state,
+                                 desc=f"[{stage.index + 1}/{len(self.stages)}] {stage.name}")
+        finally:
+            if batches is not batch_fn:
+                batches.close()
         summary.update(trainable_params=trainable, params=total)
         return summary
 

@@ -149,6 +149,8 @@ class DataSettings:
     short_seq_prob: float = 0.1
     skip_bad_files: bool = False      # skip binary files in the corpus instead of stopping
     eval_batches: int = 4             # held-out batches for the final MLM/NSP report (0: none)
+    workers: int = 0                  # processes building batches ahead (GPU: 2-8); 0 builds them in-process.
+                                      # The batches are the same either way (a pure function of the step)
 
     def check(self, key: str = "data"):
         if isinstance(self.corpus, str):  # `data.corpus=PATH` on the command line
@@ -161,6 +163,8 @@ class DataSettings:
             raise ConfigError(f"{key}.max_predictions: must be positive, got {self.max_predictions}")
         if not 0 < self.mask_prob < 1:
             raise ConfigError(f"{key}.mask_prob: must be in (0, 1), got {self.mask_prob}")
+        if self.workers < 0:
+            raise ConfigError(f"{key}.workers: must be >= 0, got {self.workers}")
         if not 0 <= self.short_seq_prob <= 1:
             raise ConfigError(f"{key}.short_seq_prob: must be in [0, 1], got {self.short_seq_prob}")
 
