@@ -101,3 +101,23 @@ def test_step_prefetcher_order_and_restart():
     assert p(8)["step"] == 8 and p(9)["step"] == 9  # a jump restarts the workers at that step
     assert p(12)["step"] == 12  # past the planned range: computed in-process
     p.close()
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_losses(tmp_path, data_dir):
+    """run.compile=true (torch.compile of the trained forward and the teacher): the losses of eager mode.
+    Slow on CPU (about a minute of compilation); what it is for is GPU speed."""
+    shards = tmp_path / "shards"
+    prepare([data_dir / "corpus" / "inaugural"], data_dir / "bert-base-uncased" / "vocab.txt", shards, workers=1)
+    common = [str(CONFIG), f"data.shards={shards}", "data.corpus=[]", *OVERRIDES]
+    runs = {}
+    for flag in ("false", "true"):
+        out = tmp_path / flag
+        p = subprocess.run([sys.executable, "-m", "mobilebert", "train", *common, "--out", str(out),
+                            f"run.compile={flag}"], cwd=REPO, capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        runs[flag] = losses(out)
+    assert [x[:2] for x in runs["false"]] == [x[:2] for x in runs["true"]]
+    for (stage, step, x), (_, _, y) in zip(runs["false"], runs["true"]):
+        for k in x:
+            assert y[k] == pytest.approx(x[k], rel=1e-4, abs=1e-5), f"{stage} step {step} {k}"

@@ -180,6 +180,7 @@ class RunSettings:
     save_every: int = 1000            # checkpoint every N steps of a stage (and always at its end)
     keep_checkpoints: int = 3
     threads: int = 0                  # torch.set_num_threads; 0 leaves the default
+    compile: bool = False             # torch.compile the forward passes (GPU speed; same numbers up to rounding)
     progress: bool = True
     tensorboard: bool = True
 
