@@ -88,6 +88,7 @@ class TrainSettings:
     device: str = "auto"
     progress: bool = True
     save_best: bool = True               # False (sweeps): keep metrics only
+    compile: bool = False                # torch.compile the training forward (dynamic shapes; GPU speed)
     save_every: int = 0                  # steps between resumable checkpoints (OUT/checkpoints); 0: only on
                                          # SIGTERM/SIGINT. `--resume` continues from the newest one, bit-exact
 
@@ -140,7 +141,7 @@ def pick_precision(setting: str, device) -> str:
 
 
 # Settings that may differ between a run and its --resume: they do not change the numbers.
-RESUME_FREE = ("train.progress", "train.log_every", "train.save_every", "train.device")
+RESUME_FREE = ("train.progress", "train.log_every", "train.save_every", "train.device", "train.compile")
 
 
 def check_resume(s: FinetuneSettings, out: Path, resume: bool):
@@ -244,6 +245,11 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
             print(f"resuming {out} from step {start} of {total}", flush=True)
     logger = MetricsLogger(out, enabled=main, resume_from=("finetune", start) if latest is not None else None)
     train_model = D.wrap_ddp(model)  # DDP broadcasts rank 0's weights (the new head) to every rank
+    if s.train.compile:
+        import torch
+
+        # Batches are padded to their longest example, so shapes vary: compile for dynamic shapes.
+        train_model = torch.compile(train_model, dynamic=True)
 
     def eval_fn(step: int) -> dict:
         if not data.dev:

@@ -320,3 +320,16 @@ def test_resume_after_sigterm_is_bit_exact(tmp_path, capsys, monkeypatch, data_d
     assert not (out / "checkpoints").exists()  # finished runs keep best/ only
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps))  # the resumed log continues, no duplicated steps
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_losses(tmp_path, capsys, data_dir, vocab):
+    """train.compile=true (torch.compile with dynamic shapes): the eager run's losses. Slow on CPU (compilation)."""
+    args = ["data.task=mrpc", f"data.dir={data_dir / 'glue'}", f"model.tokenizer={vocab}", "train.max_steps=4",
+            "model.dropout=0", "model.classifier_dropout=0"]
+    runs = {}
+    for flag in ("false", "true"):
+        _ft(capsys, tmp_path / flag, *args, f"train.compile={flag}")
+        runs[flag] = [r["loss"] for r in read_metrics(tmp_path / flag / "metrics.jsonl") if "loss" in r]
+    assert len(runs["false"]) == 4
+    assert runs["true"] == pytest.approx(runs["false"], rel=1e-4)
