@@ -287,9 +287,9 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
                              checkpoint_fn=checkpoint_fn, start_step=start, loop_state=loop_state,
                              desc=f"finetune {data.name}")
         if summary["interrupted"]:
-            logger.close()
-            print(f"stopped at step {summary['end_step']} (signal {summary['interrupted']}); continue with: "
-                  f"mobilebert finetune ... --resume --out {out}", flush=True)
+            if main:
+                print(f"stopped at step {summary['end_step']} (signal {summary['interrupted']}); continue with: "
+                      f"mobilebert finetune ... --resume --out {out}", flush=True)
             return {"task": data.name, "main_metric": data.main_metric, "best_step": best.get("step"),
                     "best": best.get("metrics"), "history": history, "train_examples": n,
                     "steps": summary["end_step"], "train_seconds": summary["seconds"],
