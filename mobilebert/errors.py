@@ -19,3 +19,22 @@ class CheckpointError(UserError):
 
 class DataError(UserError, ValueError):
     """A malformed input file or row; the message names the file and line."""
+
+
+def read_text(path, encoding: str = "utf-8-sig") -> str:
+    """A user-given text file's contents; a missing, unreadable or non-UTF-8 file is one DataError naming it.
+
+    utf-8-sig (the default) also drops a byte-order mark (MRPC's files start with one)."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return path.read_text(encoding=encoding)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None

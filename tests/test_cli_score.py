@@ -73,6 +73,12 @@ def test_score_squad_v2_missing_prediction(tmp_path, capsys):
     assert rc == 2 and "none.json: file not found" in err
 
 
+@pytest.mark.parametrize("kind, args", [("squad", ()), ("glue", ("sst-2",))])
+def test_score_a_folder_instead_of_a_file_is_one_line(tmp_path, capsys, kind, args):
+    rc, _, err = _run(capsys, kind, *args, tmp_path, tmp_path)
+    assert rc == 2 and f"{tmp_path}: is a folder, not a file" in err and "Traceback" not in err
+
+
 def _random_predictions(task, examples, seed):
     rng = np.random.default_rng(seed)
     if task.is_regression:

@@ -33,15 +33,10 @@ def read_inputs(path: str, qa: bool) -> list[tuple[str, str | None, int]]:
     import json
     from pathlib import Path
 
-    from mobilebert.errors import DataError
+    from mobilebert.errors import DataError, read_text
 
     p = Path(path)
-    try:
-        lines = p.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{p}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = read_text(p).splitlines()
     out = []
     for n, line in enumerate(lines, 1):
         if not line.strip():

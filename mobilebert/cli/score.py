@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from mobilebert import metrics
-from mobilebert.errors import DataError, UserError
+from mobilebert.errors import DataError, UserError, read_text
 
 
 def add_parser(subparsers) -> None:
@@ -106,12 +106,7 @@ def _run_squad(args) -> int:
 def read_predictions(task, path: str | Path) -> dict[str, tuple[str | float, int]]:
     """`index<TAB>prediction` rows (header optional) -> {index: (prediction, line)}; any bad row is an error."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    lines = read_text(path).splitlines()
     out: dict[str, tuple[str | float, int]] = {}
     for line_no, line in enumerate(lines, 1):
         if not line.strip() or (line_no == 1 and line.strip().lower().split("\t") == ["index", "prediction"]):

@@ -192,6 +192,10 @@ def _rows(path: Path, fmt: str):
         fh = open(path, encoding="utf-8-sig", newline="")
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
     with fh:
         try:
             if fmt == "csv":

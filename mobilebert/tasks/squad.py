@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilebert.errors import ConfigError, DataError
+from mobilebert.errors import ConfigError, DataError, read_text
 from mobilebert.tasks.glue import _BadRows
 
 
@@ -53,12 +53,7 @@ class SquadData:
 
 def load_json(path: str | Path) -> dict:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = read_text(path, encoding="utf-8")
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
