@@ -147,7 +147,7 @@ RESUME_FREE = ("train.progress", "train.log_every", "train.save_every", "train.d
 def check_resume(s: FinetuneSettings, out: Path, resume: bool):
     """The checkpoint to resume from (None for a fresh run); refuses mismatched or ambiguous folders."""
     from mobilebert.engine import checkpoint as C
-    from mobilebert.settings import read_yaml, to_dict
+    from mobilebert.settings import check_unchanged
 
     latest = C.latest_checkpoint(out) if (out / "checkpoints").is_dir() else None
     if not resume:
@@ -157,13 +157,7 @@ def check_resume(s: FinetuneSettings, out: Path, resume: bool):
         return None
     if latest is None:
         raise ConfigError(f"out: {out} holds no fine-tuning checkpoint to resume (no checkpoints/latest)")
-    flat = lambda d, pre="": {k2: v2 for k, v in d.items() for k2, v2 in
-                              (flat(v, f"{pre}{k}.").items() if isinstance(v, dict) else [(f"{pre}{k}", v)])}
-    before, now = flat(read_yaml(out / "settings.yaml")), flat(to_dict(s))
-    for key in sorted(set(before) | set(now)):
-        if key not in RESUME_FREE and before.get(key) != now.get(key):
-            raise ConfigError(f"{key}: {now.get(key)!r} differs from the run being resumed ({before.get(key)!r} "
-                              f"in {out / 'settings.yaml'})")
+    check_unchanged(s, out / "settings.yaml", RESUME_FREE)
     return latest
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import types
 import typing
 from pathlib import Path
@@ -176,6 +177,29 @@ def load_settings(cls: type[T], path: str | Path | None = None, overrides: list[
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; `overrides` mappings (model config overrides) stay whole values."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "overrides":
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_unchanged(obj: Any, saved_file: str | Path, free=frozenset()) -> None:
+    """Refuse a --resume whose settings differ from the run's saved settings.yaml, naming the first key.
+
+    `free`: dotted keys that may change between a run and its resume (they do not change the numbers)."""
+    saved = flatten(read_yaml(saved_file))
+    now = flatten(json.loads(json.dumps(to_dict(obj))))  # tuples -> lists, as YAML gives them back
+    for key in sorted(set(saved) | set(now)):
+        if key not in free and saved.get(key) != now.get(key):
+            raise ConfigError(f"{key}: {now.get(key)!r} differs from the run being resumed "
+                              f"({saved.get(key)!r} in {saved_file})")
 
 
 def dump_settings(obj: Any, path: str | Path) -> None:

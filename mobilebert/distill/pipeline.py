@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import shutil
 import signal
 import time
@@ -42,6 +41,7 @@ from mobilebert.engine.loop import LoopConfig, train_loop
 from mobilebert.engine.optim import build_optimizer, build_schedule
 from mobilebert.errors import ConfigError, DataError
 from mobilebert.heads import MobileBertForPreTraining
+from mobilebert.settings import check_unchanged
 
 # Settings that may change between a run and its --resume (they do not change the numbers).
 RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every", "run.keep_checkpoints",
@@ -70,16 +70,6 @@ def plan(s: TrainSettings, num_layers: int) -> list[Stage]:
             add(s.kt.strategy, s.kt.strategy, s.kt)
     if "pd" in s.run.stages:
         add("pd", "pd", s.pd)
-    return out
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "overrides":
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -132,12 +122,7 @@ class Pipeline:
         if self.resume:
             if not run_file.is_file():
                 raise ConfigError(f"run.out: {out} holds no run to resume (no settings.yaml)")
-            saved = _flatten(yaml.safe_load(run_file.read_text(encoding="utf-8")))
-            now = _flatten(json.loads(json.dumps(dataclasses.asdict(self.s))))
-            for key in sorted(set(saved) | set(now)):
-                if key not in RESUME_FREE and saved.get(key) != now.get(key):
-                    raise ConfigError(f"{key}: {now.get(key)!r} differs from the run being resumed "
-                                      f"({saved.get(key)!r} in {run_file})")
+            check_unchanged(self.s, run_file, RESUME_FREE)
         elif out.exists() and (not out.is_dir() or any(out.iterdir())):
             what = "holds another run" if run_file.is_file() else "is not empty"
             raise ConfigError(f"run.out: {out} {what}; pass --resume to continue it or choose another run.out")
