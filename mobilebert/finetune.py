@@ -179,7 +179,6 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
     device = D.init(None if s.train.device == "auto" else s.train.device)
     world, rank, main = D.world_size(), D.rank(), D.is_main()
     D.barrier()  # every rank has checked the folder before rank 0 writes into it
-    out.mkdir(parents=True, exist_ok=True)
     precision = pick_precision(s.train.precision, device)
     tokenizer = load_tokenizer(s.model)
     data = build_task_data(s.data, tokenizer, seed=s.train.seed)
@@ -195,8 +194,10 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
     teacher = None
     if s.distill.teacher:
         teacher = check_teacher(s.distill.teacher, data, tokenizer).to(device).eval()
-    if main:
+    if main:  # data, model and teacher are good: from here on the folder is this run's
+        out.mkdir(parents=True, exist_ok=True)
         dump_settings(s, out / "settings.yaml")
+    D.barrier()
 
     n, bs = len(data.train), s.train.batch_size
     if bs % (world * s.train.grad_accum):

@@ -220,10 +220,11 @@ def test_qat_option(tmp_path, capsys, data_dir, vocab):
 def test_wrong_head_is_a_clear_error(rte_run, tmp_path, capsys, data_dir):
     for task, message in (("sst-2", "its labels ['entailment', 'not_entailment'] differ from task SST-2's"),
                           ("sts-b", "its classifier has 2 output(s) but task STS-B needs 1")):
-        rc = main(["finetune", f"out={tmp_path}", "data.task=" + task, f"data.dir={data_dir / 'glue'}",
+        rc = main(["finetune", f"out={tmp_path / 'run'}", "data.task=" + task, f"data.dir={data_dir / 'glue'}",
                    f"model.init={rte_run / 'best'}", *QUICK])
         err = capsys.readouterr().err
         assert rc == 2 and message in err and err.count("\n") == 1
+        assert not (tmp_path / "run").exists()  # refused before anything is written
     assert main(["evaluate", str(rte_run / "best"), "data.task=cola", f"data.dir={data_dir / 'glue'}"]) == 2
     assert "differ from task CoLA's" in capsys.readouterr().err
     assert main(["finetune", f"out={tmp_path}", "data.task=rte", "model.init=debug-mobilebert"]) == 2
