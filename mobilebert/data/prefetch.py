@@ -60,9 +60,5 @@ class StepPrefetcher:
         return batch
 
     def close(self) -> None:
-        """Stop the workers (also done when the object is garbage-collected)."""
-        if self._it is not None:
-            shutdown = getattr(self._it, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
-            self._it = None
+        """Stop the workers: dropping the DataLoader iterator shuts them down (its __del__)."""
+        self._it = None

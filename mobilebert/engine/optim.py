@@ -101,7 +101,8 @@ class Lamb(torch.optim.Optimizer):
         # the CPU multi-tensor ops loop per tensor anyway and allocate more temporaries).
         self.foreach = foreach
 
-    def _state(self, p: torch.Tensor) -> dict:
+    def _step_state(self, p: torch.Tensor) -> dict:
+        """p's moments (created on its first step) with the step count advanced by one."""
         state = self.state[p]
         if not state:
             state["step"] = 0
@@ -128,7 +129,7 @@ class Lamb(torch.optim.Optimizer):
     def _group_loop(self, group: dict, params: list[torch.Tensor]) -> None:
         b1, b2 = group["betas"]
         for p in params:
-            g, state = p.grad, self._state(p)
+            g, state = p.grad, self._step_state(p)
             m, v = state["exp_avg"], state["exp_avg_sq"]
             m.mul_(b1).add_(g, alpha=1 - b1)
             v.mul_(b2).addcmul_(g, g, value=1 - b2)
@@ -152,7 +153,7 @@ class Lamb(torch.optim.Optimizer):
     def _group_foreach(self, group: dict, params: list[torch.Tensor]) -> None:
         b1, b2 = group["betas"]
         grads = [p.grad for p in params]
-        states = [self._state(p) for p in params]
+        states = [self._step_state(p) for p in params]
         ms, vs = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
         torch._foreach_mul_(ms, b1)
         torch._foreach_add_(ms, grads, alpha=1 - b1)
