@@ -63,7 +63,8 @@ def main() -> None:
             gemm_us += e["dur"]
             gemm_flop += 2.0 * args.seq * w[0] * w[1]
     total = sum(per_op.values())
-    print(f"{args.model}: {total / calls / 1e3:.2f} ms of kernel time per call (seq {args.seq}, 1 thread)")
+    print(f"{args.model}: {total / calls / 1e3:.2f} ms of kernel time per call in {sum(count.values()) // calls} "
+          f"kernels (seq {args.seq}, 1 thread)")
     for op, us in per_op.most_common(12):
         print(f"  {op:24s} {100 * us / total:5.1f}%  {us / calls / 1e3:7.2f} ms  {count[op] // calls:4d} nodes")
     if gemm_us:
