@@ -97,8 +97,8 @@ class Lamb(torch.optim.Optimizer):
         # kernels per parameter (MobileBERT has ~1,100 parameter tensors: on a GPU the per-parameter loop
         # alone costs more launches than a whole forward/backward). Same arithmetic; the loop is kept as
         # the readable reference (`foreach=False`) and tests compare the two. None (default): foreach on
-        # GPU; the loop on CPU, where it measured faster (303 vs 369 ms per MobileBERT step, 1 thread:
-        # the CPU multi-tensor ops loop per tensor anyway and allocate more temporaries).
+        # GPU; the loop on CPU, where benchmarks/optimizer_step.py measures it faster (docs/benchmarks.md: the
+        # CPU multi-tensor ops loop per tensor anyway, with more temporaries).
         self.foreach = foreach
 
     def _step_state(self, p: torch.Tensor) -> dict:
