@@ -14,7 +14,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mobilebert.config import MobileBertConfig
 from mobilebert.heads import MobileBertForPreTraining
-from mobilebert.model import MobileBertModel
 
 # Paper Table 1 (#Params) and Table 4 (#FLOPs at sequence length 128).
 PAPER = {
