@@ -35,14 +35,15 @@ def build(out: Path) -> dict[str, Path]:
     for preset in ("mobilebert", "bert-base"):
         torch.manual_seed(0)
         model = MobileBertForSequenceClassification(get_config(preset)).eval()
-        variants = [("bsh", False, False), ("token", True, False)]
+        variants = [("bsh", False, False, False), ("token", True, False, False)]
         if preset == "mobilebert":
-            variants.append(("token+fold", True, True))
-        for tag, token_major, fold in variants:
+            variants.append(("token+fold", True, True, False))
+        variants.append(("fused", True, True, True))
+        for tag, token_major, fold, fuse in variants:
             fp32 = out / f"{preset}.{tag}.onnx"
             int8 = out / f"{preset}.{tag}.int8.onnx"
             if not fp32.is_file():
-                export_onnx(fold_nonorm(model)[0] if fold else model, fp32, token_major=token_major)
+                export_onnx(fold_nonorm(model)[0] if fold else model, fp32, token_major=token_major, fuse=fuse)
             if not int8.is_file():
                 quantize_onnx_dynamic(fp32, int8, per_channel=True)
             paths[f"{preset} {tag} fp32"], paths[f"{preset} {tag} int8"] = fp32, int8
@@ -79,7 +80,7 @@ def main() -> None:
             times[name].append(time.perf_counter() - t)
     p50 = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
     ratios = {f"{prec} bert-base {b} / mobilebert {m}": p50[f"bert-base {b} {prec}"] / p50[f"mobilebert {m} {prec}"]
-              for prec in ("fp32", "int8") for m in ("bsh", "token", "token+fold") for b in ("bsh", "token")}
+              for prec in ("fp32", "int8") for m in ("bsh", "token", "token+fold", "fused") for b in ("bsh", "token", "fused")}
     for k, v in p50.items():
         print(f"{k:28s} p50 {v:8.2f} ms")
     for k, v in ratios.items():

@@ -46,7 +46,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--runs", type=int, default=30, help="timed runs per setting (default 30)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
     p.add_argument("--no-fold-nonorm", dest="fold_nonorm", action="store_false",
-                   help="time MobileBERT with its NoNorms as trained (default: folded into the linears)")
+                   help="time MobileBERT with its NoNorms as trained (default: folded into the linears, and "
+                        "the ONNX graphs fused as by `export onnx --fuse`)")
     p.add_argument("--out", default="runs/bench", help="folder for artifacts, results.json, table.md, latency.png")
     p.set_defaults(func=_run)
 

@@ -1,6 +1,6 @@
 """`mobilebert export`: export a checkpoint to ONNX or ExecuTorch, checked against PyTorch first.
 
-    mobilebert export onnx MODEL_DIR --out model.onnx [--task HEAD] [--opset 17] [--rtol 1e-4] [--fold-nonorm]
+    mobilebert export onnx MODEL_DIR --out model.onnx [--task HEAD] [--opset 17] [--rtol 1e-4] [--fold-nonorm | --fuse]
     mobilebert export executorch MODEL_DIR --out model.pte [--task HEAD] [--max-seq 128] [--max-batch 16] [--int8]
 
 Paper §5 (deployment). Before it reports success, the command runs the exported model on real
@@ -28,6 +28,9 @@ def add_parser(subparsers) -> None:
                                                                 "max|a-b|/max|b| per output (default 1e-4)")
         q.add_argument("--fold-nonorm", action="store_true", help="fold NoNorm into adjacent linear layers first")
         if fmt == "onnx":
+            q.add_argument("--fuse", action="store_true",
+                           help="fastest graph: fold NoNorm, carry the residual NoNorms through the layers and merge "
+                                "the linears that read one tensor (mobilebert.export.fuse)")
             q.add_argument("--opset", type=int, default=17, help="ONNX opset, 14 to 20 (default 17)")
         else:
             q.add_argument("--max-seq", type=int, default=128, help="longest sequence the program accepts "
@@ -55,7 +58,7 @@ def _run(args) -> int:
         print("note: no vocabulary found; checking on random token ids (pass --vocab for real text)")
     if args.format == "onnx":
         report = export_onnx(model, args.out, opset=args.opset, rtol=args.rtol, tokenizer=tokenizer,
-                             vocab_path=vocab, fold_nonorm=args.fold_nonorm)
+                             vocab_path=vocab, fold_nonorm=args.fold_nonorm, fuse=args.fuse)
     else:
         from mobilebert.export.mobile import export_executorch
 

@@ -29,6 +29,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per matrix instead of one per "
                                                              "output channel (the default; more accurate)")
     p.add_argument("--fold-nonorm", action="store_true", help="fold NoNorm into adjacent linear layers first")
+    p.add_argument("--fuse", action="store_true", help="export the fused graph first (export onnx --fuse)")
     p.add_argument("--quantize-embeddings", action="store_true", help="ort-dynamic: int8 word embeddings too")
     p.add_argument("--max-seq-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=32)
@@ -48,7 +49,7 @@ def _run(args) -> int:
         args.model, args.task, args.data, out=args.out, method=args.method, calibration=args.calibration,
         calib_samples=args.calib_samples, calibration_method=args.calibration_method, eval_file=args.eval_file,
         eval_samples=args.eval_samples, max_drop=args.max_drop, warn_only=args.warn_only,
-        per_channel=not args.per_tensor, fold_nonorm=args.fold_nonorm, embeddings=args.quantize_embeddings,
+        per_channel=not args.per_tensor, fold_nonorm=args.fold_nonorm, fuse=args.fuse, embeddings=args.quantize_embeddings,
         max_seq_length=args.max_seq_length, batch_size=args.batch_size, vocab=args.vocab)
     r = result.report
     print(r.table(result.method))

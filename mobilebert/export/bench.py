@@ -112,6 +112,10 @@ class ModelArtifacts:
         # NoNorm folded into the adjacent linears (paper §3.4: why NoNorm replaces LayerNorm); a no-op for
         # LayerNorm models such as BERT_BASE. Exact up to rounding (tests/test_export.py checks it).
         self.model, self.folded = fold(plain) if fold_nonorm else (plain, 0)
+        # The ONNX graphs go further where folding is on: residual NoNorms carried, shared-input linears
+        # merged (mobilebert.export.fuse; BERT_BASE gets the merged Q/K/V). The parity check compares them
+        # with `plain`.
+        self.plain, self.fuse = plain, fold_nonorm
         self.dir = workdir / (preset + ("-folded" if self.folded else ""))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.wrapper = ExportWrapper(self.model).eval()
@@ -130,10 +134,11 @@ class ModelArtifacts:
         from mobilebert.export.onnx import export_onnx
         from mobilebert.quant.ort import quantize_onnx_dynamic
 
-        fp32, int8 = self.dir / "model.onnx", self.dir / "model.int8.onnx"
+        tag = ".fused" if self.fuse else ""
+        fp32, int8 = self.dir / f"model{tag}.onnx", self.dir / f"model{tag}.int8.onnx"
         if not fp32.is_file():
-            self.log(f"[{self.preset}] exporting ONNX fp32")
-            export_onnx(self.model, fp32)
+            self.log(f"[{self.preset}] exporting ONNX fp32{' (fused graph)' if self.fuse else ''}")
+            export_onnx(self.plain, fp32, fuse=self.fuse)
         if not int8.is_file():
             quantize_onnx_dynamic(fp32, int8)
         self.paths.update({"ort-fp32": fp32, "ort-int8": int8})

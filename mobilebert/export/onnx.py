@@ -225,11 +225,12 @@ def atomic_output(out: Path):
 
 def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol: float = DEFAULT_RTOL,
                 tokenizer=None, vocab_path: Path | None = None, fold_nonorm: bool = False,
-                token_major: bool = True) -> ParityReport:
+                token_major: bool = True, fuse: bool = False) -> ParityReport:
     """Export `model` (any head) to `out` and check it against PyTorch; raises ParityError (no file) on failure.
 
     fold_nonorm: merge NoNorm into adjacent linears first (mobilebert.quant.pytorch); the check still
-    compares with the unfolded model. token_major: run the encoder on (B*S, H) (`wrapper.encode`; faster
+    compares with the unfolded model. fuse: fold, then carry the residual NoNorms and merge the linears
+    that share an input (mobilebert.export.fuse; implies token-major). token_major: run the encoder on (B*S, H) (`wrapper.encode`; faster
     in ONNX Runtime); False keeps (B, S, H), for comparison."""
     check_opset(opset)
     out = Path(out)
@@ -241,6 +242,10 @@ def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol:
         from mobilebert.quant.pytorch import fold_nonorm as fold
 
         graph_model, _ = fold(model)
+    if fuse:
+        from mobilebert.export.fuse import fuse_for_inference
+
+        graph_model, token_major = fuse_for_inference(model), True
     wrapper = ExportWrapper(graph_model, token_major=token_major)
     # Two shapes: the trace shape and another batch/sequence size, so a lost dynamic axis shows up.
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]

@@ -37,7 +37,7 @@ class QuantizeResult:
 def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort-dynamic",
                         calibration=None, calib_samples: int = 128, calibration_method: str = "minmax",
                         eval_file=None, eval_samples: int = 0, max_drop: float = 1.0, warn_only: bool = False,
-                        per_channel: bool = True, fold_nonorm: bool = False, embeddings: bool = False,
+                        per_channel: bool = True, fold_nonorm: bool = False, fuse: bool = False, embeddings: bool = False,
                         max_seq_length: int = 128, batch_size: int = 32, vocab=None, seed: int = 0,
                         log=print) -> QuantizeResult:
     from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
@@ -84,7 +84,8 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
     work = Path(tempfile.mkdtemp(prefix="mobilebert-quantize-"))
     try:
         fp32_path, int8_path = work / "model.onnx", work / "model.int8.onnx"
-        parity = export_onnx(model, fp32_path, tokenizer=tokenizer, vocab_path=vocab_path, fold_nonorm=fold_nonorm)
+        parity = export_onnx(model, fp32_path, tokenizer=tokenizer, vocab_path=vocab_path, fold_nonorm=fold_nonorm,
+                             fuse=fuse)
         log(f"fp32 ONNX matches PyTorch: {parity}")
         if method == "ort-dynamic":
             quantize_onnx_dynamic(fp32_path, int8_path, per_channel=per_channel, embeddings=embeddings)
