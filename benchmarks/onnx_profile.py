@@ -1,8 +1,8 @@
 """Benchmark: where an exported model's time goes in ONNX Runtime, per op type, and the GEMMs' GFLOP/s.
 
 Runs ONNX Runtime's profiler on one .onnx file (batch 1, 1 thread, random token ids), sums kernel time per op
-type over the timed calls, and for the weight GEMMs (Gemm / FusedGemm / MatMul with a 2-D constant weight)
-computes the FLOP rate from the shapes. Use it on the files `benchmarks/onnx_graph_variants.py` writes:
+type over the timed calls, and for the weight GEMMs (`GEMM_OPS` with a 2-D constant weight, fp32 or int8)
+computes the FLOP rate from the shapes, in all and per weight shape. Use it on the files `benchmarks/onnx_graph_variants.py` writes:
 
     python benchmarks/onnx_profile.py runs/graph-variants/mobilebert.token+fold.onnx --seq 128
     python benchmarks/onnx_profile.py runs/graph-variants/bert-base.token.onnx --seq 128
@@ -17,6 +17,10 @@ import os
 import tempfile
 
 import numpy as np
+
+# Ops that multiply an activation by a 2-D weight: fp32 (Gemm / FusedGemm / MatMul) and ONNX Runtime's
+# dynamic int8 kernels (the weight is their second input in both).
+GEMM_OPS = ("Gemm", "FusedGemm", "MatMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
 
 def main() -> None:
@@ -52,6 +56,7 @@ def main() -> None:
     calls = args.runs + 5
     per_op, count = collections.Counter(), collections.Counter()
     gemm_us, gemm_flop = 0.0, 0.0
+    shape_us, shape_n = collections.Counter(), collections.Counter()
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
@@ -59,9 +64,11 @@ def main() -> None:
         per_op[op] += e["dur"]
         count[op] += 1
         w = node_weight.get(node)
-        if op in ("Gemm", "FusedGemm", "MatMul") and w is not None and len(w) == 2:
+        if op in GEMM_OPS and w is not None and len(w) == 2:
             gemm_us += e["dur"]
             gemm_flop += 2.0 * args.seq * w[0] * w[1]
+            shape_us[tuple(sorted(w))] += e["dur"]
+            shape_n[tuple(sorted(w))] += 1
     total = sum(per_op.values())
     print(f"{args.model}: {total / calls / 1e3:.2f} ms of kernel time per call in {sum(count.values()) // calls} "
           f"kernels (seq {args.seq}, 1 thread)")
@@ -69,6 +76,10 @@ def main() -> None:
         print(f"  {op:24s} {100 * us / total:5.1f}%  {us / calls / 1e3:7.2f} ms  {count[op] // calls:4d} nodes")
     if gemm_us:
         print(f"  weight GEMMs: {gemm_us / calls / 1e3:.2f} ms, {gemm_flop / gemm_us / 1e3:.1f} GFLOP/s")
+        for shape, us in shape_us.most_common(6):  # the rate per weight shape (the GEMM's K x N)
+            flop = 2.0 * args.seq * shape[0] * shape[1] * shape_n[shape]
+            print(f"    {shape[0]:5d} x {shape[1]:5d}: {shape_n[shape] // calls:4d} per call, "
+                  f"{us / calls / 1e3:6.2f} ms, {flop / us / 1e3:6.1f} GFLOP/s")
 
 
 if __name__ == "__main__":
