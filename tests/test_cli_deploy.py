@@ -34,6 +34,22 @@ def test_export_onnx_prints_differences_and_writes(checkpoint, tmp_path, capsys)
     assert load_session(out).tokenizer is not None  # the checkpoint's vocabulary was embedded
 
 
+def test_export_onnx_fuse_then_predict(checkpoint, tmp_path, capsys):
+    """`--fuse` writes the fused graph, checked against the unfused checkpoint; `predict` runs it."""
+    import onnx
+
+    out = tmp_path / "fused.onnx"
+    assert main(["export", "onnx", str(checkpoint), "--out", str(out), "--fuse"]) == 0
+    assert "argmax agreement 100.0%" in capsys.readouterr().out
+    nodes = onnx.load(str(out)).graph.node
+    assert not [n.name for n in nodes if n.op_type == "Mul" and any("LayerNorm" in i for i in n.input)]
+    assert [n.input[1] for n in nodes if n.op_type == "Mul" and "out_scale" in n.input[1]] == [
+        "model.mobilebert.encoder.layer.3.out_scale"]  # the carried affine, applied once after the last layer
+    assert main(["predict", str(out), "a gripping, beautifully made film"]) == 0
+    label, prob = capsys.readouterr().out.strip().split("\t")  # predicted label, its probability
+    assert label in ("0", "1") and 0.5 <= float(prob) <= 1.0
+
+
 def test_export_other_head_by_task(tmp_path, capsys):
     folder = tmp_path / "qa"
     MobileBertForQuestionAnswering(get_config("debug-mobilebert")).save_pretrained(folder)

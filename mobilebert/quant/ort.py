@@ -159,17 +159,22 @@ def quantize_onnx_static(src, out, calibration: list[tuple[np.ndarray, np.ndarra
     _quiet()
     names = ("input_ids", "attention_mask", "token_type_ids")
     feeds = [dict(zip(names, (np.asarray(t, dtype=np.int64) for t in batch))) for batch in calibration]
-    weights, _ = weight_matmuls(src)
     calib = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
              "percentile": CalibrationMethod.Percentile}[method]
     tmp, cleanup = atomic_output(out)
     try:
-        quantize_static(str(src), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                        op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=weights,
-                        calibrate_method=calib,
-                        extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
-                                       "WeightSymmetric": True})
+        with tempfile.TemporaryDirectory(dir=out.parent) as work:
+            # As MatMul + Add: ONNX Runtime runs a QDQ MatMul as an int8 kernel, but leaves a QDQ Gemm whose C
+            # is the residual (the fused graph, mobilebert.export.fuse) in float: 55.9 ms against 26.7 ms for
+            # the fused MobileBERT at seq 128, 1 thread.
+            plain = Path(work) / "matmuls.onnx"
+            gemms_to_matmuls(src, plain)
+            weights, _ = weight_matmuls(plain)
+            quantize_static(str(plain), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                            op_types_to_quantize=["MatMul"], nodes_to_quantize=weights, calibrate_method=calib,
+                            extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
+                                           "WeightSymmetric": True})
         return _finish(src, tmp, out, cleanup)
     except BaseException:
         cleanup()
