@@ -141,3 +141,25 @@ def test_fused_int8_agrees_with_fp32(tmp_path, dev_sample):
     inputs = [t.numpy() for t in dev_sample]
     a, b = load_session(fp32)(*inputs)["logits"], load_session(int8)(*inputs)["logits"]
     assert np.abs(a - b).max() / np.abs(a).max() < 0.1
+
+
+def test_residual_gemms_rewrite_for_static_int8_is_exact(tmp_path, dev_sample):
+    """Static QDQ needs the residual Gemms (C = an activation) as MatMul + Add; the bias Gemms stay."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from mobilebert.export.onnx import export_onnx
+    from mobilebert.quant.ort import gemms_to_matmuls
+
+    model = _model("mobilebert")
+    fused, plain = tmp_path / "fused.onnx", tmp_path / "plain.onnx"
+    export_onnx(model, fused, fuse=True)
+    cfg = model.config
+    assert gemms_to_matmuls(fused, plain, residual_only=True) == cfg.num_hidden_layers * (
+        cfg.num_feedforward_networks + 2)  # attention output, each FFN output, output bottleneck
+    ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]
+    assert ops(fused).count("Gemm") - ops(plain).count("Gemm") == cfg.num_hidden_layers * (
+        cfg.num_feedforward_networks + 2)
+    feeds = dict(zip(("input_ids", "attention_mask", "token_type_ids"), (t.numpy() for t in dev_sample)))
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(run(plain), run(fused), rtol=1e-5, atol=1e-6)
+
