@@ -119,6 +119,11 @@ class ModelArtifacts:
         self.dir = workdir / (preset + ("-folded" if self.folded else ""))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.wrapper = ExportWrapper(self.model).eval()
+        self.fast_wrapper = self.wrapper  # eager and torch.compile; int8 needs the nn.Linear modules of `wrapper`
+        if fold_nonorm:
+            from mobilebert.export.fuse import fuse_for_inference
+
+            self.fast_wrapper = ExportWrapper(fuse_for_inference(plain), token_major=True).eval()
         self.sizes: dict[str, int] = {}
         plain.save_pretrained(self.dir / "checkpoint")
         self.sizes["safetensors fp32"] = (self.dir / "checkpoint" / "model.safetensors").stat().st_size
@@ -162,7 +167,7 @@ class ModelArtifacts:
         ids, mask, types = _inputs(self.model.config, seq)
         torch.set_num_threads(threads)
         if runtime in ("torch-eager", "torch-compile", "torch-int8"):
-            module = self.wrapper
+            module = self.fast_wrapper
             if runtime == "torch-int8":
                 from mobilebert.export.wrapper import ExportWrapper
                 from mobilebert.quant.pytorch import quantize_torch_dynamic
@@ -172,7 +177,7 @@ class ModelArtifacts:
                 module = self._int8
             elif runtime == "torch-compile":
                 if not hasattr(self, "_compiled"):
-                    self._compiled = torch.compile(self.wrapper, dynamic=False)
+                    self._compiled = torch.compile(self.fast_wrapper, dynamic=False)
                 module = self._compiled
 
             def run():

@@ -129,7 +129,10 @@ def _carriable(layer) -> bool:
 
 
 class FusedLayer(nn.Module):
-    """One encoder layer (model.MobileBertLayer's dataflow) for inference on (T, hidden) token-major input."""
+    """One encoder layer (model.MobileBertLayer's dataflow) for inference on (T, hidden) token-major input.
+
+    Between layers the tensor is the carried `u`, not the layer's true output (only the last layer's output,
+    or one where the affine is applied, is): hidden states read from a fused model mean nothing."""
 
     def __init__(self, layer, stream: _Stream, last: bool):
         super().__init__()
@@ -140,7 +143,6 @@ class FusedLayer(nn.Module):
         first, first_norms, second = [], [], []
         self.use_bottleneck = layer.use_bottleneck
         if layer.use_bottleneck:
-            mid = "attention" if layer.key_query_shared_bottleneck else "input"
             for name in ("input", "attention") if layer.key_query_shared_bottleneck else ("input",):
                 part = getattr(layer.bottleneck, name)
                 gb = _affine(part.LayerNorm)

@@ -179,9 +179,9 @@ def quantize_onnx_static(src, out, calibration: list[tuple[np.ndarray, np.ndarra
     try:
         with tempfile.TemporaryDirectory(dir=out.parent) as work:
             # ONNX Runtime runs a QDQ Gemm with a bias as an int8 kernel, but one whose C is the residual (the
-            # fused graph, mobilebert.export.fuse) in float: 55.9 ms against 26.7 ms as MatMul + Add for the
-            # fused MobileBERT at seq 128, 1 thread. The bias Gemms stay Gemms: as MatMul + Add they lost more
-            # accuracy (MiniLM MRPC F1 drop 4.27 against 2.93 points).
+            # fused graph, mobilebert.export.fuse) in float, at the fp32 speed; as MatMul + Add it is int8
+            # (benchmarks/fused_paths.py). The bias Gemms stay Gemms: as MatMul + Add they lost more accuracy
+            # (MiniLM MRPC F1 drop 4.27 against 2.93 points, benchmarks/deploy_int8_accuracy.py).
             plain = Path(work) / "matmuls.onnx"
             gemms_to_matmuls(src, plain, residual_only=True)
             weights, _ = weight_matmuls(plain)
