@@ -83,6 +83,14 @@ def test_export_errors_exit_2_and_leave_nothing(case, checkpoint, tmp_path, caps
     assert not any(out_dir.iterdir())
 
 
+def test_quantize_fuse_with_torch_method_exits_2(checkpoint, data_dir, tmp_path, capsys):
+    args = ["quantize", str(checkpoint), "--task", "sst-2", "--data", str(data_dir / "glue"), "--method",
+            "torch-dynamic", "--fuse"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--fuse" in err and err.count("\n") == 1
+
+
 def test_quantize_wrong_task_exits_2(checkpoint, data_dir, tmp_path, capsys):
     out = tmp_path / "q.onnx"
     code = main(["quantize", str(checkpoint), "--task", "MNLI", "--data", str(data_dir / "glue"), "--out", str(out)])

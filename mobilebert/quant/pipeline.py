@@ -45,6 +45,8 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
 
     if method not in METHODS:
         raise UserError(f"--method {method}: choose one of {', '.join(METHODS)}")
+    if fuse and method == "torch-dynamic":
+        raise UserError("--fuse builds the fused ONNX graph: use it with --method ort-dynamic or ort-static")
     if method != "torch-dynamic":
         if out is None:
             raise UserError(f"--out is required for --method {method} (the int8 .onnx file to write)")
