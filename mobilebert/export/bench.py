@@ -12,6 +12,7 @@ Every exported artifact passes the same PyTorch parity check as `mobilebert expo
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import platform
@@ -231,6 +232,12 @@ def run_bench(models=("mobilebert", "bert-base"), runtimes=RUNTIMES, seqs=(128, 
             for seq in seqs:
                 for t in threads:
                     for preset, art in arts.items():
+                        # Free the previous setting's session first. An ONNX Runtime session left to the cycle
+                        # collector keeps its thread pool, and a 2-thread session created beside it ran at the
+                        # 1-thread speed (`bench --threads 2,1,2`, MobileBERT ort-fp32 seq 128: 34.4, 55.2, 56.7
+                        # ms before this; 34.1, 54.7, 33.8 ms with it).
+                        fn = None
+                        gc.collect()
                         fn = art.runner(runtime, seq, t)
                         p50, p90, mean, lo = time_calls(fn, runs, warmup)
                         report.results.append(Result(preset, runtime, seq, t, p50, p90, mean, lo, runs))
