@@ -208,3 +208,17 @@ def test_executorch_program_matches_pytorch(tmp_path, tokenizer, dev_sample):
     with pytest.raises(UserError, match="longer than the 64"):
         session(np.ones((1, 65), dtype=np.int64))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pte", "m.pte.json"]
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_executorch_fused_program_matches_pytorch(int8, tmp_path, tokenizer, dev_sample):
+    """The fused layers (residual steps as linear + add) lower to XNNPACK, fp32 and dynamic int8."""
+    pytest.importorskip("executorch")
+    from mobilebert.export.mobile import export_executorch
+
+    model = _perturbed(HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert", num_hidden_layers=2)))
+    out = tmp_path / "m.pte"
+    report = export_executorch(model, out, max_seq=64, tokenizer=tokenizer, fuse=True, int8=int8)
+    assert report.ok and out.is_file()
+    if not int8:
+        _check_dev_parity(out, model, "MobileBertForSequenceClassification", dev_sample)

@@ -1,7 +1,7 @@
 """`mobilebert export`: export a checkpoint to ONNX or ExecuTorch, checked against PyTorch first.
 
     mobilebert export onnx MODEL_DIR --out model.onnx [--task HEAD] [--opset 17] [--rtol 1e-4] [--fold-nonorm | --fuse]
-    mobilebert export executorch MODEL_DIR --out model.pte [--task HEAD] [--max-seq 128] [--max-batch 16] [--int8]
+    mobilebert export executorch MODEL_DIR --out model.pte [--task HEAD] [--max-seq 128] [--max-batch 16] [--int8] [--fuse]
 
 Paper §5 (deployment). Before it reports success, the command runs the exported model on real
 token ids (sentences tokenized with the checkpoint's vocabulary) at two shapes, compares every output
@@ -27,10 +27,10 @@ def add_parser(subparsers) -> None:
         q.add_argument("--rtol", type=float, default=1e-4, help="max allowed relative difference "
                                                                 "max|a-b|/max|b| per output (default 1e-4)")
         q.add_argument("--fold-nonorm", action="store_true", help="fold NoNorm into adjacent linear layers first")
+        q.add_argument("--fuse", action="store_true",
+                       help="fastest graph: fold NoNorm, carry the residual NoNorms through the layers and merge "
+                            "the linears that read one tensor (mobilebert.export.fuse)")
         if fmt == "onnx":
-            q.add_argument("--fuse", action="store_true",
-                           help="fastest graph: fold NoNorm, carry the residual NoNorms through the layers and merge "
-                                "the linears that read one tensor (mobilebert.export.fuse)")
             q.add_argument("--opset", type=int, default=17, help="ONNX opset, 14 to 20 (default 17)")
         else:
             q.add_argument("--max-seq", type=int, default=128, help="longest sequence the program accepts "
@@ -64,7 +64,7 @@ def _run(args) -> int:
 
         report = export_executorch(model, args.out, max_seq=args.max_seq, rtol=args.rtol, tokenizer=tokenizer,
                                    vocab_path=vocab, fold_nonorm=args.fold_nonorm, int8=args.int8,
-                                   max_batch=args.max_batch)
+                                   max_batch=args.max_batch, fuse=args.fuse)
     for d in report.diffs:
         print(f"  {d}")
     size = Path(args.out).stat().st_size / 2**20

@@ -153,12 +153,13 @@ class ModelArtifacts:
     def _pte(self, name: str, int8: bool, max_seq: int):
         from mobilebert.export.mobile import export_executorch
 
-        path = self.dir / f"model{'.int8' if int8 else ''}.{max_seq}.pte"
+        path = self.dir / f"model{'.fused' if self.fuse else ''}{'.int8' if int8 else ''}.{max_seq}.pte"
         if not path.is_file():
             self.log(f"[{self.preset}] exporting ExecuTorch {'int8' if int8 else 'fp32'} (max seq {max_seq}); "
                      "this takes minutes")
             t = time.time()
-            export_executorch(self.model, path, max_seq=max_seq, int8=int8, max_batch=4)  # batch 1 is timed
+            export_executorch(self.plain, path, max_seq=max_seq, int8=int8, max_batch=4,  # batch 1 is timed
+                              fold_nonorm=self.fuse, fuse=self.fuse)
             self.log(f"[{self.preset}]   done in {time.time() - t:.0f} s")
         self.paths[name] = path
         self.sizes[f"pte {'int8' if int8 else 'fp32'}"] = path.stat().st_size

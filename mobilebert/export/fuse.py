@@ -81,16 +81,16 @@ class ResidualLinear(nn.Module):
     def __init__(self, w, b, norm: nn.Module | None):
         super().__init__()
         self.norm = norm  # None: carried (w already divided by the residual's scale, b moved into c)
-        if norm is None:
-            self.weight_t = nn.Parameter(w.t().contiguous().float(), requires_grad=False)  # (in, out)
-        else:
-            self.weight = nn.Parameter(w.float(), requires_grad=False)
-            self.bias = nn.Parameter(b.float(), requires_grad=False)
+        self.gemm_c = True  # ONNX: one Gemm; False (ExecuTorch): linear + add, which XNNPACK quantizes
+        self.weight = nn.Parameter(w.float(), requires_grad=False)  # (out, in)
+        self.bias = nn.Parameter(b.float(), requires_grad=False) if norm is not None else None
 
     def forward(self, r, u):
-        if self.norm is None:
-            return torch.addmm(u, r, self.weight_t)  # (T, out): Gemm with the residual as C
-        return self.norm(F.linear(r, self.weight, self.bias) + u)
+        if self.norm is not None:
+            return self.norm(F.linear(r, self.weight, self.bias) + u)
+        if self.gemm_c:
+            return torch.addmm(u, r, self.weight.t())  # (T, out): Gemm with the residual as C
+        return F.linear(r, self.weight) + u
 
 
 class _Stream:
@@ -198,29 +198,37 @@ class FusedLayer(nn.Module):
         if x.dim() == 3:
             B, S, H = x.shape
             mask_add = torch.zeros(B, 1, 1, S, dtype=x.dtype) if mask_add is None else mask_add
-            y = self.forward(x.reshape(B * S, H), mask_add)[0]
-            return y.view(B, S, -1), None, None
+            # B and S passed on: reshapes by -1 under torch.export's symbolic shapes cost minutes of sympy.
+            return self._run(x.reshape(B * S, H), mask_add, B, S).view(B, S, -1), None, None
+        return self._run(x, mask_add, -1, mask_add.shape[-1]), None, None
+
+    def _run(self, x, mask_add, B, S):
         parts = self.first(x)
         li = parts[0] if self.use_bottleneck else x
         n = 2 if self.use_bottleneck and self.mid_index else 1 if self.use_bottleneck else 0
         qkv = parts[n:]
         if self.second is not None:
             qkv = self.second(parts[self.mid_index]) + qkv
-        S = mask_add.shape[-1]
-        q, k, v = (t.reshape(-1, S, self.num_heads, self.head_size).transpose(1, 2) for t in qkv)
-        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_add, scale=self.scale)
-        ctx = ctx.transpose(1, 2).reshape(-1, self.num_heads * self.head_size)  # (T, intra)
+        q, k, v = (t.reshape(B, S, self.num_heads, self.head_size).transpose(1, 2) for t in qkv)
+        # Written out rather than F.scaled_dot_product_attention: the same ONNX graph (the exporter decomposes
+        # it anyway), and ExecuTorch's lowering of SDPA fails on the head merge under symbolic shapes.
+        probs = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) * self.scale + mask_add, dim=-1)
+        ctx = torch.matmul(probs, v)  # (B, heads, S, d)
+        ctx = ctx.permute(0, 2, 1, 3).reshape(x.shape[0], self.num_heads * self.head_size)  # (T, intra)
         a = self.attn_out(ctx, li)
         for inter, out in zip(self.ffn_in, self.ffn_out):
             a = out(self.act(inter(a)), a)
         y = self.out_bottleneck(a, x) if self.use_bottleneck else a
         if self.apply_affine:
             y = y * self.out_scale + self.out_shift
-        return y, None, None
+        return y
 
 
-def fuse_for_inference(model: nn.Module) -> nn.Module:
-    """A copy of `model` (any head) with NoNorms folded and every encoder layer a `FusedLayer`."""
+def fuse_for_inference(model: nn.Module, residual_gemm: bool = True) -> nn.Module:
+    """A copy of `model` (any head) with NoNorms folded and every encoder layer a `FusedLayer`.
+
+    residual_gemm: carried residual steps as `addmm` (ONNX: one Gemm with the residual as C); False writes
+    them as linear + add, the form ExecuTorch's XNNPACK quantizer and delegate take."""
     model, _ = fold_nonorm(model)
     base = model.base_model
     layers = list(base.encoder.layer)
@@ -228,4 +236,7 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     stream = _Stream(carry=all(_carriable(layer) for layer in layers))
     fused = [FusedLayer(layer, stream, last=i == len(layers) - 1) for i, layer in enumerate(layers)]
     base.encoder.layer = nn.ModuleList(fused)
+    for m in base.encoder.modules():
+        if isinstance(m, ResidualLinear):
+            m.gemm_c = residual_gemm
     return model.eval()

@@ -74,7 +74,7 @@ def lower_to_executorch(wrapper, example, dynamic_shapes, int8: bool = False) ->
 
 def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL, tokenizer=None,
                       vocab_path: Path | None = None, fold_nonorm: bool = False, int8: bool = False,
-                      max_batch: int = 16) -> ParityReport:
+                      max_batch: int = 16, fuse: bool = False) -> ParityReport:
     """Write `out` (.pte) and `out.json`, after checking the program against PyTorch; ParityError otherwise."""
     _require_executorch()
     out = Path(out)
@@ -91,7 +91,12 @@ def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL
         from mobilebert.quant.pytorch import fold_nonorm as fold
 
         graph_model, _ = fold(model)
-    wrapper = ExportWrapper(graph_model).eval()
+    if fuse:  # mobilebert.export.fuse, with the residual steps as linear + add for XNNPACK
+        from mobilebert.export.fuse import fuse_for_inference
+
+        graph_model = fuse_for_inference(model, residual_gemm=False)
+    wrapper = ExportWrapper(graph_model).eval()  # (B, S, H): FusedLayer flattens per layer (token-major over
+    # the whole stack made torch.export's symbolic shapes grow until sympy took minutes per layer)
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]
     batches = [tuple(t[..., :max_seq] for t in b) for b in batches]
     blob = lower_to_executorch(wrapper, batches[0], _dynamic_shapes(model, max_seq, max_batch), int8=int8)
