@@ -20,7 +20,8 @@ bottleneck (128 -> 2 x 128); in BERT, query, key and value read the layer input.
 
 `fuse_for_inference` returns a copy whose encoder layers are `FusedLayer`s: the same function up to float
 rounding (the export's parity check compares against the original model), on 2-D token-major input (B*S, H)
-as the ONNX export runs it. Inference only: no dropout, no attention maps.
+as the ONNX export runs it, or (B, S, H) as the ExecuTorch export does (`residual_gemm=False` there: linear +
+add, which XNNPACK quantizes). Inference only: no dropout, no attention maps.
 """
 
 from __future__ import annotations
