@@ -20,7 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mobilebert.errors import DataError, UserError
+from mobilebert.errors import DataError, UserError, not_utf8, open_text
 
 ON_BAD_ROW = ("error", "skip")
 Column = str | int | None  # a header name, or a 0-based index for files without a header
@@ -188,15 +188,7 @@ def _file_format(path: Path) -> str:
 
 def _rows(path: Path, fmt: str):
     """Yield (line_no, fields) for every non-blank record. utf-8-sig drops MRPC's byte-order mark."""
-    try:
-        fh = open(path, encoding="utf-8-sig", newline="")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataError(f"{path}: is a folder, not a file") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    with fh:
+    with open_text(path, newline="") as fh:
         try:
             if fmt == "csv":
                 reader = csv.reader(fh)
@@ -211,7 +203,7 @@ def _rows(path: Path, fmt: str):
                     if line.strip():
                         yield i, line.split("\t")
         except UnicodeDecodeError as e:
-            raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+            raise not_utf8(path, e) from None
         except csv.Error as e:
             raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
 
