@@ -17,30 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 
-def interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    for fn in fns.values():  # warm-up
-        for _ in range(3):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: 1e3 * float(np.median(v)) for k, v in times.items()}
-
-
 def main() -> None:
     import onnxruntime as ort
 
     from mobilebert import get_config
+    from mobilebert.export.bench import time_interleaved as interleaved
     from mobilebert.export.fuse import fuse_for_inference
     from mobilebert.export.onnx import export_onnx
     from mobilebert.export.wrapper import ExportWrapper

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +52,8 @@ def build(out: Path) -> dict[str, Path]:
 def main() -> None:
     import onnxruntime as ort
 
+    from mobilebert.export.bench import time_interleaved
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=40)
@@ -67,18 +68,10 @@ def main() -> None:
     for name, path in paths.items():
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
-        sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    for s in sessions.values():  # warm-up
-        for _ in range(3):
-            s.run(None, feeds)
-    times = {k: [] for k in sessions}
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        sessions[name] = (lambda s: lambda: s.run(None, feeds))(session)
     load = os.getloadavg()[0]
-    for _ in range(args.rounds):
-        for name, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, feeds)
-            times[name].append(time.perf_counter() - t)
-    p50 = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+    p50 = time_interleaved(sessions, args.rounds)
     ratios = {f"{prec} bert-base {b} / mobilebert {m}": p50[f"bert-base {b} {prec}"] / p50[f"mobilebert {m} {prec}"]
               for prec in ("fp32", "int8") for m in ("bsh", "token", "token+fold", "fused") for b in ("bsh", "token", "fused")}
     for k, v in p50.items():

@@ -92,6 +92,21 @@ def time_calls(fn, runs: int, warmup: int) -> tuple[float, float, float, float]:
     return float(np.percentile(t, 50)), float(np.percentile(t, 90)), float(t.mean()), float(t.min())
 
 
+def time_interleaved(fns: dict, rounds: int, warmup: int = 3) -> dict[str, float]:
+    """p50 in ms of each zero-argument callable, timed one call of each per round, so that machine noise hits
+    all alike (for comparing variants in one process; `run_bench` times settings one after another)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 def _inputs(cfg, seq: int):
     g = torch.Generator().manual_seed(seq)
     ids = torch.randint(999, cfg.vocab_size, (1, seq), generator=g)
