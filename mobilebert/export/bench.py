@@ -174,7 +174,7 @@ class ModelArtifacts:
                      "this takes minutes")
             t = time.time()
             export_executorch(self.plain, path, max_seq=max_seq, int8=int8, max_batch=4,  # batch 1 is timed
-                              fold_nonorm=self.fuse, fuse=self.fuse)
+                              fuse=self.fuse)
             self.log(f"[{self.preset}]   done in {time.time() - t:.0f} s")
         self.paths[name] = path
         self.sizes[f"pte {'int8' if int8 else 'fp32'}"] = path.stat().st_size

@@ -156,6 +156,7 @@ class FusedLayer(nn.Module):
             v_mid = layer.use_bottleneck_attention
         else:
             qk_mid = v_mid = False
+        self.n_bottleneck = len(first)  # the first Gemm's bottleneck parts come before its q/k/v ones
         for lin, from_mid in ((attn.query, qk_mid), (attn.key, qk_mid), (attn.value, v_mid)):
             if from_mid:
                 second.append(_read(lin, None, None))
@@ -206,8 +207,7 @@ class FusedLayer(nn.Module):
     def _run(self, x, mask_add, B, S):
         parts = self.first(x)
         li = parts[0] if self.use_bottleneck else x
-        n = 2 if self.use_bottleneck and self.mid_index else 1 if self.use_bottleneck else 0
-        qkv = parts[n:]
+        qkv = parts[self.n_bottleneck:]
         if self.second is not None:
             qkv = self.second(parts[self.mid_index]) + qkv
         q, k, v = (t.reshape(B, S, self.num_heads, self.head_size).transpose(1, 2) for t in qkv)

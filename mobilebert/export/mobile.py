@@ -87,14 +87,14 @@ def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL
         raise UserError(f"--max-batch {max_batch}: must be at least 2 (the check runs two batch sizes)")
     model = model.eval().float()
     graph_model = model
-    if fold_nonorm:
-        from mobilebert.quant.pytorch import fold_nonorm as fold
-
-        graph_model, _ = fold(model)
-    if fuse:  # mobilebert.export.fuse, with the residual steps as linear + add for XNNPACK
+    if fuse:  # mobilebert.export.fuse (folds too), with the residual steps as linear + add for XNNPACK
         from mobilebert.export.fuse import fuse_for_inference
 
         graph_model = fuse_for_inference(model, residual_gemm=False)
+    elif fold_nonorm:
+        from mobilebert.quant.pytorch import fold_nonorm as fold
+
+        graph_model, _ = fold(model)
     wrapper = ExportWrapper(graph_model).eval()  # (B, S, H): FusedLayer flattens per layer (token-major over
     # the whole stack made torch.export's symbolic shapes grow until sympy took minutes per layer)
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]

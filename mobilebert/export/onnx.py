@@ -238,14 +238,14 @@ def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol:
         raise UserError(f"--out {out}: the file name must end in .onnx")
     model = model.eval().float()
     graph_model = model
-    if fold_nonorm:
-        from mobilebert.quant.pytorch import fold_nonorm as fold
-
-        graph_model, _ = fold(model)
-    if fuse:
+    if fuse:  # folds too
         from mobilebert.export.fuse import fuse_for_inference
 
         graph_model, token_major = fuse_for_inference(model), True
+    elif fold_nonorm:
+        from mobilebert.quant.pytorch import fold_nonorm as fold
+
+        graph_model, _ = fold(model)
     wrapper = ExportWrapper(graph_model, token_major=token_major)
     # Two shapes: the trace shape and another batch/sequence size, so a lost dynamic axis shows up.
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]

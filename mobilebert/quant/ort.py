@@ -36,13 +36,26 @@ def _metadata(path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
+def _constants(graph) -> tuple[set[str], dict[str, str]]:
+    """(every constant tensor name, {Identity alias: the initializer or Constant it repeats}).
+
+    Constants are initializers, Constant nodes' outputs, and the Identity aliases the exporter writes for
+    repeated initializers (e.g. two layers' equal biases)."""
+    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    alias = {}
+    for n in graph.node:
+        if n.op_type == "Identity" and n.input[0] in consts:
+            consts.add(n.output[0])
+            alias[n.output[0]] = alias.get(n.input[0], n.input[0])
+    return consts, alias
+
+
 def weight_matmuls(path) -> tuple[list[str], list[str]]:
     """(names of MatMul/Gemm nodes with a constant weight, names of activation x activation MatMuls)."""
     import onnx
 
     model = onnx.load(str(path))
-    consts = {i.name for i in model.graph.initializer}
-    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    consts, _ = _constants(model.graph)
     weights, acts = [], []
     for node in model.graph.node:
         if node.op_type in ("MatMul", "Gemm"):
@@ -64,20 +77,17 @@ def gemms_to_matmuls(src, dst, residual_only: bool = False) -> int:
 
     model = onnx.load(str(src))
     inits = {i.name: i for i in model.graph.initializer}
-    # Constants: initializers, Constant nodes, and the Identity aliases the exporter writes for repeated ones.
-    consts = set(inits) | {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    alias = {}
-    for n in model.graph.node:
-        if n.op_type == "Identity" and n.input[0] in consts:
-            consts.add(n.output[0])
-            alias[n.output[0]] = alias.get(n.input[0], n.input[0])
+    consts, alias = _constants(model.graph)
     nodes, count = [], 0
     for node in model.graph.node:
+        if node.op_type != "Gemm":
+            nodes.append(node)
+            continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         bias_c = len(node.input) < 3 or not node.input[2] or node.input[2] in consts
-        weight = alias.get(node.input[1], node.input[1]) if node.op_type == "Gemm" else None
-        if (node.op_type != "Gemm" or weight not in inits or attrs.get("transA", 0)
-                or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 or (residual_only and bias_c)):
+        weight = alias.get(node.input[1], node.input[1])
+        if (weight not in inits or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0
+                or attrs.get("beta", 1.0) != 1.0 or (residual_only and bias_c)):
             nodes.append(node)
             continue
         w = numpy_helper.to_array(inits[weight])
