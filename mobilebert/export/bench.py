@@ -12,6 +12,7 @@ Every exported artifact passes the same PyTorch parity check as `mobilebert expo
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import os
@@ -135,11 +136,6 @@ class ModelArtifacts:
         self.dir = workdir / (preset + ("-folded" if self.folded else ""))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.wrapper = ExportWrapper(self.model).eval()
-        self.fast_wrapper = self.wrapper  # eager and torch.compile; int8 needs the nn.Linear modules of `wrapper`
-        if fold_nonorm:
-            from mobilebert.export.fuse import fuse_for_inference
-
-            self.fast_wrapper = ExportWrapper(fuse_for_inference(plain), token_major=True).eval()
         self.sizes: dict[str, int] = {}
         plain.save_pretrained(self.dir / "checkpoint")
         self.sizes["safetensors fp32"] = (self.dir / "checkpoint" / "model.safetensors").stat().st_size
@@ -178,6 +174,15 @@ class ModelArtifacts:
             self.log(f"[{self.preset}]   done in {time.time() - t:.0f} s")
         self.paths[name] = path
         self.sizes[f"pte {'int8' if int8 else 'fp32'}"] = path.stat().st_size
+
+    @functools.cached_property
+    def fast_wrapper(self):
+        """What eager and torch.compile run: the fused layers where folding is on (torch-int8 keeps `wrapper`,
+        whose nn.Linear modules `quantize_dynamic` needs). Built on first use."""
+        from mobilebert.export.fuse import fuse_for_inference
+        from mobilebert.export.wrapper import ExportWrapper
+
+        return ExportWrapper(fuse_for_inference(self.plain), token_major=True).eval() if self.fuse else self.wrapper
 
     def runner(self, runtime: str, seq: int, threads: int):
         """A zero-argument callable running one batch-1 forward of length `seq` on `threads` threads."""
