@@ -1,8 +1,9 @@
 """Batches computed ahead in worker processes, so a fast GPU never waits for the host (issue 3, throughput).
 
 Pre-training draws batch `step` as a pure function of the step (`PretrainingData.batch`), which is what makes
-resume and DDP exact. Building one 256 x 128 MLM + NSP batch takes ~25 ms of Python/numpy on one core; at
-the issue's GPU target (1M tokens/s, ~33 ms per 32k-token step) that alone would stall the GPU. `StepPrefetcher`
+resume and DDP exact. Building one 256 x 128 MLM + NSP batch takes 12.7 ms of Python/numpy on one core
+(benchmarks/data_throughput.py); at the issue's GPU target (1M tokens/s, ~33 ms per 32k-token step) that is over
+a third of each step, on the critical path. `StepPrefetcher`
 keeps `prefetch` batches per worker in flight in `workers` processes (a torch DataLoader over step numbers) and
 hands them out in step order. Batch `s` is still `fn(s)`, computed from the same arguments, so losses do not
 change (tested); asking for a step other than the next one (a resume) restarts the workers at that step.
