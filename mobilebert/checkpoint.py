@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
+from mobilebert import atomic
 from mobilebert.config import MobileBertConfig
 from mobilebert.errors import CheckpointError, ConfigError
 
@@ -46,31 +47,20 @@ class LoadReport:
         return "; ".join(parts) or "all keys matched"
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_pretrained(model: torch.nn.Module, folder: str | os.PathLike) -> None:
     """Save `model` as config.json + model.safetensors (tied tensors dropped, as transformers does)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    with atomic.disk_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
     cfg: MobileBertConfig = model.config
     name = type(model).__name__
     if cfg.model_type == "bert":
         name = name.replace("MobileBert", "Bert")
     cfg = cfg.replace(architectures=[name])
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k not in TIED_KEYS}
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    _atomic_write(folder / CONFIG_NAME, lambda p: cfg.save(p))
+    # serialised in memory and written by mobilebert.atomic: crash-safe, usual permissions, a full disk is one line
+    atomic.write_bytes(folder / WEIGHTS_NAME, safetensors_bytes(state, metadata={"format": "pt"}))
+    atomic.write_json(folder / CONFIG_NAME, cfg.to_hf_dict(), indent=2, sort_keys=True)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
 """Checkpoint files: mismatches named, unsafe pickles refused, writes atomic, .bin and prefixes handled."""
 
+import errno
 import os
 import pickle
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import mobilebert as mb
-import mobilebert.checkpoint as ckpt
+from mobilebert import atomic
 from mobilebert.checkpoint import load_model, read_state_dict
 from mobilebert.errors import CheckpointError
 
@@ -83,10 +84,10 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     before = (tmp_path / "model.safetensors").read_bytes()
 
     def crash(*a, **k):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", crash)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(atomic, "_write", crash)
+    with pytest.raises(atomic.WriteError, match="model.safetensors: cannot write: no space left on device"):
         small().save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]

@@ -194,14 +194,18 @@ def test_checkpoint_crash_mid_write_keeps_last_good(tmp_path, monkeypatch):
     assert not list((tmp_path / "checkpoints").glob("*.tmp"))  # stale temp folder cleaned
 
 
-def test_checkpoint_keeps_last_k_and_rejects_bad_pointer(tmp_path):
+def test_checkpoint_keeps_last_k_and_falls_back_from_bad_pointer(tmp_path, capsys):
     m, opt, _ = _trained()
     for s in range(1, 6):
         C.save_checkpoint(tmp_path, C.checkpoint_name("t", s), model=m, optimizer=opt, step=s, keep=2)
     kept = sorted(d.name for d in (tmp_path / "checkpoints").iterdir() if d.is_dir())
     assert kept == ["t-step-0000004", "t-step-0000005"]
     (tmp_path / "checkpoints" / "latest").write_text("t-step-0000009\n")
-    with pytest.raises(CheckpointError, match="missing or incomplete"):
+    assert C.latest_checkpoint(tmp_path).name == "t-step-0000005"  # the pointer's target is gone: say so
+    assert "t-step-0000009: missing; resuming from the previous checkpoint, t-step-0000005" in capsys.readouterr().err
+    for d in kept:
+        (tmp_path / "checkpoints" / d / "training_state.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="t-step-0000009: missing; no older checkpoint"):
         C.latest_checkpoint(tmp_path)
 
 

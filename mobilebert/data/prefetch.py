@@ -8,6 +8,11 @@ keeps `prefetch` batches per worker in flight in `workers` processes (a torch Da
 hands them out in step order. Batch `s` is still `fn(s)`, computed from the same arguments, so losses do not
 change (tested); asking for a step other than the next one (a resume) restarts the workers at that step.
 
+Starting the workers leaves every random stream of the training process alone: a DataLoader with workers
+draws its workers' base seed from the global torch RNG when it is iterated, which would make a resumed run
+(which starts its workers after restoring the RNG state) drop out of step with the uninterrupted one at its
+first dropout mask (issue 10 item 2). The loader gets its own generator, seeded by the start step, instead.
+
     batches = StepPrefetcher(partial(data.batch, batch_size=32), start=0, stop=10_000, workers=4)
     batch = batches(0)    # same dict as data.batch(0, batch_size=32)
     batches.close()
@@ -46,9 +51,12 @@ class StepPrefetcher:
 
     def _restart(self, step: int) -> None:
         self.close()
+        # Own generator: the workers' base seed must not be drawn from the global torch RNG (dropout's).
+        # `fn` is a pure function of the step, so the value of the seed does not matter, only where it comes from.
+        gen = torch.Generator().manual_seed(step)
         loader = DataLoader(_Steps(self.fn, step, self.stop), batch_size=None, shuffle=False,
                             num_workers=self.workers, prefetch_factor=self.prefetch, pin_memory=self.pin_memory,
-                            persistent_workers=False)
+                            persistent_workers=False, generator=gen)
         self._it, self._next = iter(loader), step
 
     def __call__(self, step: int) -> dict:

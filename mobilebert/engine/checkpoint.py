@@ -1,19 +1,29 @@
-"""Atomic, resumable training-state checkpoints (issue 3 item 7).
+"""Atomic, resumable training-state checkpoints (issue 3 item 7; issue 10 items 1, 2, 5, 9).
 
 Layout of one run folder:
     RUN/checkpoints/<stage>-step-0001000/     one checkpoint; the newest K are kept
         config.json, model.safetensors        the trained model in Hugging Face layout (`save_pretrained`)
-        training_state.pt                      optimizer, scheduler, per-rank python/numpy/torch RNG states,
-                                               step, stage, data position, caller extras
+        training_state.pt                      optimizer, scheduler, per-rank python/numpy/torch(/CUDA) RNG
+                                               states, step, stage, data position, caller extras
         settings.yaml                          the resolved run settings
         meta.json                              {"step", "stage", "data_position", "seq", "time"}
     RUN/checkpoints/latest                     one line: the folder name of the newest complete checkpoint
 
-Why it is crash-safe: a checkpoint is written into `<name>.tmp/`, every file is flushed and fsync'd,
-and only then the folder is renamed into place (`os.replace`, atomic on POSIX). The `latest` pointer is
-itself written to `latest.tmp` and renamed, and only after the folder rename. A SIGKILL at any moment
-therefore leaves either the previous `latest` (pointing at a complete folder) or the new one, never a
-half-written checkpoint; stale `*.tmp` folders are removed by the next save.
+Why it is crash-safe: a checkpoint is written into a temporary folder beside it (`mobilebert.atomic.atomic_dir`),
+every file is fsync'd, and only then the folder is renamed into place (atomic on POSIX). The `latest` pointer is
+itself written atomically, and only after the folder rename. A SIGKILL at any moment therefore leaves either the
+previous `latest` (pointing at a complete folder) or the new one, never a half-written checkpoint; stale
+temporaries are removed by the next save. A full disk is one `WriteError` naming the path (nothing written).
+
+Why loading runs no code: `training_state.pt` holds only tensors, dicts, lists, tuples, ints, floats, strings
+and None (RNG states are converted to tensors and plain numbers, `_plain` rejects anything else at save time),
+and it is read with `torch.load(weights_only=True)`. A file holding other objects (a planted `__reduce__`
+payload, or a checkpoint written by mobilebert before this format, whose numpy RNG state is a pickled array)
+is refused with one line naming it.
+
+A damaged newest checkpoint (truncated or empty file, say after copying a run folder from a full disk) is
+skipped with a message on stderr and the previous complete one is used; when none is readable the error names
+the damaged file.
 
 Every rank calls `save_checkpoint` (RNG states are gathered from all ranks); rank 0 alone writes.
 
@@ -21,7 +31,7 @@ API:
     checkpoint_name(stage, step) -> str
     save_checkpoint(run_dir, name, *, model, optimizer=None, scheduler=None, step, stage="",
                     data_position=0, settings=None, extra=None, keep=3) -> Path | None
-    latest_checkpoint(run_dir) -> Path | None
+    latest_checkpoint(run_dir) -> Path | None          the newest readable one (damaged ones skipped, said so)
     load_checkpoint(path, *, model=None, optimizer=None, scheduler=None, restore_rng=True) -> dict
     load_model_weights(model, folder) -> None
 """
@@ -29,10 +39,13 @@ API:
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
+import pickle
 import random
+import re
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,14 +53,17 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_model
 from torch import nn
 
+from mobilebert import atomic as A
 from mobilebert.engine import distributed as D
 from mobilebert.errors import CheckpointError
 
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "model.safetensors"
+FORMAT = 2  # 1: pickled numpy/python RNG objects (needed weights_only=False); 2: plain values only
 
 
 def checkpoint_name(stage: str, step: int) -> str:
@@ -55,39 +71,52 @@ def checkpoint_name(stage: str, step: int) -> str:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random stream training uses, as tensors and plain numbers (loadable with weights_only=True).
+
+    python: random.getstate() = (version, 625 ints, gauss_next); numpy: the legacy global MT19937 state
+    ('MT19937', uint32[624], pos, has_gauss, cached_gaussian); torch: the CPU generator; cuda: one per device."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+             "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(cached)},
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync_tree(folder: Path) -> None:
-    for f in folder.iterdir():
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+def _plain(obj: Any, where: str = "state") -> Any:
+    """`obj` with numpy values turned into tensors / Python numbers; anything torch.load(weights_only=True)
+    could not read back is an error here, at save time, rather than an unloadable checkpoint later."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):  # subclasses (np.float64 is a float subclass) would pickle as foreign objects
+        return int(obj)
+    if isinstance(obj, float):
+        return float(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, dict):
+        return {k: _plain(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        out = [_plain(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return out if isinstance(obj, list) else tuple(out)
+    raise TypeError(f"{where}: a {type(obj).__name__} cannot go into a checkpoint (only tensors and plain values)")
 
 
 def save_model_weights(model: nn.Module, folder: Path) -> None:
@@ -96,7 +125,8 @@ def save_model_weights(model: nn.Module, folder: Path) -> None:
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(folder)
     else:
-        save_model(model, str(folder / WEIGHTS_FILE))  # handles tied (shared) tensors
+        with A.atomic_path(folder / WEIGHTS_FILE) as tmp:
+            save_model(model, str(tmp))  # handles tied (shared) tensors
 
 
 def load_model_weights(model: nn.Module, folder: str | Path) -> None:
@@ -109,7 +139,10 @@ def load_model_weights(model: nn.Module, folder: str | Path) -> None:
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: damaged or truncated ({e})") from None
     own = model.state_dict()
     bad = [k for k, v in state.items() if k in own and tuple(own[k].shape) != tuple(v.shape)]
     if bad:
@@ -137,71 +170,161 @@ def save_checkpoint(run_dir: str | Path, name: str, *, model: nn.Module, optimiz
     if not D.is_main():
         D.barrier()
         return None
+    _verified.clear()
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob("*.tmp"):  # leftovers of a crash mid-write
+    with A.disk_errors(root):
+        root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("*.tmp"):  # leftovers of a crash mid-write (this process writes none concurrently)
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    prev = latest_checkpoint(run_dir)
+    prev = _pointed(root)
     seq = (read_meta(prev).get("seq", 0) + 1) if prev is not None else 1
-    tmp = root / f"{name}.tmp"
-    tmp.mkdir()
-    save_model_weights(model, tmp)
-    state = {"step": step, "stage": stage, "data_position": data_position, "rng": rngs,
-             "world_size": D.world_size(), "extra": extra or {},
-             "optimizer": optimizer.state_dict() if optimizer is not None else None,
-             "scheduler": scheduler.state_dict() if scheduler is not None else None}
-    torch.save(state, tmp / STATE_FILE)
-    if settings is not None:
-        data = settings if isinstance(settings, dict) else dataclasses.asdict(settings)
-        (tmp / "settings.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    state = _plain({"format": FORMAT, "step": step, "stage": stage, "data_position": data_position, "rng": rngs,
+                    "world_size": D.world_size(), "extra": extra or {},
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                    "scheduler": scheduler.state_dict() if scheduler is not None else None})
+    buf = io.BytesIO()  # serialised in memory: a full disk then surfaces as an OSError of our own write
+    torch.save(state, buf)
     meta = {"step": step, "stage": stage, "data_position": data_position, "seq": seq, "time": time.time()}
-    (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
-    _fsync_tree(tmp)
-    final = root / name
-    if final.exists():  # re-saving the same step (e.g. interrupt right after a periodic save)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _write_text_atomic(root / "latest", name + "\n")
+    # re-saving the same step (e.g. interrupt right after a periodic save) replaces that folder
+    with A.atomic_dir(root / name) as tmp:
+        save_model_weights(model, tmp)
+        A.write_bytes(tmp / STATE_FILE, buf.getvalue())
+        if settings is not None:
+            A.write_yaml(tmp / "settings.yaml", settings if isinstance(settings, dict) else dataclasses.asdict(settings))
+        A.write_text(tmp / "meta.json", json.dumps(meta))
+    A.write_text(root / "latest", name + "\n")
     _prune(root, keep, protect=name)
     D.barrier()
-    return final
+    return root / name
 
 
 def read_meta(folder: Path) -> dict:
     try:
-        return json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _complete(root: Path) -> list[Path]:
+    """Checkpoint folders of `root` (not temporaries), oldest first by save sequence."""
+    done = [d for d in root.iterdir() if d.is_dir() and not d.name.endswith(".tmp") and (d / "meta.json").is_file()]
+    return sorted(done, key=lambda d: read_meta(d).get("seq", 0))
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
     if keep <= 0:
         return
-    done = [d for d in root.iterdir() if d.is_dir() and not d.name.endswith(".tmp") and (d / "meta.json").is_file()]
-    done.sort(key=lambda d: read_meta(d).get("seq", 0))
-    for d in done[:-keep]:
+    for d in _complete(root)[:-keep]:
         if d.name != protect:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _pointed(root: Path) -> Path | None:
+    """The folder `latest` names, as written (no checks); None without a usable pointer."""
+    try:
+        name = (root / "latest").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root / name if name and "/" not in name else None
+
+
+# training_state.pt contents read by latest_checkpoint's check, kept for the load_checkpoint that follows
+_verified: dict[tuple, dict] = {}
+
+
+def _read_state(file: Path) -> dict:
+    """torch.load(weights_only=True) of a training state; CheckpointError(refused=True) for foreign objects."""
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"{file}: damaged ({str(e).splitlines()[0]})") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = found.group(1) if found else "a Python object"
+        if what.startswith("numpy"):
+            err = CheckpointError(f"{file}: written by an older mobilebert (pickled numpy RNG state, {what}), "
+                                  "which cannot be loaded without allowing it to run code; start the run again "
+                                  "without --resume (or in another folder)")
+        else:
+            err = CheckpointError(f"{file}: refused: it holds {what}, which could run code when loaded; a "
+                                  "training state holds only tensors and plain values")
+        err.refused = True
+        raise err from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{file}: damaged or truncated ({reason[:120]})") from None
+    if not isinstance(state, dict) or "rng" not in state or "step" not in state:
+        raise CheckpointError(f"{file}: damaged (not a training state)")
+    return state
+
+
+def _key(file: Path) -> tuple:
+    st = file.stat()
+    return (str(file.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def _check(folder: Path) -> None:
+    """Read everything a resume needs from `folder`; CheckpointError naming the first damaged file."""
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: missing")
+    if not read_meta(folder):
+        raise CheckpointError(f"{folder / 'meta.json'}: missing or damaged")
+    weights = folder / WEIGHTS_FILE
+    try:
+        with safe_open(str(weights), "pt") as f:  # parses the header and checks the file covers every tensor
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{weights}: missing, damaged or truncated ({e})") from None
+    file = folder / STATE_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    _verified.clear()
+    _verified[_key(file)] = _read_state(file)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The folder the `latest` pointer names, or None when the run has no checkpoint yet."""
-    pointer = Path(run_dir) / "checkpoints" / "latest"
+    """The newest readable checkpoint, or None when the run has no checkpoint yet (no `latest` pointer).
+
+    When the one `latest` names is damaged, older complete ones are tried in turn (saying so on stderr); a
+    refused file (foreign objects) or no readable checkpoint at all is a CheckpointError naming the file."""
+    root = Path(run_dir) / "checkpoints"
+    pointer = root / "latest"
     if not pointer.is_file():
         return None
-    folder = pointer.parent / pointer.read_text(encoding="utf-8").strip()
-    if not (folder / STATE_FILE).is_file():
-        raise CheckpointError(f"{pointer}: points at {folder.name}, which is missing or incomplete")
-    return folder
+    first = _pointed(root)
+    older = list(reversed(_complete(root)))  # newest first
+    if first is not None:
+        # never go past the pointer to a newer folder it does not announce
+        limit = read_meta(first).get("seq", float("inf")) if first.is_dir() else float("inf")
+        older = [first] + [d for d in older if d != first and read_meta(d).get("seq", 0) < limit]
+    damaged: CheckpointError | None = None
+    for folder in older:
+        try:
+            _check(folder)
+        except CheckpointError as e:
+            if getattr(e, "refused", False):
+                raise
+            damaged = damaged or e
+            continue
+        if damaged is not None and D.is_main():
+            print(f"mobilebert: {damaged}; resuming from the previous checkpoint, {folder.name}",
+                  file=sys.stderr, flush=True)
+        return folder
+    if damaged is None:
+        damaged = CheckpointError(f"{pointer}: empty or damaged")
+    raise CheckpointError(f"{damaged}; no older checkpoint in {root} is readable: start the run again "
+                          "without --resume")
 
 
 def load_checkpoint(path: str | Path, *, model: nn.Module | None = None, optimizer=None, scheduler=None,
                     restore_rng: bool = True) -> dict:
     """Restore what was saved into the given objects; returns the state dict (step, stage, data_position, extra)."""
     path = Path(path)
-    if not (path / STATE_FILE).is_file():
+    file = path / STATE_FILE
+    if not file.is_file():
         raise CheckpointError(f"{path}: not a training checkpoint (no {STATE_FILE})")
-    state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+    state = _verified.pop(_key(file), None) or _read_state(file)
     if model is not None:
         load_model_weights(model, path)
     if optimizer is not None and state.get("optimizer") is not None:

@@ -1,0 +1,222 @@
+"""Atomic file and folder writes: the one way every writer of the project puts a file on disk (issue 10, item 5).
+
+A crash, a SIGKILL or a full disk never leaves half a file under the final name: the data goes to a temporary
+name in the same folder (so the rename stays on one file system), is flushed and fsync'd, and only then renamed
+over the final path (`os.replace`, atomic on POSIX); the folder is fsync'd after the rename so the new name
+survives a power cut. On any error the temporary is removed and the old file, if there was one, is untouched.
+
+Disk errors a user can fix (full disk, quota, permissions, a read-only mount) become one `WriteError` naming the
+final path, which the CLI prints as one line with exit status 2:
+    RUN/teacher/model.safetensors: cannot write: no space left on device (nothing was written)
+
+Permissions are the usual ones (files 0666 & ~umask, folders 0777 & ~umask), not mkstemp's 0600, so a model
+written on a shared machine can be read by the people it is given to.
+
+Temporaries are named `.<name>.<pid>-<random>.tmp`; those of a process that no longer runs (a SIGKILL) are
+removed by the next write of the same path.
+
+API:
+    write_bytes(path, data: bytes) -> Path
+    write_text(path, text) -> Path
+    write_json(path, obj, **json_kwargs) / write_yaml(path, obj) -> Path
+    atomic_path(path)     context manager: yields a temporary path for a library that writes by name
+                          (onnx.save, ...); renamed into place when the block ends without an error
+    atomic_dir(path)      context manager: yields an empty temporary folder, swapped into place at the end
+    disk_errors(path)     context manager: maps ENOSPC/EDQUOT/EACCES/EPERM/EROFS/EFBIG to WriteError(path)
+    WriteError            a UserError
+
+Test hook (crash-safety tests only): with MOBILEBERT_TEST_HOLD="<substring>@<n>" the n-th write whose final
+path contains <substring> stops just before its rename, creates the file named by MOBILEBERT_TEST_HOLD_FILE
+and sleeps, so a test can SIGKILL the process at exactly that point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+from mobilebert.errors import UserError
+
+# errno -> what the user is told; anything else is a bug or a hardware problem and keeps its traceback.
+_REASONS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.EROFS: "read-only file system",
+}
+
+
+class WriteError(UserError):
+    """A file could not be written (full disk, quota, permissions, read-only); the message names the path."""
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike):
+    """Turn a user-fixable OSError raised in the block into one WriteError naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        reason = _REASONS.get(e.errno)
+        if reason is None:
+            raise
+        inner = Path(e.filename).name if e.filename else ""
+        where = f" (while writing {inner})" if inner and inner != Path(path).name and not inner.endswith(".tmp") else ""
+        raise WriteError(f"{path}: cannot write: {reason}{where}; nothing was written") from None
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _sweep(path: Path) -> None:
+    """Remove temporaries of `path` left by processes that died (SIGKILL mid-write)."""
+    try:
+        for stale in path.parent.glob(f".{path.name}.*-*.tmp"):
+            pid = stale.name[len(path.name) + 2:].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    except OSError:
+        pass  # a folder we cannot list: the write itself will report it
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for root, dirs, files in os.walk(folder):
+        for f in files:
+            _fsync_path(Path(root) / f)
+        _fsync_path(Path(root), directory=True)
+
+
+_held: dict[str, int] = {}
+
+
+def _test_hold(path: Path) -> None:
+    """The crash-test hook of the module docstring; a no-op unless MOBILEBERT_TEST_HOLD is set."""
+    spec = os.environ.get("MOBILEBERT_TEST_HOLD")
+    if not spec:
+        return
+    needle, _, nth = spec.rpartition("@")
+    if needle not in str(path):
+        return
+    _held[needle] = _held.get(needle, 0) + 1
+    if _held[needle] == int(nth):
+        Path(os.environ["MOBILEBERT_TEST_HOLD_FILE"]).write_text(str(path), encoding="utf-8")
+        while True:  # until the test kills us
+            time.sleep(60)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    _test_hold(path)
+    os.replace(tmp, path)
+    _fsync_path(path.parent, directory=True)
+
+
+def _write(fh, data: bytes) -> None:
+    """The one low-level write (tests make it raise ENOSPC)."""
+    fh.write(data)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically, with the usual permissions; see the module docstring."""
+    path = Path(path)
+    with disk_errors(path):
+        _sweep(path)
+        tmp = _tmp_name(path)
+        try:
+            # O_EXCL + 0o666: the umask gives the usual permissions (mkstemp would give 0600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with open(fd, "wb") as fh:
+                _write(fh, data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj, **kwargs) -> Path:
+    return write_text(path, json.dumps(obj, **kwargs) + "\n")
+
+
+def write_yaml(path: str | os.PathLike, obj) -> Path:
+    import yaml
+
+    return write_text(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path (not yet created) for a writer that takes a file name; rename it into place after."""
+    path = Path(path)
+    with disk_errors(path):
+        _sweep(path)
+        tmp = _tmp_name(path)
+        try:
+            yield tmp
+            if not tmp.is_file():
+                raise FileNotFoundError(f"{path}: the writer did not create {tmp.name}")
+            _fsync_path(tmp)
+            _replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike):
+    """Yield an empty temporary folder beside `path`; when the block succeeds it replaces `path` (a folder).
+
+    Every file in it is fsync'd first. An existing `path` is moved aside, the new folder renamed in, and the
+    old one deleted: a crash in between leaves the old folder under a temporary name, never a mix of both."""
+    path = Path(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _sweep(path)
+        tmp = _tmp_name(path)
+        tmp.mkdir()  # 0777 & ~umask (mkdtemp would give 0700)
+        try:
+            yield tmp
+            _fsync_tree(tmp)
+            _test_hold(path)
+            old = None
+            if path.exists():
+                old = _tmp_name(path)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            _fsync_path(path.parent, directory=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
