@@ -23,11 +23,18 @@ API:
                           (onnx.save, ...); renamed into place when the block ends without an error
     atomic_dir(path)      context manager: yields an empty temporary folder, swapped into place at the end
     disk_errors(path)     context manager: maps ENOSPC/EDQUOT/EACCES/EPERM/EROFS/EFBIG to WriteError(path)
+    temp_path(path) -> Path, commit(tmp, path)
+                          the two halves of atomic_path, for writers whose temporary outlives one block
+                          (exports that check the file before renaming it into place)
+    as_write_error(OSError) -> WriteError | None
+                          the CLI's safety net for writers that bypass this module: a disk error becomes
+                          one line naming the final path (a temporary's name is mapped back to it)
     WriteError            a UserError
 
 Test hook (crash-safety tests only): with MOBILEBERT_TEST_HOLD="<substring>@<n>" the n-th write whose final
 path contains <substring> stops just before its rename, creates the file named by MOBILEBERT_TEST_HOLD_FILE
-and sleeps, so a test can SIGKILL the process at exactly that point.
+and sleeps, so a test can SIGKILL the process at exactly that point. `crash_point(label)` adds such a point
+elsewhere (the checkpoint code marks the moment between its folder rename and its `latest` pointer update).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -57,23 +65,71 @@ _REASONS = {
 class WriteError(UserError):
     """A file could not be written (full disk, quota, permissions, read-only); the message names the path."""
 
+    def __init__(self, path, reason: str, inner: str = ""):
+        self.path, self.reason = Path(path), reason
+        where = f" (while writing {inner})" if inner else ""
+        super().__init__(f"{path}: cannot write: {reason}{where}; nothing was written")
+
+
+def _in_temporary(p: Path) -> bool:
+    return any(_TMP.match(part) for part in p.parts)
+
 
 @contextlib.contextmanager
 def disk_errors(path: str | os.PathLike):
-    """Turn a user-fixable OSError raised in the block into one WriteError naming `path`."""
+    """Turn a user-fixable OSError raised in the block into one WriteError naming `path`.
+
+    A WriteError about a file inside one of our temporaries (a folder being built by atomic_dir) is renamed
+    to `path` too: the user is told about the folder they asked for, not about a temporary name."""
+    path = Path(path)
     try:
         yield
+    except WriteError as e:
+        if not _in_temporary(e.path) or _in_temporary(path):
+            raise
+        raise WriteError(path, e.reason, e.path.name) from None
     except OSError as e:
         reason = _REASONS.get(e.errno)
         if reason is None:
             raise
         inner = Path(e.filename).name if e.filename else ""
-        where = f" (while writing {inner})" if inner and inner != Path(path).name and not inner.endswith(".tmp") else ""
-        raise WriteError(f"{path}: cannot write: {reason}{where}; nothing was written") from None
+        inner = "" if inner == path.name or _TMP.match(inner) else inner
+        raise WriteError(path, reason, inner) from None
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+_TMP = re.compile(r"^\.(.+)\.\d+-[0-9a-f]{8}\.tmp(\.\w+)?$")  # the names _tmp_name makes
+
+
+def as_write_error(e: OSError) -> WriteError | None:
+    """A WriteError naming the final path for a user-fixable disk error raised anywhere; None for other errors."""
+    reason = _REASONS.get(getattr(e, "errno", None))
+    if reason is None:
+        return None
+    path = Path(e.filename) if e.filename else Path("output")
+    if _TMP.match(path.name):
+        path = path.with_name(_TMP.match(path.name).group(1))
+    return WriteError(path, reason)
+
+
+def _tmp_name(path: Path, suffix: str = "") -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp{suffix}")
+
+
+def temp_path(path: str | os.PathLike) -> Path:
+    """A fresh temporary name beside `path` (not created; it ends in `path`'s suffix, for readers that go by
+    it); stale ones of dead processes are removed first."""
+    path = Path(path)
+    _sweep(path)
+    return _tmp_name(path, path.suffix)
+
+
+def commit(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """fsync `tmp` and rename it over `path` (then fsync the folder): the end of an atomic write."""
+    tmp, path = Path(tmp), Path(path)
+    with disk_errors(path):
+        _fsync_path(tmp)
+        _replace(tmp, path)
+    return path
 
 
 def _alive(pid: int) -> bool:
@@ -89,7 +145,7 @@ def _alive(pid: int) -> bool:
 def _sweep(path: Path) -> None:
     """Remove temporaries of `path` left by processes that died (SIGKILL mid-write)."""
     try:
-        for stale in path.parent.glob(f".{path.name}.*-*.tmp"):
+        for stale in path.parent.glob(f".{path.name}.*-*.tmp*"):
             pid = stale.name[len(path.name) + 2:].split("-", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
@@ -115,7 +171,7 @@ def _fsync_tree(folder: Path) -> None:
 _held: dict[str, int] = {}
 
 
-def _test_hold(path: Path) -> None:
+def crash_point(path: str | os.PathLike) -> None:
     """The crash-test hook of the module docstring; a no-op unless MOBILEBERT_TEST_HOLD is set."""
     spec = os.environ.get("MOBILEBERT_TEST_HOLD")
     if not spec:
@@ -131,7 +187,7 @@ def _test_hold(path: Path) -> None:
 
 
 def _replace(tmp: Path, path: Path) -> None:
-    _test_hold(path)
+    crash_point(path)
     os.replace(tmp, path)
     _fsync_path(path.parent, directory=True)
 
@@ -208,7 +264,7 @@ def atomic_dir(path: str | os.PathLike):
         try:
             yield tmp
             _fsync_tree(tmp)
-            _test_hold(path)
+            crash_point(path)
             old = None
             if path.exists():
                 old = _tmp_name(path)

@@ -195,7 +195,10 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
     if s.distill.teacher:
         teacher = check_teacher(s.distill.teacher, data, tokenizer).to(device).eval()
     if main:  # data, model and teacher are good: from here on the folder is this run's
-        out.mkdir(parents=True, exist_ok=True)
+        from mobilebert.atomic import disk_errors
+
+        with disk_errors(out):
+            out.mkdir(parents=True, exist_ok=True)
         dump_settings(s, out / "settings.yaml")
     D.barrier()
 
@@ -306,7 +309,9 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
         best_model = load_model_for_task(str(out / "best"), data, tokenizer).to(device)
         written = data.predict_test(best_model, s, device, precision, out / "submission")
         results["test_files"] = [str(p) for p in written]
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    from mobilebert.atomic import write_json
+
+    write_json(out / "results.json", results, indent=2)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: best/ holds the model
     return results
 
@@ -359,14 +364,14 @@ def save_model(model, tokenizer, settings: FinetuneSettings, folder: Path, metri
     from mobilebert.engine.distributed import unwrap
     from mobilebert.tokenizer import tokenizer_config_json
 
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    unwrap(model).save_pretrained(tmp)
-    tokenizer.save(tmp)
-    (tmp / "tokenizer_config.json").write_text(tokenizer_config_json(), encoding="utf-8")
-    dump_settings(settings, tmp / "settings.yaml")
-    (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    if data is not None:  # what `predict` needs to know beyond config.json (SQuAD v2's null answers)
-        info = {"task": data.name, "kind": data.kind, "version_2": data.version_2, "main_metric": data.main_metric}
-        (tmp / "task.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    _replace_dir(tmp, folder)
+    from mobilebert.atomic import atomic_dir
+
+    with atomic_dir(folder) as tmp:  # fsync'd, swapped in whole; a full disk is one line naming the folder
+        unwrap(model).save_pretrained(tmp)
+        tokenizer.save(tmp)
+        (tmp / "tokenizer_config.json").write_text(tokenizer_config_json(), encoding="utf-8")
+        dump_settings(settings, tmp / "settings.yaml")
+        (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        if data is not None:  # what `predict` needs to know beyond config.json (SQuAD v2's null answers)
+            info = {"task": data.name, "kind": data.kind, "version_2": data.version_2, "main_metric": data.main_metric}
+            (tmp / "task.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

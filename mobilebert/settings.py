@@ -203,4 +203,6 @@ def check_unchanged(obj: Any, saved_file: str | Path, free=frozenset()) -> None:
 
 
 def dump_settings(obj: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False), encoding="utf-8")
+    from mobilebert.atomic import write_yaml  # crash-safe; a full disk is one line naming the file
+
+    write_yaml(path, to_dict(obj))

@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"mobilebert {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk (or quota, permissions) in a writer that does not map it itself
+        from mobilebert.atomic import as_write_error
+
+        err = as_write_error(e)
+        if err is None:
+            raise
+        print(f"mobilebert {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"mobilebert {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -10,6 +10,8 @@ JSON, which `mobilebert score` re-checks) are written there; --test also writes 
 
 import argparse
 
+from mobilebert.atomic import write_text
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a fine-tuned checkpoint on its dev set (prints JSON)",
@@ -68,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
     print(text)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_results.json").write_text(text + "\n", encoding="utf-8")
+        write_text(out / "eval_results.json", text + "\n")
     return 0

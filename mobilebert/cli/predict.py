@@ -13,6 +13,8 @@ or JSON lines with keys text/text_a, text_b, or question and context. File resul
 
 import argparse
 
+from mobilebert.atomic import write_text
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="predict with a fine-tuned checkpoint (sentence, pair, question, or a file)",
@@ -194,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         results = predict(args.checkpoint, [(a, b) for a, b, _ in rows], args.batch_size)
         lines = [json.dumps({"line": n, **r}, ensure_ascii=False) for (_, _, n), r in zip(rows, results)]
         if args.out:
-            Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
+            write_text(args.out, "\n".join(lines) + "\n")
         else:
             print("\n".join(lines))
         return 0

@@ -41,8 +41,8 @@ def add_parser(subparsers) -> None:
 def _run(args) -> int:
     import json
     import sys
-    from pathlib import Path
 
+    from mobilebert.atomic import write_text
     from mobilebert.quant.pipeline import quantize_checkpoint
 
     result = quantize_checkpoint(
@@ -61,7 +61,7 @@ def _run(args) -> int:
     if result.out:
         print(f"wrote {result.out}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        write_text(args.json, json.dumps({
             "task": r.task, "metric": r.metric, "examples": r.n, "fp32": r.fp32, "int8": r.int8, "drop_points": r.drop,
             "agreement": r.agreement, "method": result.method, "out": str(result.out) if result.out else None,
             "warning": result.warning, "fp32_bytes": result.fp32_size, "int8_bytes": result.int8_size}, indent=2) + "\n")

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from mobilebert import metrics
+from mobilebert.atomic import write_text
 from mobilebert.errors import DataError, UserError, read_text
 
 
@@ -96,7 +97,7 @@ def _run_squad(args) -> int:
     text = json.dumps(out) if version == "1.1" else json.dumps(out, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        write_text(args.out, text + "\n")
     return 0
 
 
@@ -176,5 +177,5 @@ def _run_glue(args) -> int:
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        write_text(args.out, text + "\n")
     return 0

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from mobilebert.atomic import write_text
+
 DEFAULT_BATCH = "16,32,48"
 DEFAULT_LR = "1e-5,2e-5,3e-5,5e-5,1e-4"
 DEFAULT_EPOCHS = "2,3,5,10"
@@ -146,9 +148,8 @@ def run(args: argparse.Namespace) -> int:
     summary = (f"best: batch {best['batch_size']}, lr {best['lr']:g}, {best['epochs']:g} epochs: "
                f"{metric} {best['mean']:.4f} ± {best['std']:.4f} over {best['runs']} seed(s)")
     print(text + "\n\n" + summary)
-    (out / "sweep.md").write_text(text + "\n\n" + summary + "\n", encoding="utf-8")
-    (out / "sweep.csv").write_text("batch_size,lr,epochs,mean,std,runs\n" + "".join(
-        f"{r['batch_size']},{r['lr']:g},{r['epochs']:g},{r['mean']},{r['std']},{r['runs']}\n" for r in rows),
-        encoding="utf-8")
+    write_text(out / "sweep.md", text + "\n\n" + summary + "\n")
+    write_text(out / "sweep.csv", "batch_size,lr,epochs,mean,std,runs\n" + "".join(
+        f"{r['batch_size']},{r['lr']:g},{r['epochs']:g},{r['mean']},{r['std']},{r['runs']}\n" for r in rows))
     plot(rows, metric, out / "sweep.png")
     return 0

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from mobilebert.atomic import atomic_dir, disk_errors, write_yaml
 from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
 from mobilebert.distill import estimate as E
@@ -168,16 +169,13 @@ class Pipeline:
 
     def _export(self, model, name: str) -> Path:
         """OUT/<name> in HF layout (+ vocab), written beside and renamed into place."""
-        final, tmp = self.out / name, self.out / f".{name}.tmp"
+        final = self.out / name
         if D.is_main():
-            shutil.rmtree(tmp, ignore_errors=True)
-            D.unwrap(model).save_pretrained(tmp)
-            for f in ("vocab.txt", "tokenizer.json"):
-                if (self.shards / f).is_file():
-                    shutil.copy(self.shards / f, tmp / f)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
+            with atomic_dir(final) as tmp:
+                D.unwrap(model).save_pretrained(tmp)
+                for f in ("vocab.txt", "tokenizer.json"):
+                    if (self.shards / f).is_file():
+                        shutil.copy(self.shards / f, tmp / f)
         D.barrier()
         return final
 
@@ -280,9 +278,10 @@ class Pipeline:
             return 0
         fresh = not self.out.exists()
         if main:
-            self.out.mkdir(parents=True, exist_ok=True)
+            with disk_errors(self.out):
+                self.out.mkdir(parents=True, exist_ok=True)
             # settings.yaml first: from here on the folder is this run's, and --resume can pick it up.
-            (self.out / "settings.yaml").write_text(yaml.safe_dump(dataclasses.asdict(s), sort_keys=False))
+            write_yaml(self.out / "settings.yaml", dataclasses.asdict(s))
             try:
                 if s.data.corpus and not (self.shards / "manifest.json").is_file():
                     from mobilebert.data.shards import prepare

@@ -8,10 +8,9 @@ NSP accuracy.
 
 from __future__ import annotations
 
-import json
-
 import torch
 
+from mobilebert.atomic import write_json
 from mobilebert.distill import steps as S
 from mobilebert.engine.logging import METRICS_FILE, plot_losses, read_metrics
 
@@ -70,7 +69,7 @@ def write_report(p, seconds: float) -> dict:
     summary = {"run": str(out), "seconds": round(seconds, 1), "stages": stages, "eval": evals,
                "outputs": outputs, "loss_plot": str(plot) if plot else None,
                "runs_this_session": [{k: v for k, v in s.items() if k != "last"} for s in p.summaries]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_json(out / "summary.json", summary, indent=1)
 
     print(f"\nfinished in {seconds / 60:.1f} min; run folder {out}")
     print(f"  {'stage':<10} {'steps':>7} {'first loss':>11} {'last loss':>10} {'tok/s':>9}")

@@ -52,9 +52,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from mobilebert import atomic as A
@@ -125,8 +125,15 @@ def save_model_weights(model: nn.Module, folder: Path) -> None:
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(folder)
     else:
-        with A.atomic_path(folder / WEIGHTS_FILE) as tmp:
-            save_model(model, str(tmp))  # handles tied (shared) tensors
+        # a tensor tied to one already stored (same storage, offset and shape) is stored once, as safetensors'
+        # save_model does; serialised in memory so that a full disk is our own OSError, not a Rust error
+        state, seen = {}, set()
+        for k, v in model.state_dict().items():
+            where = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+            if where not in seen:
+                seen.add(where)
+                state[k] = v.detach().cpu().clone()
+        A.write_bytes(folder / WEIGHTS_FILE, safetensors_bytes(state))
 
 
 def load_model_weights(model: nn.Module, folder: str | Path) -> None:
@@ -192,6 +199,7 @@ def save_checkpoint(run_dir: str | Path, name: str, *, model: nn.Module, optimiz
         if settings is not None:
             A.write_yaml(tmp / "settings.yaml", settings if isinstance(settings, dict) else dataclasses.asdict(settings))
         A.write_text(tmp / "meta.json", json.dumps(meta))
+    A.crash_point(f"{root / 'latest'} <- {name}")  # crash tests: the folder is in place, the pointer is not
     A.write_text(root / "latest", name + "\n")
     _prune(root, keep, protect=name)
     D.barrier()

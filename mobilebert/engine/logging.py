@@ -22,6 +22,8 @@ import math
 import time
 from pathlib import Path
 
+from mobilebert import atomic
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -56,9 +58,7 @@ def _truncate_after(path: Path, stage: str, step: int) -> None:
         elif "step" in r:
             keep = i + 1  # an earlier stage's record
     kept = records[:keep]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    tmp.replace(path)
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 class MetricsLogger:
@@ -72,12 +72,13 @@ class MetricsLogger:
         self._tb = None
         if not enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_from is not None and self.path.is_file():
-            _truncate_after(self.path, *resume_from)
-        elif resume_from is None and self.path.is_file():
-            self.path.unlink()
-        self._fh = open(self.path, "a", encoding="utf-8")
+        with atomic.disk_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if resume_from is not None and self.path.is_file():
+                _truncate_after(self.path, *resume_from)
+            elif resume_from is None and self.path.is_file():
+                self.path.unlink()
+            self._fh = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -92,8 +93,7 @@ class MetricsLogger:
         for k, v in metrics.items():
             record[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
         record["time"] = time.time()
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
+        self._append(record)
         if self._tb is not None:
             for k, v in record.items():
                 if k not in ("stage", "step", "time") and isinstance(v, float) and math.isfinite(v):
@@ -103,8 +103,13 @@ class MetricsLogger:
         """A non-step record (stage start/end, resume), kept in the same file."""
         if not self.enabled:
             return
-        self._fh.write(json.dumps({"event": kind, **fields, "time": time.time()}) + "\n")
-        self._fh.flush()
+        self._append({"event": kind, **fields, "time": time.time()})
+
+    def _append(self, record: dict) -> None:
+        # An append log, not an atomic file: a torn last line (crash, full disk) is skipped by read_metrics.
+        with atomic.disk_errors(self.path):
+            self._fh.write(json.dumps(record) + "\n")
+            self._fh.flush()
 
     def close(self) -> None:
         if self._fh is not None:
@@ -149,6 +154,9 @@ def plot_losses(jsonl_path: str | Path, png_path: str | Path) -> Path | None:
         ax.axis("off")
     fig.tight_layout()
     png_path = Path(png_path)
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic.atomic_path(png_path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return png_path

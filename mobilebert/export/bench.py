@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilebert.atomic import write_text
 from mobilebert.errors import UserError
 
 RUNTIMES = ("torch-eager", "torch-compile", "torch-int8", "ort-fp32", "ort-int8", "executorch-fp32",
@@ -276,8 +277,8 @@ def save_report(report: BenchReport, out_dir) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "table.md", "chart": out / "latency.png"}
-    paths["json"].write_text(json.dumps({"machine": report.machine, "results": [asdict(r) for r in report.results],
-                                         "sizes": report.sizes, "notes": report.notes, "paper": PAPER}, indent=2) + "\n")
-    paths["markdown"].write_text(markdown_table(report) + "\n", encoding="utf-8")
+    write_text(paths["json"], json.dumps({"machine": report.machine, "results": [asdict(r) for r in report.results],
+                                          "sizes": report.sizes, "notes": report.notes, "paper": PAPER}, indent=2) + "\n")
+    write_text(paths["markdown"], markdown_table(report) + "\n")
     plot(report, paths["chart"])
     return paths

@@ -15,10 +15,10 @@ program on every argmax. The model's config and vocabulary go into a `<file>.pte
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
+from mobilebert import atomic
 from mobilebert.errors import UserError
 from mobilebert.export.onnx import (DEFAULT_RTOL, ParityError, ParityReport, atomic_output, compare_outputs,
                                     metadata_for, sample_inputs)
@@ -123,8 +123,8 @@ def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL
         if not report.ok:
             what = f"rtol {report.rtol:g}" + ("" if int8 else " and identical argmax")
             raise ParityError(f"{out}: ExecuTorch program disagrees with PyTorch ({what}): {report}; no file written")
-        os.replace(tmp_side, sidecar)
-        os.replace(tmp, out)
+        atomic.commit(tmp_side, sidecar)
+        atomic.commit(tmp, out)
     finally:
         cleanup()
         if tmp_side.exists():

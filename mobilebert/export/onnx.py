@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobilebert import atomic
 from mobilebert.errors import UserError
 from mobilebert.export.wrapper import INPUT_NAMES, ExportWrapper, head_name, output_names, reference_outputs
 
@@ -210,11 +210,8 @@ def check_onnx_parity(onnx_path, model, batches, rtol: float = DEFAULT_RTOL) -> 
 def atomic_output(out: Path):
     """A temporary path in `out`'s folder (so the final rename is atomic) and a cleanup function."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=out.suffix, dir=out.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the artifact gets the usual permissions
+    # not created yet: the writer creates it with the usual permissions (mkstemp would make it 0600)
+    tmp = str(atomic.temp_path(out))
 
     def cleanup():
         for p in (tmp, tmp + ".data"):
@@ -265,7 +262,7 @@ def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol:
         if not report.ok:
             raise ParityError(f"{out}: ONNX export disagrees with PyTorch beyond rtol {rtol:g} ({report}); "
                               "no file written")
-        os.replace(tmp, out)
+        atomic.commit(tmp, out)
     finally:
         cleanup()
     return report

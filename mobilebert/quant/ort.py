@@ -18,12 +18,12 @@ the paper's ~4x smaller file. The model's metadata (config, vocabulary) is carri
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from mobilebert import atomic
 from mobilebert.errors import UserError
 from mobilebert.export.onnx import atomic_output, set_metadata
 
@@ -121,7 +121,7 @@ def _quiet():
 
 def _finish(src: Path, tmp: Path, out: Path, cleanup) -> Path:
     set_metadata(tmp, {**_metadata(src), "mobilebert.quantized": "int8"})
-    os.replace(tmp, out)
+    atomic.commit(tmp, out)
     cleanup()
     return out
 

@@ -11,12 +11,12 @@ The int8 file is only moved to `out` once it has passed.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilebert import atomic
 from mobilebert.errors import UserError
 from mobilebert.quant.evaluate import (QuantReport, check_task, compare, gate, load_split, run_logits,
                                        session_logits_fn, torch_logits_fn)
@@ -101,9 +101,8 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
         report = compare(dev, fp32_logits, run_logits(session_logits_fn(session), dev, batch_size))
         warning = gate(report, max_drop, warn_only, f"{method} int8 model")
         out.parent.mkdir(parents=True, exist_ok=True)
-        staged = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        shutil.copyfile(int8_path, staged)
-        os.replace(staged, out)
+        with atomic.atomic_path(out) as staged:
+            shutil.copyfile(int8_path, staged)
         return QuantizeResult(report, method, out, warning, fp32_path.stat().st_size, out.stat().st_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -389,7 +389,6 @@ def write_submission(task: TaskSpec, guids: list[str], predictions: list, out_di
             lines.append(f"{guid}\t{float(pred)!r}")  # exact round trip: re-scoring gives the same number
         else:
             lines.append(f"{guid}\t{task.labels[int(pred)] if not isinstance(pred, str) else pred}")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(out)
-    return out
+    from mobilebert import atomic
+
+    return atomic.write_text(out, "\n".join(lines) + "\n")

@@ -303,9 +303,9 @@ def postprocess(examples: list[SquadExample], features: list[SquadFeature], star
 
 def write_json(obj, path: str | Path) -> Path:
     """Write predictions / null-odds / n-best JSON in the official layout (atomically)."""
+    from mobilebert import atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    with atomic.disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic.write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
