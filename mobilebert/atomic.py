@@ -22,7 +22,9 @@ API:
     atomic_path(path)     context manager: yields a temporary path for a library that writes by name
                           (onnx.save, ...); renamed into place when the block ends without an error
     atomic_dir(path)      context manager: yields an empty temporary folder, swapped into place at the end
-    disk_errors(path)     context manager: maps ENOSPC/EDQUOT/EACCES/EPERM/EROFS/EFBIG to WriteError(path)
+    disk_errors(path, codes=None)
+                          context manager: maps ENOSPC/EDQUOT/EFBIG/EROFS (SPACE_ERRORS) and EACCES/EPERM
+                          to WriteError(path)
     temp_path(path) -> Path, commit(tmp, path)
                           the two halves of atomic_path, for writers whose temporary outlives one block
                           (exports that check the file before renaming it into place)
@@ -75,10 +77,15 @@ def _in_temporary(p: Path) -> bool:
     return any(_TMP.match(part) for part in p.parts)
 
 
+# The errors that can only come from writing (EACCES/EPERM may come from reading an input too).
+SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
 @contextlib.contextmanager
-def disk_errors(path: str | os.PathLike):
+def disk_errors(path: str | os.PathLike, codes=None):
     """Turn a user-fixable OSError raised in the block into one WriteError naming `path`.
 
+    codes: the errnos to map (default: all of _REASONS; SPACE_ERRORS around code that also reads inputs).
     A WriteError about a file inside one of our temporaries (a folder being built by atomic_dir) is renamed
     to `path` too: the user is told about the folder they asked for, not about a temporary name."""
     path = Path(path)
@@ -90,7 +97,7 @@ def disk_errors(path: str | os.PathLike):
         raise WriteError(path, e.reason, e.path.name) from None
     except OSError as e:
         reason = _REASONS.get(e.errno)
-        if reason is None:
+        if reason is None or (codes is not None and e.errno not in codes):
             raise
         inner = Path(e.filename).name if e.filename else ""
         inner = "" if inner == path.name or _TMP.match(inner) else inner
@@ -101,10 +108,10 @@ _TMP = re.compile(r"^\.(.+)\.\d+-[0-9a-f]{8}\.tmp(\.\w+)?$")  # the names _tmp_n
 
 
 def as_write_error(e: OSError) -> WriteError | None:
-    """A WriteError naming the final path for a user-fixable disk error raised anywhere; None for other errors."""
-    reason = _REASONS.get(getattr(e, "errno", None))
-    if reason is None:
+    """A WriteError naming the final path for a full disk (SPACE_ERRORS) raised anywhere; None for other errors."""
+    if getattr(e, "errno", None) not in SPACE_ERRORS:
         return None
+    reason = _REASONS[e.errno]
     path = Path(e.filename) if e.filename else Path("output")
     if _TMP.match(path.name):
         path = path.with_name(_TMP.match(path.name).group(1))

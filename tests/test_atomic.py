@@ -166,3 +166,24 @@ def test_real_full_disk_for_models_checkpoints_and_the_cli(tiny_disk, data_dir, 
     assert rc == 2 and err.count("\n") == 0 and "cannot write: no space left on device" in err, err
     assert str(tiny_disk / "ft") in err
     assert not [p for p in tiny_disk.rglob("*") if p.is_file() and ".tmp" in p.name]
+
+
+def test_data_prepare_and_train_into_a_full_disk_are_one_line(tiny_disk, data_dir, capsys):
+    corpus, vocab = data_dir / "corpus" / "inaugural", data_dir / "bert-base-uncased" / "vocab.txt"
+    rc = main(["data", "prepare", str(corpus), "--vocab", str(vocab), "--out", str(tiny_disk / "shards"),
+               "--workers", "1", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and f"{tiny_disk / 'shards'}: cannot write: no space left" in err, err
+    rc = main(["train", str(REPO / "configs" / "tiny-test.yaml"), "--out", str(tiny_disk / "run"),
+               f"data.corpus=[{corpus}]", f"data.vocab={vocab}", "run.stages=[teacher]", "teacher.train.steps=2"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.count("\n") == 0 and "cannot write: no space left on device" in err, err
+    assert not list(tiny_disk.iterdir())  # a fresh run that could not start leaves nothing behind
+
+
+def test_cli_safety_net_names_the_final_path_not_a_temporary(tmp_path):
+    tmp = atomic.temp_path(tmp_path / "model.onnx")
+    assert tmp.suffix == ".onnx" and tmp.parent == tmp_path and not tmp.exists()
+    err = atomic.as_write_error(OSError(errno.ENOSPC, "No space left on device", str(tmp)))
+    assert str(err) == f"{tmp_path / 'model.onnx'}: cannot write: no space left on device; nothing was written"
+    assert atomic.as_write_error(OSError(errno.ENOENT, "No such file", "x")) is None

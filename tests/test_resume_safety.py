@@ -92,7 +92,7 @@ def test_a_checkpoint_value_torch_cannot_load_safely_is_refused_at_save(tmp_path
 
 
 def _plant(file, marker):
-    torch.save({"step": 1, "rng": [Payload(marker)], "format": C.FORMAT}, file)
+    torch.save({"step": 1, "rng": [Payload(marker)]}, file)
 
 
 @pytest.mark.parametrize("target", ["training_state", "weights_bin"])

@@ -51,6 +51,7 @@ def add_parser(subparsers) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from mobilebert.atomic import SPACE_ERRORS, disk_errors
     from mobilebert.data.shards import DEFAULT_SHARD_TOKENS, prepare
 
     bar = None
@@ -65,11 +66,12 @@ def run_prepare(args: argparse.Namespace) -> int:
         bar.refresh()
 
     try:
-        m = prepare(args.corpus, args.vocab, args.out, workers=args.workers,
-                    shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, overwrite=args.overwrite,
-                    skip_bad_files=args.skip_bad_files, text_column=args.text_column,
-                    documents=args.documents,
-                    progress=progress if bar is not None else None)
+        with disk_errors(args.out, SPACE_ERRORS):  # a full disk: one line naming the output folder
+            m = prepare(args.corpus, args.vocab, args.out, workers=args.workers,
+                        shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, overwrite=args.overwrite,
+                        skip_bad_files=args.skip_bad_files, text_column=args.text_column,
+                        documents=args.documents,
+                        progress=progress if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()

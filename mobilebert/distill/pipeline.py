@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mobilebert.atomic import atomic_dir, disk_errors, write_yaml
+from mobilebert.atomic import SPACE_ERRORS, atomic_dir, disk_errors, write_yaml
 from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
 from mobilebert.distill import estimate as E
@@ -288,8 +288,9 @@ class Pipeline:
                     print(f"preparing {', '.join(s.data.corpus)} -> {self.shards}", flush=True)
                     # Small corpora tokenize faster in-process than through a worker pool.
                     workers = 1 if self.corpus_bytes < 64 << 20 else None
-                    prepare(s.data.corpus, self.tokenizer, self.shards, workers=workers,
-                            skip_bad_files=s.data.skip_bad_files)
+                    with disk_errors(self.shards, SPACE_ERRORS):
+                        prepare(s.data.corpus, self.tokenizer, self.shards, workers=workers,
+                                skip_bad_files=s.data.skip_bad_files)
             except BaseException:
                 if fresh:
                     shutil.rmtree(self.out, ignore_errors=True)  # bad corpus: leave nothing behind

@@ -183,8 +183,7 @@ def save_checkpoint(run_dir: str | Path, name: str, *, model: nn.Module, optimiz
         root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob("*.tmp"):  # leftovers of a crash mid-write (this process writes none concurrently)
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
-    prev = _pointed(root)
-    seq = (read_meta(prev).get("seq", 0) + 1) if prev is not None else 1
+    seq = max((read_meta(d).get("seq", 0) for d in _complete(root)), default=0) + 1
     state = _plain({"format": FORMAT, "step": step, "stage": stage, "data_position": data_position, "rng": rngs,
                     "world_size": D.world_size(), "extra": extra or {},
                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
