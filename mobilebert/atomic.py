@@ -63,6 +63,10 @@ _REASONS = {
     errno.EROFS: "read-only file system",
 }
 
+# The errors that can only come from writing (EACCES/EPERM may come from reading an input too).
+SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+_TMP = re.compile(r"^\.(.+)\.\d+-[0-9a-f]{8}\.tmp(\.\w+)?$")  # the names _tmp_name makes
+
 
 class WriteError(UserError):
     """A file could not be written (full disk, quota, permissions, read-only); the message names the path."""
@@ -75,10 +79,6 @@ class WriteError(UserError):
 
 def _in_temporary(p: Path) -> bool:
     return any(_TMP.match(part) for part in p.parts)
-
-
-# The errors that can only come from writing (EACCES/EPERM may come from reading an input too).
-SPACE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
 @contextlib.contextmanager
@@ -102,9 +102,6 @@ def disk_errors(path: str | os.PathLike, codes=None):
         inner = Path(e.filename).name if e.filename else ""
         inner = "" if inner == path.name or _TMP.match(inner) else inner
         raise WriteError(path, reason, inner) from None
-
-
-_TMP = re.compile(r"^\.(.+)\.\d+-[0-9a-f]{8}\.tmp(\.\w+)?$")  # the names _tmp_name makes
 
 
 def as_write_error(e: OSError) -> WriteError | None:
