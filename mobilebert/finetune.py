@@ -396,7 +396,7 @@ def check_memory(model, teacher, seq_len: int, micro: int, precision: str, devic
     t_bytes = 4 * sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
     row = {"stage": "finetune", "kind": "finetune", "micro_batch": micro, "weights": E.BYTES_PER_TRAINED_PARAM * params,
            "teacher": t_bytes, "activations": act}
-    row["total"] = row["weights"] + t_bytes + act + E.OVERHEAD
+    row["total"] = row["weights"] + t_bytes + act
     E.check_memory([row], *E.available_memory(device), "train.allow_large",
                    {"finetune": ("train.batch_size", "train.grad_accum", "model.init")})
 

@@ -115,14 +115,18 @@ def format_estimate(rows: list[dict], flops_per_s: float, device: str) -> str:
 #   length, for 1 and 2 sequences and in the run's precision, and the run's size is extrapolated linearly
 #   (the layers are identical; every term is per sequence or per model). KT stages also keep the
 #   teacher's feature maps and attention scores for the layer losses;
-#   plus OVERHEAD for the torch runtime (and the CUDA context).
-# Checked on CPU against the peak RSS of two real LAMB steps (MlmNspLoss, seq 128): MobileBERT at batch 96,
-# estimate 9.7 GiB, measured 9.1 GiB; debug-ibbert at batch 256, 4.0 vs 3.8 GiB, both with glibc's
-# MALLOC_MMAP_THRESHOLD_ fixed. With glibc's default (adaptive) threshold, freed activation blocks stay in
-# the process, and the RSS of the deep model reached 16.7 GiB: the estimate counts tensors, not allocator slack.
+# The torch runtime (and a CUDA context) already exists when the estimate is compared with the memory still
+# available, so it is not counted. Checked on CPU against the growth of peak RSS over two real LAMB steps
+# (MlmNspLoss, seq 128): MobileBERT at batch 96, estimate 8.7 GiB, measured 8.6 GiB; debug-ibbert at batch 256,
+# 2.9 vs 3.5 GiB, both with glibc's MALLOC_MMAP_THRESHOLD_ fixed. With glibc's default (adaptive) threshold,
+# freed activation blocks stay in the process, and the deep model's RSS grew by 16.2 GiB: the estimate
+# counts tensors, not allocator slack.
 BYTES_PER_TRAINED_PARAM = 20
-OVERHEAD = 1 << 30
 GiB = float(1 << 30)
+
+
+def size(n: float) -> str:
+    return f"{n / GiB:,.1f} GiB" if n >= GiB / 10 else f"{n / (1 << 20):.0f} MiB"
 
 
 def saved_bytes(fn, params=()) -> tuple[int, int]:
@@ -175,7 +179,17 @@ def _probe_model(cfg: MobileBertConfig):
     return model.train()
 
 
+_PROBES: dict = {}  # (config, seq_len, n_masked, precision, hidden) -> probe: the numbers depend on nothing else
+
+
 def _pretraining_probe(cfg: MobileBertConfig, seq_len: int, n_masked: int, precision: str, hidden: bool) -> dict:
+    key = (repr(cfg), seq_len, n_masked, precision, hidden)
+    if key not in _PROBES:
+        _PROBES[key] = _measure_probe(cfg, seq_len, n_masked, precision, hidden)
+    return dict(_PROBES[key])
+
+
+def _measure_probe(cfg: MobileBertConfig, seq_len: int, n_masked: int, precision: str, hidden: bool) -> dict:
     """Activation bytes of a pre-training forward (MLM at `n_masked` positions + NSP) through 1 and 2 layers
     for 1 and 2 sequences, as sequences x (seq + layers x seq_layer) + fixed + layers x per_layer (fixed:
     per forward, such as the MLM decoder matrix and autocast's weight copies); and the parameter count as
@@ -252,7 +266,7 @@ def memory_estimate(stages, teacher: MobileBertConfig | None, student: MobileBer
         weights = BYTES_PER_TRAINED_PARAM * params
         rows.append({"stage": st.name, "kind": st.kind, "micro_batch": micro, "weights": weights,
                      "teacher": teacher_bytes, "activations": act,
-                     "total": weights + teacher_bytes + act + OVERHEAD})
+                     "total": weights + teacher_bytes + act})
     return rows
 
 
@@ -287,13 +301,13 @@ def available_memory(device: torch.device) -> tuple[int | None, str]:
     kernel's MemAvailable (or a container's remaining limit, when lower) shared by this machine's processes."""
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        return free, f"{device} ({free / GiB:.1f} GiB free of {total / GiB:.1f} GiB)"
+        return free, f"{device} ({size(free)} free of {size(total)})"
     values = [v for v in (_meminfo_available(), _cgroup_available()) if v is not None]
     if not values:
         return None, "this machine (memory unknown)"
     have = min(values)
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)  # torchrun on CPU: the processes share the RAM
-    where = f"this machine ({have / GiB:.1f} GiB available" + (f", shared by {local} processes)" if local > 1 else ")")
+    where = f"this machine ({size(have)} available" + (f", shared by {local} processes)" if local > 1 else ")")
     return have // local, where
 
 
@@ -308,21 +322,21 @@ def check_memory(rows: list[dict], have: int | None, where: str, override: str, 
     if big["total"] <= have:
         return
     batch_key, accum_key, model_key = hints[big["kind"]]
-    parts = f"weights+gradients+optimizer {big['weights'] / GiB:.1f}"
+    parts = f"weights+gradients+optimizer {size(big['weights'])}"
     if big["teacher"]:
-        parts += f", teacher {big['teacher'] / GiB:.1f}"
-    parts += f", activations {big['activations'] / GiB:.1f} at micro-batch {big['micro_batch']}"
+        parts += f", teacher {size(big['teacher'])}"
+    parts += f", activations {size(big['activations'])} at micro-batch {big['micro_batch']}"
     act_one = big["activations"] / big["micro_batch"]
     if big["total"] - big["activations"] + act_one > have:
         fix = f"choose a smaller {model_key}"
     else:
         fix = f"lower {batch_key} or raise {accum_key}"
-    raise ConfigError(f"{big['stage']}: the run needs about {big['total'] / GiB:,.1f} GiB ({parts}) but {where}; "
+    raise ConfigError(f"{big['stage']}: the run needs about {size(big['total'])} ({parts}) but {where}; "
                       f"{fix}, or set {override}=true to start it anyway")
 
 
 def format_memory(rows: list[dict]) -> str:
     big = max(rows, key=lambda r: r["total"])
-    return (f"memory estimate: {big['total'] / GiB:,.1f} GiB per process at most ({big['stage']}: weights+gradients+"
-            f"optimizer {big['weights'] / GiB:.2f}, teacher {big['teacher'] / GiB:.2f}, activations "
-            f"{big['activations'] / GiB:.2f} GiB at micro-batch {big['micro_batch']})")
+    return (f"memory estimate: {size(big['total'])} per process at most, beyond the torch runtime ({big['stage']}: "
+            f"weights+gradients+optimizer {size(big['weights'])}, teacher {size(big['teacher'])}, activations "
+            f"{size(big['activations'])} at micro-batch {big['micro_batch']})")
