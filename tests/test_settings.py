@@ -54,7 +54,8 @@ def snapshot(folder: Path) -> dict:
 def test_empty_config_is_refused(tmp_path, capsys, data_dir, text):
     cfg = tmp_path / "empty.yaml"
     cfg.write_text(text)
-    err = refused(capsys, ["train", cfg, "--out", tmp_path / "run", *train_data(data_dir)])
+    # --dry-run: the refusal comes first; without it, a regression would start the paper-scale defaults
+    err = refused(capsys, ["train", cfg, "--out", tmp_path / "run", *train_data(data_dir), "--dry-run"])
     assert f"{cfg}: the config file is empty" in err
     assert not (tmp_path / "run").exists()
     err = refused(capsys, ["finetune", cfg, f"out={tmp_path / 'ft'}"])
@@ -66,7 +67,7 @@ def test_duplicate_key_names_file_key_and_line(tmp_path, capsys, data_dir):
     cfg.write_text(CONFIG.read_text() + "kt:\n  strategy: jkt\n")  # a second kt: block would replace the first
     first = 1 + CONFIG.read_text().splitlines().index("kt:")
     second = len(CONFIG.read_text().splitlines()) + 1
-    err = refused(capsys, ["train", cfg, "--out", tmp_path / "run", *train_data(data_dir)])
+    err = refused(capsys, ["train", cfg, "--out", tmp_path / "run", *train_data(data_dir), "--dry-run"])
     assert f"{cfg}: line {second}: key 'kt' is given twice (first at line {first})" in err
     assert not (tmp_path / "run").exists()
     nested = tmp_path / "nested.yaml"
@@ -117,7 +118,7 @@ def test_finetune_refuses_bad_values(tmp_path, capsys, data_dir, vocab, override
 ])
 def test_train_refuses_bad_values_with_the_same_messages(tmp_path, capsys, data_dir, override, message):
     out = tmp_path / "run"
-    err = refused(capsys, ["train", CONFIG, "--out", out, *train_data(data_dir), override])
+    err = refused(capsys, ["train", CONFIG, "--out", out, *train_data(data_dir), override, "--dry-run"])
     assert message in err and not out.exists()
 
 
@@ -131,18 +132,33 @@ def test_cuda_device_without_cuda(tmp_path, capsys, data_dir, vocab):
 
 
 # -------------------------------------------------------------------------------- too large for the machine
-def test_train_refuses_a_run_too_large_for_the_machine(tmp_path, capsys, data_dir):
+def test_train_refuses_a_run_too_large_for_the_machine(tmp_path, capsys, monkeypatch, data_dir):
+    """The estimate is compared with what the machine has (here made 128 MiB, so that a regression cannot start
+    a run that exhausts the real machine); run.allow_large=true starts it anyway."""
+    from mobilebert.distill import estimate as E
+
+    out = tmp_path / "run"
+    small = ["run.stages=[teacher]", "teacher.train.steps=1", "teacher.train.batch_size=256", "run.save_every=0"]
+    monkeypatch.setattr(E, "available_memory", lambda device: (128 << 20, "this machine (128 MiB available)"))
+    err = refused(capsys, ["train", CONFIG, "--out", out, *train_data(data_dir), *small])
+    assert err.startswith("mobilebert train: error: teacher: the run needs about 1.")
+    assert "GiB (weights+gradients+optimizer 48 MiB, activations 1." in err and "at micro-batch 256)" in err
+    assert ("but this machine (128 MiB available); lower teacher.train.batch_size or raise teacher.train.grad_accum, "
+            "or set run.allow_large=true to start it anyway") in err
+    assert not out.exists()
+    assert main(["train", str(CONFIG), "--out", str(out), *train_data(data_dir), *small, "run.allow_large=true"]) == 0
+    assert (out / "teacher" / "model.safetensors").is_file()
+
+
+def test_paper_scale_defaults_are_refused_on_this_machine(tmp_path, capsys, data_dir):
+    """IB-BERT_LARGE at batch 4096 (what an empty config used to start): --dry-run shows the refusal a real run
+    gets on this machine (the real run is not started here: on a regression it would exhaust the machine)."""
     out = tmp_path / "run"
     big = ["teacher.preset=ibbert-large", "teacher.train.batch_size=4096", "run.stages=[teacher]", "data.seq_len=128"]
-    err = refused(capsys, ["train", CONFIG, "--out", out, *train_data(data_dir), *big])
-    assert err.startswith("mobilebert train: error: teacher: the run needs about ")
-    assert "GiB available" in err and "activations" in err
-    assert "lower teacher.train.batch_size or raise teacher.train.grad_accum" in err and "run.allow_large=true" in err
-    assert not out.exists()
-    # --dry-run shows the refusal as a note; run.allow_large=true lets it through
     assert main(["train", str(CONFIG), "--out", str(out), *train_data(data_dir), *big, "--dry-run"]) == 0
     stdout = capsys.readouterr().out
-    assert "note: teacher: the run needs about" in stdout and "memory estimate:" in stdout
+    assert "note: teacher: the run needs about " in stdout and "GiB available); lower teacher.train.batch_size" in stdout
+    assert "memory estimate:" in stdout and not out.exists()
     assert main(["train", str(CONFIG), "--out", str(out), *train_data(data_dir), *big, "run.allow_large=true",
                  "--dry-run"]) == 0
     assert "note: teacher" not in capsys.readouterr().out and not out.exists()
