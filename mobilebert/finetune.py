@@ -25,7 +25,9 @@ from typing import Literal
 import numpy as np
 
 from mobilebert.errors import ConfigError
-from mobilebert.settings import dump_settings
+from mobilebert.settings import (check_batch, check_device, check_lr, check_new_folder, check_non_negative,
+                                 check_positive, check_positive_int, check_precision, check_seq_len, check_warmup,
+                                 dump_settings)
 
 
 @dataclass
@@ -91,6 +93,7 @@ class TrainSettings:
     compile: bool = False                # torch.compile the training forward (dynamic shapes; GPU speed)
     save_every: int = 0                  # steps between resumable checkpoints (OUT/checkpoints); 0: only on
                                          # SIGTERM/SIGINT. `--resume` continues from the newest one, bit-exact
+    allow_large: bool = False            # start even when the memory estimate exceeds this machine's memory
 
 
 @dataclass
@@ -114,6 +117,27 @@ class FinetuneSettings:
     optim: OptimSettings = field(default_factory=OptimSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
+
+    def validate(self):
+        """The same rules and messages as `train` (mobilebert.settings); the device, the precision and the
+        sequence length against the model are checked when the run starts (`finetune`)."""
+        o, t, d = self.optim, self.train, self.data
+        check_lr("optim.lr", o.lr)
+        check_warmup("optim.warmup", o.warmup, fraction=True)
+        for name in ("weight_decay", "clip_grad_norm", "end_lr_ratio", "eps"):
+            check_non_negative(f"optim.{name}", getattr(o, name))
+        check_batch("train.batch_size", t.batch_size, "train.grad_accum", t.grad_accum)
+        check_positive_int("train.eval_batch_size", t.eval_batch_size)
+        check_positive_int("train.log_every", t.log_every)
+        check_positive("train.epochs", t.epochs)   # fractional epochs are fine (quick runs)
+        for name in ("max_steps", "eval_every", "save_every"):
+            check_non_negative(f"train.{name}", getattr(t, name))
+        if d.max_seq_length is not None:
+            check_seq_len("data.max_seq_length", d.max_seq_length)
+        for name in ("doc_stride", "max_query_length", "max_answer_length", "n_best_size"):
+            check_positive_int(f"data.{name}", getattr(d, name))
+        for name in ("max_train_examples", "max_eval_examples"):
+            check_non_negative(f"data.{name}", getattr(d, name))
 
 
 def seed_everything(seed: int) -> None:
@@ -141,7 +165,8 @@ def pick_precision(setting: str, device) -> str:
 
 
 # Settings that may differ between a run and its --resume: they do not change the numbers.
-RESUME_FREE = ("train.progress", "train.log_every", "train.save_every", "train.device", "train.compile")
+RESUME_FREE = ("train.progress", "train.log_every", "train.save_every", "train.device", "train.compile",
+               "train.allow_large")
 
 
 def check_resume(s: FinetuneSettings, out: Path, resume: bool):
@@ -154,6 +179,7 @@ def check_resume(s: FinetuneSettings, out: Path, resume: bool):
         if latest is not None:
             raise ConfigError(f"out: {out} holds an interrupted fine-tuning run ({latest.name}); pass --resume to "
                               "continue it, or choose another out")
+        check_new_folder("out", out)  # a finished run (best/, results.json) is not overwritten
         return None
     if latest is None:
         raise ConfigError(f"out: {out} holds no fine-tuning checkpoint to resume (no checkpoints/latest)")
@@ -164,13 +190,36 @@ def check_resume(s: FinetuneSettings, out: Path, resume: bool):
 def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
     """Train, keep the best dev checkpoint, write predictions; returns the results dict (also results.json).
 
-    resume: continue the interrupted run in `s.out` from its newest checkpoint (same settings)."""
+    resume: continue the interrupted run in `s.out` from its newest checkpoint (same settings). A fresh run
+    that stops before its first checkpoint (an error; SIGTERM/SIGINT in set-up or the first step) leaves
+    no folder behind, so the corrected command is not refused."""
+    from mobilebert.engine import distributed as D
+
+    out = Path(s.out)
+    existed = out.is_dir()
+    fresh = not resume and not (existed and any(out.iterdir()))
+    try:
+        return _finetune(s, resume)
+    except BaseException:
+        if fresh and D.is_main() and out.is_dir() and not (out / "checkpoints" / "latest").is_file():
+            if existed:  # the user's empty folder: empty it again
+                for p in list(out.iterdir()):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            else:
+                shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _finetune(s: FinetuneSettings, resume: bool) -> dict:
     from mobilebert.engine import LoopConfig, build_optimizer, linear_schedule, train_loop
     from mobilebert.engine import checkpoint as C
     from mobilebert.engine import distributed as D
     from mobilebert.engine.logging import MetricsLogger
-    from mobilebert.tasks import build_task_data, check_teacher, load_model_for_task, load_tokenizer
+    from mobilebert.tasks import (GLUE_SEQ, SQUAD_SEQ, build_task_data, check_teacher, load_model_for_task,
+                                  load_tokenizer)
 
+    check_device("train.device", s.train.device)
+    check_precision("train.precision", s.train.precision, "train.device", s.train.device)
     seed_everything(s.train.seed)
     out = Path(s.out)
     latest = check_resume(s, out, resume)
@@ -194,6 +243,21 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
     teacher = None
     if s.distill.teacher:
         teacher = check_teacher(s.distill.teacher, data, tokenizer).to(device).eval()
+    seq = s.data.max_seq_length or (SQUAD_SEQ if data.kind == "squad" else GLUE_SEQ)
+    for name, m in (("model.init", model), ("distill.teacher", teacher)):
+        if m is not None:
+            check_seq_len("data.max_seq_length", seq, m.config.max_position_embeddings, f"{name}'s")
+
+    n, bs = len(data.train), s.train.batch_size
+    if bs % (world * s.train.grad_accum):
+        raise ConfigError(f"train.batch_size: {bs} is not divisible by train.grad_accum={s.train.grad_accum} x "
+                          f"{world} processes")
+    # With several processes every rank needs a full slice, so the last partial batch of an epoch is dropped.
+    steps_per_epoch = math.ceil(n / bs) if world == 1 else n // bs
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size: {bs} is larger than the {n} training examples")
+    if not s.train.allow_large:
+        check_memory(model, teacher, seq, bs // world // s.train.grad_accum, precision, device)
     if main:  # data, model and teacher are good: from here on the folder is this run's
         from mobilebert.atomic import disk_errors
 
@@ -201,15 +265,6 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
             out.mkdir(parents=True, exist_ok=True)
         dump_settings(s, out / "settings.yaml")
     D.barrier()
-
-    n, bs = len(data.train), s.train.batch_size
-    if bs % (world * s.train.grad_accum):
-        raise ConfigError(f"train.batch_size={bs} is not divisible by grad_accum={s.train.grad_accum} x "
-                          f"{world} processes")
-    # With several processes every rank needs a full slice, so the last partial batch of an epoch is dropped.
-    steps_per_epoch = math.ceil(n / bs) if world == 1 else n // bs
-    if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size={bs}: larger than the {n} training examples")
     total = s.train.max_steps or max(1, math.ceil(s.train.epochs * steps_per_epoch))
     per_rank = bs // world
     micro = per_rank // s.train.grad_accum
@@ -314,6 +369,41 @@ def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
     write_json(out / "results.json", results, indent=2)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: best/ holds the model
     return results
+
+
+def check_memory(model, teacher, seq_len: int, micro: int, precision: str, device) -> None:
+    """Refuse a run whose estimated peak memory exceeds the device's (train.allow_large=true overrides): the
+    trained weights + gradients + AdamW moments + an update temporary (20 bytes a parameter), the teacher's
+    weights, and the activations autograd keeps, measured on this model for 1 and 2 sequences of `seq_len`
+    tokens and scaled to `micro` (see mobilebert.distill.estimate)."""
+    import torch
+
+    from mobilebert.distill import estimate as E
+
+    measured = {}
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(
+        device.type, enabled=False)
+    weights = list(model.parameters())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws no numbers
+        for k in (1, 2):
+            x = {"input_ids": torch.ones(k, seq_len, dtype=torch.long, device=device),
+                 "attention_mask": torch.ones(k, seq_len, dtype=torch.long, device=device),
+                 "token_type_ids": torch.zeros(k, seq_len, dtype=torch.long, device=device)}
+
+            def fwd():
+                with ctx:
+                    return model(**x)
+
+            measured[k] = sum(E.saved_bytes(fwd, weights))
+    per_seq = measured[2] - measured[1]
+    act = max(0, measured[1] - per_seq) + micro * per_seq
+    params = sum(p.numel() for p in weights)
+    t_bytes = 4 * sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    row = {"stage": "finetune", "kind": "finetune", "micro_batch": micro, "weights": E.BYTES_PER_TRAINED_PARAM * params,
+           "teacher": t_bytes, "activations": act}
+    row["total"] = row["weights"] + t_bytes + act
+    E.check_memory([row], *E.available_memory(device), "train.allow_large",
+                   {"finetune": ("train.batch_size", "train.grad_accum", "model.init")})
 
 
 def make_loss_fn(kind: str, is_regression: bool, teacher, distill: DistillSettings):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -132,7 +133,9 @@ def parse_overrides(overrides: list[str]) -> dict:
         if not key:
             raise ConfigError(f"override {item!r}: empty key")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = yaml_load(raw) if raw != "" else ""
+        except _DuplicateKey as e:
+            raise ConfigError(f"override {item!r}: key {e.key!r} is given twice") from None
         except yaml.YAMLError:
             value = raw
         node = out
@@ -155,14 +158,58 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, line: int, first: int):
+        super().__init__(key, line, first)
+        self.key, self.line, self.first = key, line, first
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently, so a
+    second `kt:` block would replace the first). Keys merged in with `<<:` may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _DuplicateKey(key, line, seen[key])
+                seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def yaml_load(text: str):
+    """yaml.safe_load that refuses duplicate keys (raises _DuplicateKey)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict:
+    """A settings file as a dict; every problem (missing, not UTF-8, not YAML, a key given twice, empty,
+    not a mapping) is one ConfigError naming the file (and the line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        data = yaml_load(text)
+    except _DuplicateKey as e:
+        raise ConfigError(f"{path}: line {e.line}: key {e.key!r} is given twice (first at line {e.first}); "
+                          "merge the two blocks") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        # An empty file would silently mean "all defaults", i.e. the paper-scale run.
+        raise ConfigError(f"{path}: the config file is empty; put the settings in it (configs/ has examples), "
+                          "an empty file would run every default")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level")
     return data
@@ -177,6 +224,97 @@ def load_settings(cls: type[T], path: str | Path | None = None, overrides: list[
         return from_dict(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
+
+
+# ----------------------------------------------------------------------------- shared value checks
+# One rule and one message per concept, used by `train` (mobilebert.distill.settings) and `finetune`
+# (mobilebert.finetune): a learning rate, a warm-up, a batch, a step count, a sequence length, a device.
+
+def check_positive_int(key: str, value) -> None:
+    """Batch sizes, step counts, grad_accum, epochs as integers: >= 1."""
+    if value < 1:
+        raise ConfigError(f"{key}: must be a positive integer, got {value}")
+
+
+def check_positive(key: str, value: float) -> None:
+    """A positive finite number (learning rates, epochs, temperatures, eps)."""
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{key}: must be a positive finite number, got {value}")
+
+
+def check_non_negative(key: str, value: float) -> None:
+    """A finite number >= 0 (weight decay, clipping norm, loss weights, warm-up steps)."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{key}: must be >= 0, got {value}")
+
+
+def check_range(key: str, value: float, low: float, high: float, high_open: bool = False, what: str = "") -> None:
+    """low <= value <= high (or < high); `what` says what the number means."""
+    ok = math.isfinite(value) and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        raise ConfigError(f"{key}: must be in [{low:g}, {high:g}{')' if high_open else ']'}{what}, got {value}")
+
+
+def check_lr(key: str, lr: float) -> None:
+    check_positive(key, lr)
+
+
+def check_warmup(key: str, value: float, fraction: bool) -> None:
+    """Warm-up is either a fraction of the run's steps (finetune `optim.warmup`, BERT's 10%: [0, 1)) or a
+    number of steps (train `*.optim.warmup_steps`, GR's num_warmup_steps: >= 0)."""
+    if fraction:
+        check_range(key, value, 0.0, 1.0, high_open=True, what=" (a fraction of the training steps)")
+    else:
+        check_non_negative(key, value)
+
+
+def check_batch(key: str, batch_size: int, accum_key: str, grad_accum: int) -> None:
+    """A global batch split into grad_accum equal micro-batches."""
+    check_positive_int(key, batch_size)
+    check_positive_int(accum_key, grad_accum)
+    if batch_size % grad_accum:
+        raise ConfigError(f"{key}: {batch_size} is not divisible by {accum_key}={grad_accum}")
+
+
+def check_seq_len(key: str, seq_len: int, max_positions: int | None = None, model: str = "") -> None:
+    """A sequence length the model's position table covers (a longer one fails mid-training otherwise)."""
+    if seq_len < 8:
+        raise ConfigError(f"{key}: must be at least 8, got {seq_len}")
+    if max_positions is not None and seq_len > max_positions:
+        raise ConfigError(f"{key}: {seq_len} is longer than {model} max_position_embeddings={max_positions}")
+
+
+def check_device(key: str, name: str) -> None:
+    """auto, cpu, cuda or cuda:N, and available in this torch build on this machine."""
+    import torch
+
+    if name in ("auto", "cpu"):
+        return
+    if not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"{key}: {name!r} is not one of auto, cpu, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        why = "has no CUDA support" if torch.version.cuda is None else "sees no GPU"
+        raise ConfigError(f"{key}: {name} is not available (this torch {torch.__version__} {why}); use cpu or auto")
+    if ":" in name and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"{key}: {name} is not available (this machine has {torch.cuda.device_count()} GPU(s))")
+
+
+def check_precision(key: str, precision: str, device_key: str, device: str) -> None:
+    """fp16 needs a GPU; bf16 on a GPU needs one that supports it (Ampere or newer)."""
+    import torch
+
+    gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if precision == "fp16" and not gpu:
+        raise ConfigError(f"{key}: fp16 needs a GPU ({device_key}={device}); use bf16 or fp32 on CPU")
+    if precision == "bf16" and gpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{key}: this GPU does not support bf16; use fp16 or fp32")
+
+
+def check_new_folder(key: str, out: Path) -> None:
+    """A fresh run's folder: absent or empty (a folder with a run in it needs --resume)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        what = "holds another run" if (out / "settings.yaml").is_file() else "is not empty"
+        raise ConfigError(f"{key}: {out} {what}; pass --resume to continue it or choose another {key}")
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 
 from mobilebert.errors import UserError
 
@@ -32,8 +35,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm_handler(pid: int):
+    """SIGTERM stops a command the way Ctrl-C does (KeyboardInterrupt: `finally` blocks clean up, exit 130),
+    in set-up too; the training loop installs its own graceful handler while it runs. Worker processes forked
+    from this one keep the default action."""
+    def handle(signum, frame):
+        if os.getpid() != pid:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+    return handle
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGTERM, _sigterm_handler(os.getpid()))
     try:
         return int(args.func(args) or 0)
     except UserError as e:
@@ -50,3 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"mobilebert {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)

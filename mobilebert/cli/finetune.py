@@ -14,7 +14,9 @@ Settings are `mobilebert.finetune.FinetuneSettings` (groups model, data, optim, 
 run folder gets metrics.jsonl, tensorboard/, best/ (weights, tokenizer, settings.yaml),
 dev_predictions/, submission/ (GLUE test predictions) and results.json; while it runs, checkpoints/
 (resumable with --resume; removed when the run finishes).
-Exit status: 0 done, 2 bad input, 130 stopped by SIGTERM/SIGINT (a checkpoint was saved).
+Exit status: 0 done, 2 bad input or a run too large for this machine (nothing written; `train.allow_large=true`
+starts it anyway), 130 stopped by SIGTERM/SIGINT (a checkpoint was saved; in set-up or the first step nothing is
+kept of a fresh run).
 """
 
 import argparse

@@ -7,6 +7,7 @@ best dev score to DIR/sweep.jsonl (a re-run skips finished runs, so an interrupt
 and reports the mean ± std over seeds per setting, best first, as a table (stdout and DIR/sweep.md),
 DIR/sweep.csv and a plot (DIR/sweep.png: dev score against learning rate, one line per batch size and
 epoch count, error bars = std over seeds). Checkpoints are not kept unless --keep-checkpoints.
+SIGTERM/SIGINT stop the current run with a checkpoint (exit 130); the same command continues it.
 """
 
 from __future__ import annotations
@@ -98,22 +99,45 @@ def plot(rows: list[dict], metric: str, path) -> bool:
     return True
 
 
-def run(args: argparse.Namespace) -> int:
+def _sweep(grid: list, config, overrides: list[str], out, log, keep: bool) -> int:
+    """Run every grid point not yet in `log`; 130 when one was stopped by SIGTERM/SIGINT (it resumes next time)."""
     import json
     import shutil
-    from pathlib import Path
 
-    from mobilebert.cli.finetune import split_args
     from mobilebert.finetune import FinetuneSettings, finetune
     from mobilebert.settings import load_settings
 
-    config, overrides = split_args(args.args)
-    grid = [(bs, lr, ep, seed) for bs in _values(args.batch_sizes, int, "batch-sizes")
-            for lr in _values(args.lrs, float, "lrs") for ep in _values(args.epochs, float, "epochs")
-            for seed in _values(args.seeds, int, "seeds")]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "sweep.jsonl"
+    done = _done(log)
+    for i, (bs, lr, ep, seed) in enumerate(grid, 1):
+        name = run_name(bs, lr, ep, seed)
+        if name in done:
+            continue
+        folder = out / "runs" / name
+        s = load_settings(FinetuneSettings, config, overrides + [
+            f"out={folder}", f"train.batch_size={bs}", f"optim.lr={lr}", f"train.epochs={ep}",
+            f"train.seed={seed}", "train.max_steps=0", f"train.save_best={keep}", f"data.predict_test={keep}"])
+        print(f"[{i}/{len(grid)}] {name}", flush=True)
+        # A run an earlier sweep left interrupted continues from its checkpoint; one stopped before its
+        # first checkpoint (a SIGKILL) starts again.
+        resume = (folder / "checkpoints" / "latest").is_file()
+        if not resume and folder.exists():
+            shutil.rmtree(folder)
+        res = finetune(s, resume=resume)
+        if res.get("interrupted"):
+            return 130
+        rec = {"run": name, "batch_size": bs, "lr": lr, "epochs": ep, "seed": seed, "metric": res["main_metric"],
+               "score": (res["best"] or {}).get(res["main_metric"]), "best": res["best"], "steps": res["steps"]}
+        with open(log, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        if not keep:
+            shutil.rmtree(folder / "tensorboard", ignore_errors=True)
+    return 0
+
+
+def _done(log) -> dict:
+    """Finished runs recorded in sweep.jsonl, by name."""
+    import json
+
     done = {}
     if log.is_file():
         for line in log.read_text(encoding="utf-8").splitlines():
@@ -122,24 +146,35 @@ def run(args: argparse.Namespace) -> int:
                 done[r["run"]] = r
             except (ValueError, KeyError):
                 continue   # a torn last line from an interrupted sweep
-    load_settings(FinetuneSettings, config, overrides)  # fail on a bad key before the first run
-    for i, (bs, lr, ep, seed) in enumerate(grid, 1):
-        name = run_name(bs, lr, ep, seed)
-        if name in done:
-            continue
-        s = load_settings(FinetuneSettings, config, overrides + [
-            f"out={out / 'runs' / name}", f"train.batch_size={bs}", f"optim.lr={lr}", f"train.epochs={ep}",
-            f"train.seed={seed}", "train.max_steps=0", f"train.save_best={args.keep_checkpoints}",
-            f"data.predict_test={args.keep_checkpoints}"])
-        print(f"[{i}/{len(grid)}] {name}", flush=True)
-        res = finetune(s)
-        rec = {"run": name, "batch_size": bs, "lr": lr, "epochs": ep, "seed": seed, "metric": res["main_metric"],
-               "score": (res["best"] or {}).get(res["main_metric"]), "best": res["best"], "steps": res["steps"]}
-        with open(log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        done[name] = rec
-        if not args.keep_checkpoints:
-            shutil.rmtree(out / "runs" / name / "tensorboard", ignore_errors=True)
+    return done
+
+
+def run(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from mobilebert.cli.finetune import split_args
+    from mobilebert.finetune import FinetuneSettings
+    from mobilebert.settings import load_settings
+
+    config, overrides = split_args(args.args)
+    grid = [(bs, lr, ep, seed) for bs in _values(args.batch_sizes, int, "batch-sizes")
+            for lr in _values(args.lrs, float, "lrs") for ep in _values(args.epochs, float, "epochs")
+            for seed in _values(args.seeds, int, "seeds")]
+    load_settings(FinetuneSettings, config, overrides)  # fail on a bad key before anything is written
+    out = Path(args.out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "sweep.jsonl"
+    try:
+        code = _sweep(grid, config, overrides, out, log, args.keep_checkpoints)
+    except BaseException:
+        if created and not log.exists():  # nothing finished: leave no folder behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    if code:
+        return code
+    done = _done(log)
     records = [done[run_name(*g)] for g in grid]
     metric = records[0]["metric"]
     rows = summarize(records)

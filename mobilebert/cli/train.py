@@ -3,8 +3,9 @@
 Teacher pre-training, knowledge transfer (PKT/JKT/AKT, or the bare baseline) and pre-training
 distillation, any subset, from one YAML file (see configs/*.yaml and mobilebert/distill/settings.py).
 Multi-GPU / multi-node: `torchrun --nproc_per_node N -m mobilebert train CONFIG.yaml`.
-Exit status: 0 done, 2 bad input (nothing written), 128+signal when SIGTERM/SIGINT stopped it after
-saving a checkpoint (continue with `--resume`).
+Exit status: 0 done, 2 bad input or a run too large for this machine (nothing written; `run.allow_large=true`
+starts it anyway), 128+signal when SIGTERM/SIGINT stopped it after saving a checkpoint (continue with
+`--resume`), 130 when they stopped it in set-up or in a stage's first step (a fresh run's folder is removed).
 """
 
 import argparse

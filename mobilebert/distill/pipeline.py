@@ -42,11 +42,15 @@ from mobilebert.engine.loop import LoopConfig, train_loop
 from mobilebert.engine.optim import build_optimizer, build_schedule
 from mobilebert.errors import ConfigError, DataError
 from mobilebert.heads import MobileBertForPreTraining
-from mobilebert.settings import check_unchanged
+from mobilebert.settings import check_device, check_new_folder, check_precision, check_seq_len, check_unchanged
 
 # Settings that may change between a run and its --resume (they do not change the numbers).
 RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every", "run.keep_checkpoints",
-               "data.workers", "run.compile"}
+               "data.workers", "run.compile", "run.allow_large"}
+# The settings a too-large stage names: (batch, accumulation, model), by stage kind.
+MEMORY_HINTS = {"teacher": ("teacher.train.batch_size", "teacher.train.grad_accum", "teacher.preset"),
+                "pd": ("pd.batch_size", "pd.grad_accum", "student.preset"),
+                **{k: ("kt.batch_size", "kt.grad_accum", "student.preset") for k in ("pkt", "jkt", "akt", "bare")}}
 
 
 @dataclass
@@ -80,6 +84,8 @@ class Pipeline:
     def __init__(self, settings: TrainSettings, resume: bool = False, dry_run: bool = False):
         self.s, self.resume, self.dry_run = settings, resume, dry_run
         self.out = Path(settings.run.out)
+        check_device("run.device", settings.run.device)
+        check_precision("run.precision", settings.run.precision, "run.device", settings.run.device)
         self.device = D.init(None if settings.run.device == "auto" else settings.run.device)
         if settings.run.threads:
             torch.set_num_threads(settings.run.threads)
@@ -99,6 +105,8 @@ class Pipeline:
             self.teacher_cfg = (load_config(settings.teacher.init) if settings.teacher.init
                                 else build_model_config(settings.teacher, "teacher", seq))
         for key, cfg in (("student", self.student_cfg), ("teacher", self.teacher_cfg)):
+            if cfg is not None:  # student.init / teacher.init configs too
+                check_seq_len("data.seq_len", seq, cfg.max_position_embeddings, key)
             if cfg is not None and cfg.vocab_size < self.vocab_size:
                 raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
                                   f"vocabulary ({self.vocab_size} tokens)")
@@ -110,8 +118,13 @@ class Pipeline:
                 key = "teacher.train" if st.kind == "teacher" else ("pd" if st.kind == "pd" else "kt")
                 raise ConfigError(f"{key}.batch_size: {st.train.batch_size} is not divisible by world size "
                                   f"{world} x grad_accum {st.train.grad_accum}")
-        if settings.run.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("run.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
+        self._check_memory()
+        # Weights given by student.init / teacher.init are read now (a damaged file is refused before anything
+        # is written) and kept for the stage that needs them.
+        student_init = settings.student.init if {"kt", "pd"} & set(settings.run.stages) else None
+        teacher_init = settings.teacher.init if self.teacher_cfg is not None else None
+        self._preloaded = {str(Path(p)): load_pretrained(MobileBertForPreTraining, p)
+                           for p in (student_init, teacher_init) if p and not dry_run}
         self.teacher: MobileBertForPreTraining | None = None
         self.student: MobileBertForPreTraining | None = None
         self.summaries: list[dict] = []
@@ -124,19 +137,33 @@ class Pipeline:
             if not run_file.is_file():
                 raise ConfigError(f"run.out: {out} holds no run to resume (no settings.yaml)")
             check_unchanged(self.s, run_file, RESUME_FREE)
-        elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-            what = "holds another run" if run_file.is_file() else "is not empty"
-            raise ConfigError(f"run.out: {out} {what}; pass --resume to continue it or choose another run.out")
+        else:
+            check_new_folder("run.out", out)
+
+    def _check_memory(self) -> None:
+        """Refuse a run whose largest stage needs more memory than this machine has (unless run.allow_large)."""
+        s = self.s
+        self.memory = E.memory_estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
+                                        s.data.max_predictions, s.run.precision, D.world_size())
+        if s.run.allow_large:
+            return
+        try:
+            E.check_memory(self.memory, *E.available_memory(self.device), "run.allow_large", MEMORY_HINTS)
+        except ConfigError as e:
+            if not self.dry_run:
+                raise
+            print(f"note: {e} (--dry-run: a real run is refused)")
 
     def _check_data(self) -> None:
         from mobilebert.data.corpus import resolve_corpus
-        from mobilebert.data.shards import load_manifest
+        from mobilebert.data.shards import ShardedCorpus, load_manifest
         from mobilebert.tokenizer import Tokenizer, TokenizerError
 
         d = self.s.data
         self.shards = Path(d.shards) if d.shards else self.out / "data"
         if d.shards or (self.resume and (self.shards / "manifest.json").is_file()):
             self.vocab_size = int(load_manifest(self.shards)["vocab_size"])
+            ShardedCorpus(self.shards)  # a damaged shard is refused now, not at the first stage
             return
         try:
             sources, _ = resolve_corpus(d.corpus, d.skip_bad_files, exclude=[self.out])
@@ -164,6 +191,8 @@ class Pipeline:
         return self.s.run.seed * 1_000_003 + zlib.crc32(name.encode()) % 1_000_000
 
     def _new_model(self, cfg: MobileBertConfig, init: str | None) -> MobileBertForPreTraining:
+        if init and str(Path(init)) in self._preloaded:
+            return self._preloaded.pop(str(Path(init))).to(self.device)
         model = load_pretrained(MobileBertForPreTraining, init) if init else MobileBertForPreTraining(cfg)
         return model.to(self.device)
 
@@ -267,6 +296,22 @@ class Pipeline:
 
     # ------------------------------------------------------------------ the whole run
     def run(self) -> int:
+        """`_run`; when a fresh run stops before its first checkpoint (an error, SIGTERM/SIGINT during set-up
+        or the first step), its folder is removed again, so it never blocks the corrected command."""
+        existed = self.out.is_dir()
+        fresh = not self.resume and not (existed and any(self.out.iterdir()))
+        try:
+            return self._run()
+        except BaseException:
+            if fresh and D.is_main() and self.out.is_dir() and not (self.out / "checkpoints" / "latest").is_file():
+                if existed:  # the user's empty folder: empty it again
+                    for p in list(self.out.iterdir()):
+                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                else:
+                    shutil.rmtree(self.out, ignore_errors=True)
+            raise
+
+    def _run(self) -> int:
         s, main = self.s, D.is_main()
         if main:
             print(yaml.safe_dump({"resolved settings": dataclasses.asdict(s)}, sort_keys=False).rstrip())
@@ -274,6 +319,7 @@ class Pipeline:
             self.estimate = E.estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
                                        s.data.max_predictions / s.data.seq_len, rate, D.world_size(), self.device.type)
             print(E.format_estimate(self.estimate, rate, str(self.device)), flush=True)
+            print(E.format_memory(self.memory), flush=True)
         if self.dry_run:
             return 0
         fresh = not self.out.exists()

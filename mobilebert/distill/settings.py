@@ -14,6 +14,8 @@ from typing import Literal
 
 from mobilebert.config import MobileBertConfig
 from mobilebert.errors import ConfigError
+from mobilebert.settings import (check_batch, check_lr, check_non_negative, check_positive, check_positive_int,
+                                 check_seq_len, check_warmup)
 
 STRATEGIES = ("pkt", "jkt", "akt", "bare")
 STAGES = ("teacher", "kt", "pd")
@@ -31,11 +33,10 @@ class OptimSettings:
     eps: float = 1e-6
 
     def check(self, key: str):
-        if self.lr <= 0:
-            raise ConfigError(f"{key}.lr: must be positive, got {self.lr}")
-        for name in ("warmup_steps", "weight_decay", "clip_grad_norm", "end_lr_ratio"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{key}.{name}: must be >= 0, got {getattr(self, name)}")
+        check_lr(f"{key}.lr", self.lr)
+        check_warmup(f"{key}.warmup_steps", self.warmup_steps, fraction=False)
+        for name in ("weight_decay", "clip_grad_norm", "end_lr_ratio", "eps"):
+            check_non_negative(f"{key}.{name}", getattr(self, name))
 
 
 @dataclass
@@ -57,11 +58,8 @@ class StageSettings:
     optim: OptimSettings = field(default_factory=OptimSettings)
 
     def check(self, key: str):
-        for name in ("steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{key}.{name}: must be a positive integer, got {getattr(self, name)}")
-        if self.batch_size % self.grad_accum:
-            raise ConfigError(f"{key}.batch_size: {self.batch_size} is not divisible by grad_accum={self.grad_accum}")
+        check_positive_int(f"{key}.steps", self.steps)
+        check_batch(f"{key}.batch_size", self.batch_size, f"{key}.grad_accum", self.grad_accum)
         self.optim.check(f"{key}.optim")
 
 
@@ -133,8 +131,7 @@ class PdSettings(StageSettings):
         super().check(key)
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"{key}.alpha: must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            raise ConfigError(f"{key}.temperature: must be positive, got {self.temperature}")
+        check_positive(f"{key}.temperature", self.temperature)
 
 
 @dataclass
@@ -183,6 +180,7 @@ class RunSettings:
     compile: bool = False             # torch.compile the forward passes (GPU speed; same numbers up to rounding)
     progress: bool = True
     tensorboard: bool = True
+    allow_large: bool = False         # start even when the memory estimate exceeds this machine's memory
 
     def check(self, key: str = "run"):
         bad = [s for s in self.stages if s not in STAGES]
@@ -212,8 +210,7 @@ class TrainSettings:
         self.pd.check("pd")
         for key, w in (("kt.fmt.weight", self.kt.fmt.weight), ("kt.at.weight", self.kt.at.weight),
                        ("kt.mean_var.beta", self.kt.mean_var.beta), ("kt.mean_var.gamma", self.kt.mean_var.gamma)):
-            if w < 0:
-                raise ConfigError(f"{key}: must be >= 0, got {w}")
+            check_non_negative(key, w)
         stages = self.run.stages
         if self.kt.strategy == "bare" and "pd" in stages:
             raise ConfigError("run.stages: pd needs a teacher, but kt.strategy=bare trains the student without one")
@@ -236,10 +233,9 @@ def build_model_config(ms: ModelSettings, key: str, max_len: int) -> MobileBertC
         cfg = get_config(ms.preset, **ms.overrides)
     except ConfigError as e:
         msg = str(e)
-        raise ConfigError(f"{key}.{'preset' if 'preset' in msg else 'overrides.' + msg}") from None
-    if cfg.max_position_embeddings < max_len:
-        raise ConfigError(f"data.seq_len: {max_len} is longer than {key} max_position_embeddings="
-                          f"{cfg.max_position_embeddings}")
+        raise ConfigError(f"{key}.preset: {msg}" if msg.startswith("unknown preset") else f"{key}.overrides.{msg}") \
+            from None
+    check_seq_len("data.seq_len", max_len, cfg.max_position_embeddings, key)
     return cfg
 
 

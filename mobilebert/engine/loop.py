@@ -17,7 +17,8 @@ part of `loop_state`, which `checkpoint_fn` receives and `train_loop(loop_state=
 resumed run logs the same numbers as an uninterrupted one.
 
 SIGTERM/SIGINT set a flag; the loop finishes the current step, calls `checkpoint_fn`, and returns with
-`summary["interrupted"] = signum` (a second SIGINT raises KeyboardInterrupt at once).
+`summary["interrupted"] = signum` (a second SIGINT, or a signal before the first step has finished, raises
+KeyboardInterrupt at once: there is nothing new to save then).
 
 API:
     LoopConfig(max_steps, grad_accum=1, clip_grad_norm=1.0, log_every=10, eval_every=0, save_every=0,
@@ -69,11 +70,12 @@ class _StopFlag:
 
     def __init__(self):
         self.signum: int | None = None
+        self.armed = False  # set once a step has finished: before that there is nothing new to save
         self._old: dict[int, Any] = {}
 
     def _handle(self, signum, frame):
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        if not self.armed or (self.signum == signal.SIGINT and signum == signal.SIGINT):
+            raise KeyboardInterrupt  # first step (a huge one may never end) or second Ctrl-C: stop now
         self.signum = signum
 
     def __enter__(self):
@@ -200,6 +202,7 @@ def train_loop(model, loss_fn, batches, optimizer, scheduler, cfg: LoopConfig, *
                 scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            stop.armed = True
             for k, v in step_logs.items():
                 win[k] = win.get(k, 0.0) + v
             win_steps += 1
