@@ -46,7 +46,9 @@ def _run(args) -> int:
     from pathlib import Path
 
     from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
+    from mobilebert.outpaths import check_out_file
 
+    check_out_file(args.out, "--out")
     model = load_for_export(args.model, task=args.task)
     vocab = find_vocab(args.model, args.vocab)
     tokenizer = None

@@ -77,7 +77,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     from mobilebert.errors import UserError
     from mobilebert.finetune import pick_device, pick_precision
     from mobilebert.tasks import GLUE_SEQ, TaskData, _glue_features, _squad_features, custom_task, load_model_for_task
-    from mobilebert.tasks import load_tokenizer, squad
+    from mobilebert.tasks import check_vocab_fits, load_tokenizer, squad
 
     exported = Path(checkpoint).suffix in (".onnx", ".pte")
     if exported:
@@ -100,7 +100,8 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     precision = "fp32" if exported else pick_precision(s.train.precision, device)
 
     def load(data):
-        return _SessionModel(session) if exported else load_model_for_task(checkpoint, data, tokenizer).to(device)
+        return _SessionModel(session) if exported else \
+            load_model_for_task(checkpoint, data, tokenizer, fine_tuned=True).to(device)
 
     if arch.endswith("ForQuestionAnswering"):
         info = Path(checkpoint) / "task.json"
@@ -109,6 +110,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
         data = TaskData("predict", "squad", None, tokenizer.pad_id, version_2=version_2)
         examples = [squad.SquadExample(str(i), q, c, []) for i, (q, c) in enumerate(inputs)]
         feats = _squad_features(examples, tokenizer, s.data, False)
+        check_vocab_fits((f["input_ids"] for f in feats), tokenizer, "the input")
         model = load(data)
         outs = data.run(model, feats, batch_size, device, precision)
         preds, _, nbest = data._postprocess(examples, feats, outs, s.data)
@@ -129,6 +131,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     from mobilebert.tasks.glue import Example
     examples = [Example(str(i), a, b, None, 0) for i, (a, b) in enumerate(inputs)]
     feats = _glue_features(spec, examples, tokenizer, s.data.max_seq_length or GLUE_SEQ)
+    check_vocab_fits((f["input_ids"] for f in feats), tokenizer, "the input")
     model = load(data)
     logits = np.stack(data.run(model, feats, batch_size, device, precision))
     if regression:
@@ -180,7 +183,19 @@ def run(args: argparse.Namespace) -> int:
 
     from mobilebert.checkpoint import load_config
     from mobilebert.errors import UserError
+    from mobilebert.outpaths import check_out_file
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if any(not t.strip() for t in args.text):
+        raise UserError("empty sentence: give the text to predict on")
+    for name, value in (("--question", args.question), ("--context", args.context)):
+        if value is not None and not value.strip():
+            raise UserError(f"{name}: empty; give the text to predict on")
+    if args.out:
+        if not args.file:
+            raise UserError("--out is for --file results; command-line inputs print their prediction")
+        check_out_file(args.out, "--out")
     if Path(args.checkpoint).suffix in (".onnx", ".pte"):
         from mobilebert.export.runtime import load_session
 
