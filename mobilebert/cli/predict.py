@@ -45,7 +45,7 @@ def read_inputs(path: str, qa: bool) -> list[tuple[str, str | None, int]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+                raise DataError(f"{p}:{n}: malformed JSON ({e.msg}, column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{p}:{n}: expected a JSON object")
             a = obj.get("question") if qa else obj.get("text_a", obj.get("text"))

@@ -63,11 +63,12 @@ def score_squad(dev: str, predictions: str, na_probs: str | None = None, na_prob
                 version: str = "auto", warn=None) -> tuple[dict, str]:
     """Returns (metrics, version). v1.1 counts unanswered questions as 0 (through `warn`), as the
     official script does; v2.0 needs a prediction for every question."""
-    from mobilebert.tasks.squad import load_json
+    from mobilebert.tasks.squad import check_gold_ids, load_json
 
     dev_json = load_json(dev)
     if not isinstance(dev_json, dict) or not isinstance(dev_json.get("data"), list):
         raise DataError(f"{dev}:1: expected a SQuAD object with a \"data\" list")
+    check_gold_ids(dev, dev_json)
     preds = _json_map(predictions, str, "an answer string")
     probs = _json_map(na_probs, (int, float), "a number") if na_probs else None
     if version == "auto":
@@ -89,9 +90,13 @@ def score_squad(dev: str, predictions: str, na_probs: str | None = None, na_prob
 
 
 def _run_squad(args) -> int:
+    from mobilebert.outpaths import check_out_file
+
     def warn(msg):
         print(msg, file=sys.stderr)
 
+    if args.out:
+        check_out_file(args.out, "--out")
     out, version = score_squad(args.dev, args.predictions, args.na_probs, args.na_prob_thresh, args.version, warn)
     text = json.dumps(out) if version == "1.1" else json.dumps(out, indent=2)
     print(text)
@@ -168,6 +173,10 @@ def score_glue(task_name, dev: str, predictions: str, on_bad_row: str = "error")
 def _run_glue(args) -> int:
     import warnings
 
+    from mobilebert.outpaths import check_out_file
+
+    if args.out:
+        check_out_file(args.out, "--out")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = score_glue(args.task, args.dev, args.predictions, args.on_bad_row)

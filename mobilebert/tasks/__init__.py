@@ -223,7 +223,7 @@ def _custom_spec(ds) -> TaskSpec:
         raise ConfigError("data.text_a: a custom task needs its text column (and data.label, data.train_file)")
     return custom_task("custom", _col(ds.text_a, ds.header), _col(ds.text_b, ds.header), _col(ds.label, ds.header),
                        labels=ds.labels, regression=ds.regression, id_column=_col(ds.id_column, ds.header),
-                       header=ds.header, train_path=ds.train_file or ds.dev_file)
+                       header=ds.header, train_path=ds.train_file or ds.dev_file, on_bad_row=ds.on_bad_row)
 
 
 def build_task_data(ds, tokenizer, seed: int = 0, splits=("train", "dev", "test")) -> TaskData:

@@ -74,8 +74,28 @@ class _LineFinder:
             i = self.text.find(needle)
         if i < 0:
             return 0
-        self.pos = i
+        self.pos = i + len(needle)   # ids come in file order: a repeated id is found at its second place
         return self.text.count("\n", 0, i) + 1
+
+
+def check_gold_ids(path: str | Path, data: dict) -> None:
+    """What the official scoring scripts accept silently but makes a score wrong: a question id used twice
+    (one answer then counts for both, or overwrites the other) and an unanswerable question (is_impossible)
+    that lists answers. One DataError naming the file, line and id."""
+    path = Path(path)
+    lines, seen = _LineFinder(path), {}
+    for ai, article in enumerate(data["data"]):
+        for pi, par in enumerate(article.get("paragraphs") or [] if isinstance(article, dict) else []):
+            for qi, qa in enumerate(par.get("qas") or [] if isinstance(par, dict) else []):
+                if not isinstance(qa, dict) or "id" not in qa:
+                    raise DataError(f"{path}: data[{ai}].paragraphs[{pi}].qas[{qi}]: question without an \"id\"")
+                qid = str(qa["id"])
+                line = lines.line_of(qid)
+                if qid in seen:
+                    raise DataError(f"{path}:{line}: question id {qid} is used twice (first on line {seen[qid]})")
+                seen[qid] = line
+                if qa.get("is_impossible") is True and qa.get("answers"):
+                    raise DataError(f"{path}:{line}: question {qid} has \"is_impossible\": true but lists answers")
 
 
 def read_squad(path: str | Path, is_training: bool = False, on_bad_row: str = "error",
@@ -125,8 +145,13 @@ def read_squad(path: str | Path, is_training: bool = False, on_bad_row: str = "e
                         isinstance(a, dict) and isinstance(a.get("text"), str) for a in answers):
                     report("\"answers\" must be a list of {text, answer_start}")
                     continue
+                if impossible and answers:
+                    # SQuAD v2 keeps the plausible spans of an unanswerable question under "plausible_answers":
+                    # answers here contradict the flag, and scoring would follow one or the other silently.
+                    report("\"is_impossible\" is true but it lists answers (put them under \"plausible_answers\")")
+                    continue
                 if impossible:
-                    answers = []       # v2 training files may list plausible answers elsewhere only
+                    answers = []
                 elif not answers:
                     if is_training and not version_2:
                         report("no answer (a v1.1 training question needs one)")
