@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,7 +235,8 @@ def train_wordpiece(files: list[str], vocab_size: int = 30522, lowercase: bool =
     backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, limit_alphabet=limit_alphabet,
-                               special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##")
+                               special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##",
+                               show_progress=sys.stderr.isatty())
     lines = (line for line, _ in iter_lines(sources, report, skipped if skip_bad_files else None))
     backend.train_from_iterator(lines, trainer=trainer)
     vocab = backend.get_vocab()

@@ -342,3 +342,34 @@ def test_missing_model_init_is_named(tmp_path, capsys, glue):
     missing = tmp_path / "no-such-checkpoint"
     refused(capsys, ["finetune", "data.task=wnli", f"data.dir={glue}", f"model.init={missing}",
                      f"out={tmp_path / 'run'}"], "model.init", missing)
+
+
+# --------------------------------------------------------------- the same classes, other commands
+
+
+def test_export_refuses_a_head_the_checkpoint_lacks(tmp_path, capsys, pretrained):
+    out = tmp_path / "m.onnx"
+    refused(capsys, ["export", "onnx", pretrained, "--task", "MobileBertForSequenceClassification", "--out", out],
+            "--task MobileBertForSequenceClassification", pretrained, "classification head")
+    assert not out.exists()
+
+
+def test_score_refuses_non_finite_regression_predictions(tmp_path, capsys, glue):
+    dev, preds = _stsb(tmp_path, glue, "3.0")
+    lines = preds.read_text().splitlines()
+    lines[2] = lines[2].split("\t")[0] + "\tnan"
+    preds.write_text("\n".join(lines) + "\n")
+    refused(capsys, ["score", "glue", "STS-B", dev, preds], f"{preds}:3", "finite")
+
+
+@pytest.mark.parametrize("argv", [["--vocab-size", "1000000000"], ["--vocab-size", "5"], ["--min-frequency", "-1"]])
+def test_vocab_train_out_of_range_options(tmp_path, capsys, glue, argv):
+    out = tmp_path / "vocab"
+    refused(capsys, ["vocab", "train", glue / "RTE" / "dev.tsv", "--out", out, *argv], argv[0])
+    assert not out.exists()
+
+
+def test_empty_corpus_for_vocab_train(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("")
+    refused(capsys, ["vocab", "train", tmp_path / "empty.txt", "--out", tmp_path / "vocab"], "empty")
+    assert not (tmp_path / "vocab").exists()

@@ -13,6 +13,7 @@ one prediction. Nothing here needs torch.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -127,6 +128,8 @@ def read_predictions(task, path: str | Path) -> dict[str, tuple[str | float, int
                 value: str | float = float(raw)
             except ValueError:
                 raise DataError(f"{path}:{line_no}: prediction {raw!r} is not a number") from None
+            if not math.isfinite(value):
+                raise DataError(f"{path}:{line_no}: prediction {raw!r} is not a finite number")
         else:
             if raw not in task.labels:
                 raise DataError(f"{path}:{line_no}: prediction {raw!r} is not one of {', '.join(task.labels)}")

@@ -6,6 +6,8 @@ refused (or skipped with --skip-bad-files), lines that are not UTF-8 are decoded
 import argparse
 import sys
 
+MAX_VOCAB = 1_000_000   # far above real WordPiece vocabularies (BERT 30,522; multilingual BERT 119,547)
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("vocab", help="build a WordPiece vocabulary")
@@ -29,8 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from mobilebert.outpaths import check_out_dir
     from mobilebert.tokenizer import train_wordpiece
 
-    if args.vocab_size < 10:
-        raise UserError(f"--vocab-size {args.vocab_size}: too small")
+    if not 10 <= args.vocab_size <= MAX_VOCAB:
+        # The upper bound keeps the trainer (Rust) from aborting the process on a huge allocation.
+        raise UserError(f"--vocab-size {args.vocab_size}: must be between 10 and {MAX_VOCAB:,}")
     if args.min_frequency < 0:
         raise UserError(f"--min-frequency {args.min_frequency}: must be 0 or more")
     out = check_out_dir(args.out, "--out")
