@@ -373,3 +373,12 @@ def test_empty_corpus_for_vocab_train(tmp_path, capsys):
     (tmp_path / "empty.txt").write_text("")
     refused(capsys, ["vocab", "train", tmp_path / "empty.txt", "--out", tmp_path / "vocab"], "empty")
     assert not (tmp_path / "vocab").exists()
+
+
+def test_custom_task_label_listed_twice(tmp_path, capsys, vocab_file):
+    train = tmp_path / "train.csv"
+    train.write_text("id,text,label\n1,good film,pos\n2,bad film,neg\n")
+    refused(capsys, ["finetune", "data.task=custom", f"data.train_file={train}", "data.text_a=text",
+                     "data.labels=[pos,pos]", f"model.tokenizer={vocab_file}", f"out={tmp_path / 'run'}"],
+            "data.labels", "twice")
+    assert not (tmp_path / "run").exists()

@@ -55,6 +55,9 @@ def read_inputs(path: str, qa: bool) -> list[tuple[str, str | None, int]]:
             if len(parts) > 2:
                 raise DataError(f"{p}:{n}: has {len(parts)} tab-separated fields, expected 1 or 2")
             a, b = parts[0], (parts[1] if len(parts) == 2 else None)
+        for value in (a, b):
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{p}:{n}: expected text (a JSON string), got {json.dumps(value)[:40]}")
         if not isinstance(a, str) or not a.strip() or (b is not None and (not isinstance(b, str) or not b.strip())):
             raise DataError(f"{p}:{n}: empty text" + (" (QA needs question<TAB>context)" if qa else ""))
         if qa and b is None:

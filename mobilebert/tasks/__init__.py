@@ -221,6 +221,8 @@ def _col(value, header: bool):
 def _custom_spec(ds) -> TaskSpec:
     if not ds.text_a:
         raise ConfigError("data.text_a: a custom task needs its text column (and data.label, data.train_file)")
+    if ds.labels is not None and len({str(x) for x in ds.labels}) != len(ds.labels):
+        raise ConfigError(f"data.labels: {list(ds.labels)} lists a label twice; give each class once")
     return custom_task("custom", _col(ds.text_a, ds.header), _col(ds.text_b, ds.header), _col(ds.label, ds.header),
                        labels=ds.labels, regression=ds.regression, id_column=_col(ds.id_column, ds.header),
                        header=ds.header, train_path=ds.train_file or ds.dev_file, on_bad_row=ds.on_bad_row)

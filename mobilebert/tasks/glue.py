@@ -130,6 +130,10 @@ def custom_task(name: str, text_a: Column, text_b: Column = None, label: Column 
     if not regression and len(labels) < 2:
         raise UserError(f"task {name}: a classification task needs at least 2 labels, got {list(labels)}")
     labels = None if regression else tuple(str(x) for x in labels)
+    if labels is not None and len(set(labels)) != len(labels):
+        # Two classes with one name: rows of the second would be trained and scored as the first.
+        dup = next(x for x in labels if labels.count(x) > 1)
+        raise UserError(f"task {name}: label {dup!r} is listed twice in {list(labels)}")
     if metrics is None:
         metrics = ("pearson", "spearmanr") if regression else ("accuracy", "f1") if len(labels) == 2 else ("accuracy",)
     return TaskSpec(name=name, text_a=text_a, text_b=text_b, label=label, labels=labels, metrics=tuple(metrics),
