@@ -382,3 +382,22 @@ def test_custom_task_label_listed_twice(tmp_path, capsys, vocab_file):
                      "data.labels=[pos,pos]", f"model.tokenizer={vocab_file}", f"out={tmp_path / 'run'}"],
             "data.labels", "twice")
     assert not (tmp_path / "run").exists()
+
+
+def test_quantize_out_is_a_folder(tmp_path, capsys, classifier, glue):
+    out = tmp_path / "q.onnx"
+    out.mkdir()
+    refused(capsys, ["quantize", classifier, "--task", "sst-2", "--eval-file", glue / "SST-2" / "dev.tsv",
+                     "--eval-samples", "8", "--out", out], "--out", out)
+    assert [p.name for p in tmp_path.iterdir()] == ["q.onnx"]   # no staged file left beside it
+
+
+def test_model_tokenizer_must_be_the_vocabulary_saved_with_model_init(tmp_path, capsys, classifier, glue,
+                                                                       vocab_file):
+    other = tmp_path / "other.txt"
+    tokens = vocab_file.read_text(encoding="utf-8").splitlines()
+    tokens[1000], tokens[1001] = tokens[1001], tokens[1000]   # same size, two ids swapped
+    other.write_text("\n".join(tokens) + "\n", encoding="utf-8")
+    refused(capsys, ["finetune", "data.task=wnli", f"data.dir={glue}", f"model.init={classifier}",
+                     f"model.tokenizer={other}", f"out={tmp_path / 'run'}"], "model.tokenizer", other, "id 1000")
+    assert not (tmp_path / "run").exists()

@@ -335,9 +335,22 @@ def load_tokenizer(ms):
     if source is None:
         raise ConfigError(f"model.tokenizer: preset {ms.init!r} has no vocabulary; set model.tokenizer=PATH/vocab.txt")
     try:
-        return Tokenizer.from_file(source)
+        tok = Tokenizer.from_file(source)
+        init = Path(ms.init)
+        saved = None
+        if ms.tokenizer and any((init / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+            saved = Tokenizer.from_file(init)
     except TokenizerError as e:
         raise ConfigError(f"model.tokenizer: {e}") from None
+    if saved is not None:
+        # The checkpoint's embeddings are indexed by the ids of the vocabulary it was saved with.
+        mine, theirs = (sorted(t.backend.get_vocab(), key=t.backend.get_vocab().get) for t in (tok, saved))
+        if mine != theirs:
+            k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+            raise ConfigError(f"model.tokenizer: {ms.tokenizer} is not the vocabulary saved with model.init {init} "
+                              f"({len(mine):,} vs {len(theirs):,} tokens, first difference at id {k}); leave "
+                              "model.tokenizer unset to use the checkpoint's own")
+    return tok
 
 
 def _check_head(path: str, cfg, data: TaskData) -> None:
