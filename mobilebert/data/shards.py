@@ -35,6 +35,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from mobilebert.data.corpus import DOCUMENT_MODES, EncodingReport, iter_lines, resolve_corpus
+from mobilebert.data.shard_checks import check_manifest_fields, check_vocab_files, load_index
 from mobilebert.errors import DataError
 from mobilebert.tokenizer import Tokenizer, TokenizerError
 
@@ -320,84 +321,10 @@ def load_manifest(folder: str | os.PathLike, check_vocab: bool = True) -> dict:
     version = m.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
         raise DataError(f"{path}: format version {version!r} is newer than this mobilebert ({VERSION})")
-    _check_manifest_fields(path, m)
+    check_manifest_fields(path, m)
     if check_vocab:
         check_vocab_files(folder, m)
     return m
-
-
-def _check_manifest_fields(path: Path, m: dict) -> None:
-    """The fields readers index into, with their types: a hand-edited or damaged manifest is one DataError."""
-    def bad(what: str):
-        raise DataError(f"{path}: {what}; the dataset is damaged, prepare it again")
-
-    if m.get("dtype") not in ("uint16", "uint32"):
-        bad(f"\"dtype\" is {m.get('dtype')!r}, expected uint16 or uint32")
-    for key in ("vocab_size", "vocab_sha256", "shards", "counts", "vocab"):
-        if key not in m:
-            bad(f"no \"{key}\" field")
-    vocab = m["vocab"]
-    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab) or len(vocab) != m["vocab_size"]:
-        bad(f"\"vocab\" is not a list of {m['vocab_size']!r} tokens")
-    if vocab_sha256(vocab) != m["vocab_sha256"]:
-        bad("\"vocab\" does not match \"vocab_sha256\"")
-    if not isinstance(m["shards"], list) or not m["shards"]:
-        bad("\"shards\" is not a non-empty list")
-    for i, sh in enumerate(m["shards"]):
-        if not isinstance(sh, dict) or not isinstance(sh.get("name"), str) or "/" in sh["name"] or any(
-                not isinstance(sh.get(k), int) or isinstance(sh.get(k), bool) or sh[k] < 0
-                for k in ("tokens", "sentences", "documents")):
-            bad(f"shards[{i}] needs a name and non-negative token, sentence and document counts")
-
-
-def check_vocab_files(folder: str | os.PathLike, manifest: dict) -> None:
-    """The folder's tokenizer.json and vocab.txt must hold the vocabulary the shards were tokenized with (the
-    manifest's): ids in the shards are only meaningful with it, and training copies these files into every
-    model folder it writes."""
-    folder = Path(folder)
-    found = False
-    for name in ("tokenizer.json", "vocab.txt"):
-        path = folder / name
-        if not path.exists():
-            continue
-        found = True
-        try:
-            tokens = vocab_list(Tokenizer.from_file(path))
-        except TokenizerError as e:
-            raise DataError(f"{e}; the dataset is damaged, prepare it again") from None
-        if vocab_sha256(tokens) != manifest["vocab_sha256"]:
-            first = next((i for i, (a, b) in enumerate(zip(tokens, manifest["vocab"])) if a != b),
-                         min(len(tokens), len(manifest["vocab"])))
-            raise DataError(f"{path}: not the vocabulary the shards were made with ({len(tokens):,} tokens, "
-                            f"manifest.json {len(manifest['vocab']):,}; first difference at id {first}); "
-                            "restore it or prepare the dataset again")
-    if not found:
-        raise DataError(f"{folder}: holds neither tokenizer.json nor vocab.txt; the dataset is damaged, "
-                        "prepare it again")
-
-
-def _load_index(path: Path, count: int, end: int, unit: str, mmap: bool) -> np.ndarray:
-    """A shard's (count+1,) int64 offset array, checked: readable .npy, right dtype and length, starting at 0,
-    ending at `end` (the shard's number of `unit`s); the small document index is also checked to be sorted.
-    Truncated, rewritten or garbage files are one DataError naming the file, not a numpy traceback."""
-    damaged = "the dataset is damaged, prepare it again"
-    try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except FileNotFoundError:
-        raise
-    except (ValueError, EOFError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"{path}: not a readable .npy array ({msg}); {damaged}") from None
-    if arr.dtype != np.int64 or arr.ndim != 1:
-        raise DataError(f"{path}: holds a {arr.dtype} array of shape {arr.shape}, expected int64 offsets; {damaged}")
-    if len(arr) != count + 1:
-        raise DataError(f"{path}: holds {len(arr)} offsets, manifest.json says {count + 1}; {damaged}")
-    if int(arr[0]) != 0 or int(arr[-1]) != end:
-        raise DataError(f"{path}: offsets run from {int(arr[0])} to {int(arr[-1])}, expected 0 to {end} "
-                        f"({unit}s in the shard); {damaged}")
-    if not mmap and len(arr) > 1 and bool((np.diff(arr) < 0).any()):
-        raise DataError(f"{path}: offsets are not in increasing order; {damaged}")
-    return arr
 
 
 class ShardedCorpus:
@@ -427,9 +354,9 @@ class ShardedCorpus:
                 # An empty memmap is an error in numpy; an empty shard is not in the manifest anyway.
                 self.tokens.append(np.memmap(bin_path, dtype=self.dtype, mode="r") if sh["tokens"]
                                    else np.zeros(0, self.dtype))
-                sent = _load_index(stem.with_name(stem.name + ".sentences.npy"), sh["sentences"], sh["tokens"],
+                sent = load_index(stem.with_name(stem.name + ".sentences.npy"), sh["sentences"], sh["tokens"],
                                    "token", mmap=True)
-                docs = _load_index(stem.with_name(stem.name + ".documents.npy"), sh["documents"], sh["sentences"],
+                docs = load_index(stem.with_name(stem.name + ".documents.npy"), sh["documents"], sh["sentences"],
                                    "sentence", mmap=False)
                 self.sent_off.append(sent)
             except FileNotFoundError as e:
