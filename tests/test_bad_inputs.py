@@ -401,3 +401,20 @@ def test_model_tokenizer_must_be_the_vocabulary_saved_with_model_init(tmp_path, 
     refused(capsys, ["finetune", "data.task=wnli", f"data.dir={glue}", f"model.init={classifier}",
                      f"model.tokenizer={other}", f"out={tmp_path / 'run'}"], "model.tokenizer", other, "id 1000")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("how", ["vocab", "wrong_dtype"])
+def test_train_checks_a_shards_folder_before_writing(tmp_path, capsys, shards, how):
+    folder = tmp_path / "prepared"
+    shutil.copytree(shards, folder)
+    if how == "vocab":
+        lines = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+        (folder / "vocab.txt").write_text("\n".join(lines[:100] + lines[101:]) + "\n", encoding="utf-8")
+        (folder / "tokenizer.json").unlink()
+        bad = folder / "vocab.txt"
+    else:
+        bad = _damage(folder, how)
+    out = tmp_path / "run"
+    refused(capsys, ["train", "configs/tiny-test.yaml", "run.stages=[teacher]", "data.corpus=[]",
+                     f"data.shards={folder}", "--out", out], bad)
+    assert not out.exists()

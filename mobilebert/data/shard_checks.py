@@ -97,3 +97,26 @@ def load_index(path: Path, count: int, end: int, unit: str, mmap: bool) -> np.nd
     if not mmap and len(arr) > 1 and bool((np.diff(arr) < 0).any()):
         raise DataError(f"{path}: offsets are not in increasing order; {damaged}")
     return arr
+
+
+def check_shard_files(folder: str | os.PathLike, manifest: dict) -> None:
+    """Every shard's token file has the manifest's size and its offset arrays pass `load_index` (headers and
+    ends only: cheap, so a training run can check a folder before it writes anything)."""
+    folder = Path(folder)
+    itemsize = np.dtype(manifest["dtype"]).itemsize
+    for sh in manifest["shards"]:
+        stem = folder / sh["name"]
+        bin_path = stem.with_name(stem.name + ".tokens.bin")
+        try:
+            size = bin_path.stat().st_size
+        except FileNotFoundError:
+            raise DataError(f"{bin_path}: missing shard file; the dataset is damaged, prepare it again") from None
+        if size != sh["tokens"] * itemsize:
+            raise DataError(f"{bin_path}: size does not match manifest.json ({sh['tokens']} tokens); "
+                            "the dataset is damaged, prepare it again")
+        for suffix, count, end, unit in ((".sentences.npy", sh["sentences"], sh["tokens"], "token"),
+                                         (".documents.npy", sh["documents"], sh["sentences"], "sentence")):
+            path = stem.with_name(stem.name + suffix)
+            if not path.is_file():
+                raise DataError(f"{path}: missing shard file; the dataset is damaged, prepare it again")
+            load_index(path, count, end, unit, mmap=True)

@@ -35,7 +35,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from mobilebert.data.corpus import DOCUMENT_MODES, EncodingReport, iter_lines, resolve_corpus
-from mobilebert.data.shard_checks import check_manifest_fields, check_vocab_files, load_index
+from mobilebert.data.shard_checks import (check_manifest_fields, check_shard_files, check_vocab_files,
+                                          load_index)
 from mobilebert.errors import DataError
 from mobilebert.tokenizer import Tokenizer, TokenizerError
 
@@ -303,10 +304,11 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_manifest(folder: str | os.PathLike, check_vocab: bool = True) -> dict:
+def load_manifest(folder: str | os.PathLike, verify: bool = True) -> dict:
     """Read and check `manifest.json` of a prepared folder; `DataError` naming the file if it is not one.
 
-    check_vocab: also check the folder's tokenizer.json / vocab.txt against the manifest's vocabulary."""
+    verify: also check the folder's tokenizer.json / vocab.txt against the manifest's vocabulary, and the shard
+    files' sizes and offset headers (mobilebert/data/shard_checks.py)."""
     path = Path(folder) / "manifest.json"
     if not path.is_file():
         raise DataError(f"{folder}: not a prepared dataset (no manifest.json); run `mobilebert data prepare`")
@@ -322,8 +324,9 @@ def load_manifest(folder: str | os.PathLike, check_vocab: bool = True) -> dict:
     if not isinstance(version, int) or version > VERSION:
         raise DataError(f"{path}: format version {version!r} is newer than this mobilebert ({VERSION})")
     check_manifest_fields(path, m)
-    if check_vocab:
+    if verify:
         check_vocab_files(folder, m)
+        check_shard_files(folder, m)
     return m
 
 
