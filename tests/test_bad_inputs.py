@@ -418,3 +418,17 @@ def test_train_checks_a_shards_folder_before_writing(tmp_path, capsys, shards, h
     refused(capsys, ["train", "configs/tiny-test.yaml", "run.stages=[teacher]", "data.corpus=[]",
                      f"data.shards={folder}", "--out", out], bad)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("data, needle", [
+    ([1, 2], 'data[0] has no "paragraphs"'),
+    ([{"paragraphs": [5]}], 'data[0].paragraphs[0] has no "qas"'),
+    ([{"paragraphs": [{"context": "x", "qas": [{"id": ["a"], "question": "q", "answers": []}]}]}], '"id"'),
+    ([{"paragraphs": [{"context": "x", "qas": [{"id": "a", "question": "q", "answers": "x"}]}]}], '"answers"'),
+])
+def test_score_squad_malformed_gold_structure(tmp_path, capsys, data, needle):
+    dev = tmp_path / "dev.json"
+    dev.write_text(json.dumps({"version": "1.1", "data": data}))
+    preds = tmp_path / "pred.json"
+    preds.write_text('{"a": "x"}')
+    refused(capsys, ["score", "squad", dev, preds], dev, needle)

@@ -79,22 +79,33 @@ class _LineFinder:
 
 
 def check_gold_ids(path: str | Path, data: dict) -> None:
-    """What the official scoring scripts accept silently but makes a score wrong: a question id used twice
-    (one answer then counts for both, or overwrites the other) and an unanswerable question (is_impossible)
-    that lists answers. One DataError naming the file, line and id."""
+    """A gold file for scoring, checked the way the official scripts read it: the data/paragraphs/qas
+    nesting, each question's id and answers list; and what those scripts accept silently but makes a score
+    wrong: a question id used twice (one prediction then counts for both) and an unanswerable question
+    (is_impossible) that lists answers. One DataError naming the file, line (or JSON path) and id."""
     path = Path(path)
     lines, seen = _LineFinder(path), {}
     for ai, article in enumerate(data["data"]):
-        for pi, par in enumerate(article.get("paragraphs") or [] if isinstance(article, dict) else []):
-            for qi, qa in enumerate(par.get("qas") or [] if isinstance(par, dict) else []):
-                if not isinstance(qa, dict) or "id" not in qa:
-                    raise DataError(f"{path}: data[{ai}].paragraphs[{pi}].qas[{qi}]: question without an \"id\"")
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise DataError(f"{path}: data[{ai}] has no \"paragraphs\" list")
+        for pi, par in enumerate(article["paragraphs"]):
+            if not isinstance(par, dict) or not isinstance(par.get("qas"), list):
+                raise DataError(f"{path}: data[{ai}].paragraphs[{pi}] has no \"qas\" list")
+            for qi, qa in enumerate(par["qas"]):
+                where = f"data[{ai}].paragraphs[{pi}].qas[{qi}]"
+                if not isinstance(qa, dict) or not isinstance(qa.get("id"), (str, int)) or isinstance(qa["id"], bool):
+                    raise DataError(f"{path}: {where}: question without a string \"id\"")
                 qid = str(qa["id"])
                 line = lines.line_of(qid)
+                answers = qa.get("answers", [])
+                if not isinstance(answers, list) or not all(
+                        isinstance(x, dict) and isinstance(x.get("text"), str) for x in answers):
+                    raise DataError(f"{path}:{line}: question {qid}: \"answers\" must be a list of {{text, "
+                                    "answer_start}")
                 if qid in seen:
                     raise DataError(f"{path}:{line}: question id {qid} is used twice (first on line {seen[qid]})")
                 seen[qid] = line
-                if qa.get("is_impossible") is True and qa.get("answers"):
+                if bool(qa.get("is_impossible", False)) and answers:
                     raise DataError(f"{path}:{line}: question {qid} has \"is_impossible\": true but lists answers")
 
 
