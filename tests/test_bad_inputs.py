@@ -118,15 +118,21 @@ def _damage(folder, how):
     if how == "wrong_length":
         np.save(docs, np.load(docs)[:-1])
         return docs
-    if how == "manifest_field":
+    if how in ("manifest_field", "special_ids", "counts"):
         m = json.loads((folder / "manifest.json").read_text())
-        del m["shards"][0]["tokens"]
+        if how == "manifest_field":
+            del m["shards"][0]["tokens"]
+        elif how == "special_ids":
+            m["special_ids"]["mask"] += 1
+        else:
+            m["counts"] = None
         (folder / "manifest.json").write_text(json.dumps(m))
         return folder / "manifest.json"
     raise AssertionError(how)
 
 
-@pytest.mark.parametrize("how", ["truncated", "wrong_dtype", "garbage", "wrong_length", "manifest_field"])
+@pytest.mark.parametrize("how", ["truncated", "wrong_dtype", "garbage", "wrong_length", "manifest_field",
+                                 "special_ids", "counts"])
 def test_damaged_shards_are_one_line(tmp_path, capsys, shards, how):
     folder = tmp_path / "prepared"
     shutil.copytree(shards, folder)

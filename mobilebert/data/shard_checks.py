@@ -33,11 +33,23 @@ def check_manifest_fields(path: Path, m: dict) -> None:
     for key in ("vocab_size", "vocab_sha256", "shards", "counts", "vocab"):
         if key not in m:
             bad(f"no \"{key}\" field")
+    if not isinstance(m["vocab_size"], int) or isinstance(m["vocab_size"], bool) or m["vocab_size"] < 5:
+        bad(f"\"vocab_size\" is {m['vocab_size']!r}, expected a token count")
+    counts = m["counts"]
+    if not isinstance(counts, dict) or any(not isinstance(counts.get(k), int) for k in ("documents", "sentences",
+                                                                                        "tokens")):
+        bad("\"counts\" needs integer documents, sentences and tokens")
     vocab = m["vocab"]
     if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab) or len(vocab) != m["vocab_size"]:
         bad(f"\"vocab\" is not a list of {m['vocab_size']!r} tokens")
     if vocab_sha256(vocab) != m["vocab_sha256"]:
         bad("\"vocab\" does not match \"vocab_sha256\"")
+    special = m.get("special_ids")
+    for key, token in (("pad", "[PAD]"), ("unk", "[UNK]"), ("cls", "[CLS]"), ("sep", "[SEP]"), ("mask", "[MASK]")):
+        i = special.get(key) if isinstance(special, dict) else None
+        if not isinstance(i, int) or not 0 <= i < len(vocab) or vocab[i] != token:
+            bad(f"\"special_ids\".{key} is {i!r}, but {token} is at id "
+                f"{vocab.index(token) if token in vocab else 'none'}")
     if not isinstance(m["shards"], list) or not m["shards"]:
         bad("\"shards\" is not a non-empty list")
     for i, sh in enumerate(m["shards"]):
