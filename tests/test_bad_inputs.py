@@ -252,7 +252,8 @@ def _stsb(tmp_path, glue, score):
     dev = tmp_path / "dev.tsv"
     dev.write_text("\n".join(lines) + "\n", encoding="utf-8")
     preds = tmp_path / "pred.tsv"
-    preds.write_text("index\tprediction\n" + "".join(f"{line.split(chr(9))[0]}\t2.5\n" for line in lines[1:]))
+    ids = [line.split("\t")[0] for line in lines[1:]]
+    preds.write_text("index\tprediction\n" + "".join(f"{i}\t2.5\n" for i in ids))
     return dev, preds
 
 
