@@ -200,6 +200,16 @@ class Tokenizer:
         }
 
 
+def vocab_difference(a: Tokenizer, b: Tokenizer) -> str | None:
+    """None when two tokenizers map the same tokens to the same ids, else where they first differ (for messages):
+    a model's embeddings are indexed by the ids of the vocabulary it was trained with."""
+    ta, tb = (sorted(t.backend.get_vocab(), key=t.backend.get_vocab().get) for t in (a, b))
+    if ta == tb:
+        return None
+    k = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    return f"{len(ta):,} vs {len(tb):,} tokens, first difference at id {k}"
+
+
 def _bert_pipeline(model: WordPiece, lowercase: bool) -> _HFTokenizer:
     """The BERT normalizer, pre-tokenizer, [CLS]/[SEP] template and WordPiece decoder."""
     tok = _HFTokenizer(model)

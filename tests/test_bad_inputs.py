@@ -439,3 +439,12 @@ def test_score_squad_malformed_gold_structure(tmp_path, capsys, data, needle):
     preds = tmp_path / "pred.json"
     preds.write_text('{"a": "x"}')
     refused(capsys, ["score", "squad", dev, preds], dev, needle)
+
+
+def test_export_vocab_must_be_the_checkpoints_own(tmp_path, capsys, classifier, vocab_file):
+    other = tmp_path / "other.txt"
+    tokens = vocab_file.read_text(encoding="utf-8").splitlines()
+    other.write_text("\n".join(tokens[:-10]) + "\n", encoding="utf-8")
+    out = tmp_path / "m.onnx"
+    refused(capsys, ["export", "onnx", classifier, "--vocab", other, "--out", out], "--vocab", other)
+    assert not out.exists()

@@ -65,9 +65,14 @@ def _run(args) -> int:
     vocab = find_vocab(args.model, args.vocab)
     tokenizer = None
     if vocab is not None:
-        from mobilebert.tokenizer import Tokenizer
+        from mobilebert.tokenizer import Tokenizer, vocab_difference
 
         tokenizer = Tokenizer.from_file(vocab)
+        own = find_vocab(args.model) if args.vocab else None
+        diff = vocab_difference(tokenizer, Tokenizer.from_file(own)) if own is not None else None
+        if diff:   # the file would carry a vocabulary whose ids do not match its embeddings
+            raise UserError(f"--vocab {args.vocab}: not the vocabulary saved with the checkpoint ({own}: {diff}); "
+                            "leave --vocab out to embed the checkpoint's own")
     else:
         print("note: no vocabulary found; checking on random token ids (pass --vocab for real text)")
     if args.format == "onnx":

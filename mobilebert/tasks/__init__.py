@@ -329,7 +329,7 @@ def _build_squad(ds, tokenizer, seed: int, splits) -> TaskData:
 def load_tokenizer(ms):
     """The tokenizer named in model.tokenizer, else the one saved in the model.init checkpoint folder."""
     from mobilebert.presets import PRESETS
-    from mobilebert.tokenizer import Tokenizer, TokenizerError
+    from mobilebert.tokenizer import Tokenizer, TokenizerError, vocab_difference
 
     if ms.init not in PRESETS and not Path(ms.init).is_dir():
         what = "is a file, not a checkpoint folder" if Path(ms.init).exists() else "no such checkpoint folder"
@@ -345,14 +345,10 @@ def load_tokenizer(ms):
             saved = Tokenizer.from_file(init)
     except TokenizerError as e:
         raise ConfigError(f"model.tokenizer: {e}") from None
-    if saved is not None:
-        # The checkpoint's embeddings are indexed by the ids of the vocabulary it was saved with.
-        mine, theirs = (sorted(t.backend.get_vocab(), key=t.backend.get_vocab().get) for t in (tok, saved))
-        if mine != theirs:
-            k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
-            raise ConfigError(f"model.tokenizer: {ms.tokenizer} is not the vocabulary saved with model.init {init} "
-                              f"({len(mine):,} vs {len(theirs):,} tokens, first difference at id {k}); leave "
-                              "model.tokenizer unset to use the checkpoint's own")
+    diff = vocab_difference(tok, saved) if saved is not None else None
+    if diff:
+        raise ConfigError(f"model.tokenizer: {ms.tokenizer} is not the vocabulary saved with model.init {init} "
+                          f"({diff}); leave model.tokenizer unset to use the checkpoint's own")
     return tok
 
 
