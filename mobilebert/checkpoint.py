@@ -139,6 +139,76 @@ def load_state_dict_into(model: torch.nn.Module, state: dict[str, torch.Tensor],
     return LoadReport(missing=missing, unexpected=unexpected)
 
 
+# Heads a checkpoint may carry, each known by one tensor that every variant of it has (MobileBERT and BERT).
+HEAD_TENSORS = {"mlm": "cls.predictions.transform.dense.weight", "nsp": "cls.seq_relationship.weight",
+                "classifier": "classifier.weight", "qa": "qa_outputs.weight"}
+HEAD_NAMES = {"mlm": "masked-LM head (cls.predictions)", "nsp": "next-sentence head (cls.seq_relationship)",
+              "classifier": "classification head (classifier)", "qa": "span head (qa_outputs)"}
+# The head each architecture's own task needs (a base model needs none).
+ARCHITECTURE_HEADS = {"ForPreTraining": {"mlm", "nsp"}, "ForMaskedLM": {"mlm"}, "ForNextSentencePrediction": {"nsp"},
+                      "ForSequenceClassification": {"classifier"}, "ForMultipleChoice": {"classifier"},
+                      "ForTokenClassification": {"classifier"}, "ForQuestionAnswering": {"qa"}}
+
+
+def checkpoint_keys(path: str | os.PathLike) -> set[str]:
+    """Tensor names in a checkpoint (folder, .safetensors, .bin or shard index), read without the tensors
+    where the format allows it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if path.is_dir():
+        for name in (WEIGHTS_NAME, WEIGHTS_NAME + ".index.json", LEGACY_WEIGHTS_NAME, LEGACY_WEIGHTS_NAME + ".index.json"):
+            if (path / name).is_file():
+                return checkpoint_keys(path / name)
+        raise CheckpointError(f"{path}: no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} in this folder")
+    if path.name.endswith(".index.json"):
+        try:
+            return set(json.loads(path.read_text())["weight_map"])
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise CheckpointError(f"{path}: not a valid shard index ({e})") from None
+    if path.suffix == ".safetensors" and path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                return set(fh.keys())
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return set(read_state_dict(path))
+
+
+def checkpoint_heads(path: str | os.PathLike) -> set[str]:
+    """Which heads ("mlm", "nsp", "classifier", "qa") a checkpoint actually holds weights for."""
+    keys = checkpoint_keys(path)
+    return {head for head, tensor in HEAD_TENSORS.items() if any(k == tensor or k.endswith("." + tensor) for k in keys)}
+
+
+def missing_heads(path: str | os.PathLike, needed) -> set[str]:
+    """The heads of `needed` whose weights are not in the checkpoint (they would be initialised at random)."""
+    return set(needed) - checkpoint_heads(path)
+
+
+def require_heads(path: str | os.PathLike, needed, key: str, why: str = "") -> None:
+    """Refuse a checkpoint without the trained heads the caller uses: one CheckpointError naming each missing
+    head, `key` (the setting or argument that named the checkpoint) and, if given, what the head is used for."""
+    missing = missing_heads(path, needed)
+    if missing:
+        cfg_path = Path(path) / CONFIG_NAME if Path(path).is_dir() else Path(path).parent / CONFIG_NAME
+        arch = ""
+        if cfg_path.is_file():
+            try:
+                archs = json.loads(cfg_path.read_text(encoding="utf-8")).get("architectures") or []
+                arch = f" (a {archs[0]} checkpoint)" if archs else ""
+            except (ValueError, OSError, AttributeError):
+                pass
+        names = ", ".join(HEAD_NAMES[h] for h in sorted(missing))
+        raise CheckpointError(f"{key}: {path}{arch} has no trained {names}; it would be initialised at random"
+                              + (f", but {why}" if why else ""))
+
+
+def head_for_architecture(arch: str) -> set[str]:
+    """The heads an architecture name (e.g. MobileBertForSequenceClassification) needs for its own task."""
+    return next((heads for suffix, heads in ARCHITECTURE_HEADS.items() if arch.endswith(suffix)), set())
+
+
 def load_config(path: str | os.PathLike) -> MobileBertConfig:
     path = Path(path)
     cfg_path = path / CONFIG_NAME if path.is_dir() else path.parent / CONFIG_NAME

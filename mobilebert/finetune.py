@@ -172,8 +172,10 @@ RESUME_FREE = ("train.progress", "train.log_every", "train.save_every", "train.d
 def check_resume(s: FinetuneSettings, out: Path, resume: bool):
     """The checkpoint to resume from (None for a fresh run); refuses mismatched or ambiguous folders."""
     from mobilebert.engine import checkpoint as C
+    from mobilebert.outpaths import check_out_dir
     from mobilebert.settings import check_unchanged
 
+    check_out_dir(out, "out")   # a file in the way is one line now, not an OSError after the data are read
     latest = C.latest_checkpoint(out) if (out / "checkpoints").is_dir() else None
     if not resume:
         if latest is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
+from mobilebert.errors import DataError
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 TRUNCATION_STRATEGIES = ("longest_first", "only_first", "only_second", "do_not_truncate")
 
 
-class TokenizerError(ValueError):
-    """A tokenizer file is missing or malformed; the message names the file."""
+class TokenizerError(DataError):
+    """A tokenizer file is missing or malformed; the message names the file (a user error: exit 2)."""
 
 
 @dataclass
@@ -42,11 +45,13 @@ class Encoding:
 class Tokenizer:
     """BERT WordPiece tokenizer. `backend` is the underlying `tokenizers.Tokenizer`."""
 
-    def __init__(self, backend: _HFTokenizer):
+    def __init__(self, backend: _HFTokenizer, source: str | os.PathLike | None = None):
         self.backend = backend
-        for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"):
+        self.source = source   # the file it was read from (named in error messages), or None
+        where = f"{source}: " if source is not None else ""
+        for tok in SPECIAL_TOKENS:
             if backend.token_to_id(tok) is None:
-                raise TokenizerError(f"vocabulary has no {tok} token")
+                raise TokenizerError(f"{where}vocabulary has no {tok} token")
         self.pad_id = backend.token_to_id("[PAD]")
         self.unk_id = backend.token_to_id("[UNK]")
         self.cls_id = backend.token_to_id("[CLS]")
@@ -64,16 +69,24 @@ class Tokenizer:
             tokens = path.read_text(encoding="utf-8").splitlines()
         except UnicodeDecodeError as e:
             raise TokenizerError(f"{path}: not a UTF-8 text vocabulary ({e.reason} at byte {e.start})") from None
+        if not tokens:
+            raise TokenizerError(f"{path}: empty vocabulary (expected one token per line)")
         vocab: dict[str, int] = {}
         for i, tok in enumerate(tokens):
             tok = tok.rstrip("\r")
             if tok == "":
                 raise TokenizerError(f"{path}:{i + 1}: empty line in vocabulary")
-            vocab.setdefault(tok, i)
+            if tok in vocab:
+                # The line number is the token id: a second copy would leave a hole in the ids, and every id
+                # after it would differ between this file, tokenizer.json and prepared shards.
+                raise TokenizerError(f"{path}:{i + 1}: token {tok!r} is already on line {vocab[tok] + 1}; "
+                                     "a vocabulary lists each token once")
+            vocab[tok] = i
         if lowercase is None:
             # An uncased vocabulary holds no upper-case word pieces (apart from the special tokens).
             lowercase = not any(t != t.lower() for t in vocab if not (t.startswith("[") and t.endswith("]")))
-        return cls(_bert_pipeline(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100), lowercase))
+        return cls(_bert_pipeline(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100), lowercase),
+                   path)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike, lowercase: bool | None = None) -> "Tokenizer":
@@ -93,9 +106,15 @@ class Tokenizer:
                 backend = _HFTokenizer.from_file(str(path))
             except Exception as e:  # tokenizers raises a bare Exception on bad JSON
                 raise TokenizerError(f"{path}: not a valid tokenizer.json ({e})") from None
+            ids = sorted(backend.get_vocab().values())
+            gap = next((k for k, i in enumerate(ids) if i != k), None)
+            if gap is not None:
+                # vocab.txt (line = id) cannot express a hole: ids after it would shift when it is saved.
+                raise TokenizerError(f"{path}: token ids are not 0..{len(ids) - 1} without gaps (no token has id "
+                                     f"{gap}, or two tokens share one)")
             backend.no_truncation()
             backend.no_padding()
-            return cls(backend)
+            return cls(backend, path)
         return cls.from_vocab(path, lowercase=lowercase)
 
     def save(self, folder: str | os.PathLike) -> None:
@@ -181,6 +200,16 @@ class Tokenizer:
         }
 
 
+def vocab_difference(a: Tokenizer, b: Tokenizer) -> str | None:
+    """None when two tokenizers map the same tokens to the same ids, else where they first differ (for messages):
+    a model's embeddings are indexed by the ids of the vocabulary it was trained with."""
+    ta, tb = (sorted(t.backend.get_vocab(), key=t.backend.get_vocab().get) for t in (a, b))
+    if ta == tb:
+        return None
+    k = next((i for i, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
+    return f"{len(ta):,} vs {len(tb):,} tokens, first difference at id {k}"
+
+
 def _bert_pipeline(model: WordPiece, lowercase: bool) -> _HFTokenizer:
     """The BERT normalizer, pre-tokenizer, [CLS]/[SEP] template and WordPiece decoder."""
     tok = _HFTokenizer(model)
@@ -197,23 +226,29 @@ def _bert_pipeline(model: WordPiece, lowercase: bool) -> _HFTokenizer:
 
 
 def train_wordpiece(files: list[str], vocab_size: int = 30522, lowercase: bool = True,
-                    min_frequency: int = 2, limit_alphabet: int = 1000) -> Tokenizer:
-    """Train a new BERT WordPiece vocabulary on plain-text files (UTF-8; invalid bytes replaced)."""
+                    min_frequency: int = 2, limit_alphabet: int = 1000, skip_bad_files: bool = False,
+                    report=None, skipped: list[dict] | None = None) -> Tokenizer:
+    """Train a new BERT WordPiece vocabulary on a plain-text corpus.
+
+    `files` are read exactly as `mobilebert data prepare` reads a corpus (mobilebert.data.corpus: files, folders,
+    globs, .gz/.bz2/.xz, hf:NAME; binary and UTF-16 files refused, or skipped and appended to `skipped` with
+    `skip_bad_files`; lines that are not UTF-8 decoded as cp1252 and counted in `report`, an EncodingReport)."""
+    from mobilebert.data.corpus import EncodingReport, iter_lines, resolve_corpus
+
     if not files:
         raise TokenizerError("no corpus files given")
+    sources, bad = resolve_corpus(files, skip_bad_files)
+    report = report if report is not None else EncodingReport()
+    skipped = skipped if skipped is not None else []
+    skipped.extend(bad)
     backend = _HFTokenizer(WordPiece(unk_token="[UNK]"))
     backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency, limit_alphabet=limit_alphabet,
-                               special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##")
-
-    def lines():
-        for f in files:
-            with open(f, "rb") as fh:
-                for raw in fh:
-                    yield raw.decode("utf-8", errors="replace")
-
-    backend.train_from_iterator(lines(), trainer=trainer)
+                               special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##",
+                               show_progress=sys.stderr.isatty())
+    lines = (line for line, _ in iter_lines(sources, report, skipped if skip_bad_files else None))
+    backend.train_from_iterator(lines, trainer=trainer)
     vocab = backend.get_vocab()
     return Tokenizer(_bert_pipeline(WordPiece(vocab, unk_token="[UNK]"), lowercase))
 

@@ -91,7 +91,10 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 def run_inspect(args: argparse.Namespace) -> int:
     from mobilebert.data.pretraining import IGNORE_INDEX, MaskingConfig, PretrainingData
+    from mobilebert.errors import UserError
 
+    if args.num_examples < 0:
+        raise UserError(f"--num-examples {args.num_examples}: must be 0 or more")
     data = PretrainingData(args.dir, seq_len=args.seq_len, seed=args.seed,
                            masking=MaskingConfig(whole_word=args.whole_word, nsp=not args.no_nsp))
     m, tok = data.corpus.manifest, data.corpus.load_tokenizer()
@@ -99,7 +102,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"{args.dir}: {c['documents']:,} documents, {c['sentences']:,} lines, {c['tokens']:,} tokens, "
           f"{len(m['shards'])} shard{'s' if len(m['shards']) != 1 else ''}, vocab {m['vocab_size']:,} (sha256 {m['vocab_sha256'][:12]})")
     print(f"examples per epoch at seq_len {args.seq_len}: {len(data):,}")
-    for i in range(args.num_examples):
+    for i in range(min(args.num_examples, len(data))):   # one epoch at most
         ex = data.example(i)
         n = int(ex["attention_mask"].sum())
         ids, labels = ex["input_ids"][:n].tolist(), ex["labels"][:n].tolist()

@@ -41,13 +41,18 @@ def checkpoint_settings(checkpoint: str, overrides: list[str]):
 
 def run(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from mobilebert.checkpoint import load_config
     from mobilebert.errors import ConfigError
     from mobilebert.finetune import pick_device, pick_precision
+    from mobilebert.outpaths import check_out_dir
     from mobilebert.tasks import build_task_data, load_model_for_task, load_tokenizer
 
+    if args.test and not args.out:
+        raise ConfigError("--test writes test predictions: give --out DIR as well")
+    out = check_out_dir(args.out, "--out") if args.out else None
+    for sub in ("dev", "test") if out is not None else ():
+        check_out_dir(out / sub, "--out")
     s = checkpoint_settings(args.checkpoint, args.overrides)
     cfg = load_config(args.checkpoint)
     if s.data.task == "custom" and s.data.labels is None and cfg.id2label and not s.data.regression:
@@ -58,8 +63,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("data: no dev file to evaluate on (set data.dir or data.dev_file)")
     device = pick_device(s.train.device)
     precision = pick_precision(s.train.precision, device)
-    model = load_model_for_task(args.checkpoint, data, tokenizer).to(device)
-    out = Path(args.out) if args.out else None
+    model = load_model_for_task(args.checkpoint, data, tokenizer, fine_tuned=True).to(device)
     result = data.evaluate(model, s, device, precision, out / "dev" if out else None)
     metrics = {"task": data.name, "checkpoint": str(args.checkpoint), **result["metrics"]}
     if any(data.skipped.values()):

@@ -45,15 +45,34 @@ def add_parser(subparsers) -> None:
 def _run(args) -> int:
     from pathlib import Path
 
+    from mobilebert.checkpoint import head_for_architecture, load_config, require_heads
+    from mobilebert.errors import UserError
     from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
+    from mobilebert.outpaths import check_out_file
 
+    check_out_file(args.out, "--out")
+    if not args.rtol > 0:
+        raise UserError(f"--rtol {args.rtol}: must be a positive number")
+    if args.format == "executorch" and (args.max_seq < 3 or args.max_batch < 1):
+        raise UserError(f"--max-seq {args.max_seq} / --max-batch {args.max_batch}: need a sequence of at least 3 "
+                        "tokens ([CLS] x [SEP]) and a batch of at least 1")
+    if Path(args.model).exists():
+        # A head missing from the checkpoint would be exported freshly initialised: outputs of random weights.
+        arch = args.task or (load_config(args.model).architectures or ["MobileBertModel"])[0]
+        require_heads(args.model, head_for_architecture(arch), f"--task {arch}" if args.task else "model",
+                      "the exported model would compute its outputs with random weights")
     model = load_for_export(args.model, task=args.task)
     vocab = find_vocab(args.model, args.vocab)
     tokenizer = None
     if vocab is not None:
-        from mobilebert.tokenizer import Tokenizer
+        from mobilebert.tokenizer import Tokenizer, vocab_difference
 
         tokenizer = Tokenizer.from_file(vocab)
+        own = find_vocab(args.model) if args.vocab else None
+        diff = vocab_difference(tokenizer, Tokenizer.from_file(own)) if own is not None else None
+        if diff:   # the file would carry a vocabulary whose ids do not match its embeddings
+            raise UserError(f"--vocab {args.vocab}: not the vocabulary saved with the checkpoint ({own}: {diff}); "
+                            "leave --vocab out to embed the checkpoint's own")
     else:
         print("note: no vocabulary found; checking on random token ids (pass --vocab for real text)")
     if args.format == "onnx":

@@ -47,7 +47,7 @@ def read_inputs(path: str, qa: bool) -> list[tuple[str, str | None, int]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+                raise DataError(f"{p}:{n}: malformed JSON ({e.msg}, column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{p}:{n}: expected a JSON object")
             a = obj.get("question") if qa else obj.get("text_a", obj.get("text"))
@@ -57,6 +57,9 @@ def read_inputs(path: str, qa: bool) -> list[tuple[str, str | None, int]]:
             if len(parts) > 2:
                 raise DataError(f"{p}:{n}: has {len(parts)} tab-separated fields, expected 1 or 2")
             a, b = parts[0], (parts[1] if len(parts) == 2 else None)
+        for value in (a, b):
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{p}:{n}: expected text (a JSON string), got {json.dumps(value)[:40]}")
         if not isinstance(a, str) or not a.strip() or (b is not None and (not isinstance(b, str) or not b.strip())):
             raise DataError(f"{p}:{n}: empty text" + (" (QA needs question<TAB>context)" if qa else ""))
         if qa and b is None:
@@ -79,7 +82,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     from mobilebert.errors import UserError
     from mobilebert.finetune import pick_device, pick_precision
     from mobilebert.tasks import GLUE_SEQ, TaskData, _glue_features, _squad_features, custom_task, load_model_for_task
-    from mobilebert.tasks import load_tokenizer, squad
+    from mobilebert.tasks import check_vocab_fits, load_tokenizer, squad
 
     exported = Path(checkpoint).suffix in (".onnx", ".pte")
     if exported:
@@ -102,7 +105,8 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     precision = "fp32" if exported else pick_precision(s.train.precision, device)
 
     def load(data):
-        return _SessionModel(session) if exported else load_model_for_task(checkpoint, data, tokenizer).to(device)
+        return _SessionModel(session) if exported else \
+            load_model_for_task(checkpoint, data, tokenizer, fine_tuned=True).to(device)
 
     if arch.endswith("ForQuestionAnswering"):
         info = Path(checkpoint) / "task.json"
@@ -111,6 +115,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
         data = TaskData("predict", "squad", None, tokenizer.pad_id, version_2=version_2)
         examples = [squad.SquadExample(str(i), q, c, []) for i, (q, c) in enumerate(inputs)]
         feats = _squad_features(examples, tokenizer, s.data, False)
+        check_vocab_fits((f["input_ids"] for f in feats), tokenizer, "the input")
         model = load(data)
         outs = data.run(model, feats, batch_size, device, precision)
         preds, _, nbest = data._postprocess(examples, feats, outs, s.data)
@@ -131,6 +136,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     from mobilebert.tasks.glue import Example
     examples = [Example(str(i), a, b, None, 0) for i, (a, b) in enumerate(inputs)]
     feats = _glue_features(spec, examples, tokenizer, s.data.max_seq_length or GLUE_SEQ)
+    check_vocab_fits((f["input_ids"] for f in feats), tokenizer, "the input")
     model = load(data)
     logits = np.stack(data.run(model, feats, batch_size, device, precision))
     if regression:
@@ -182,7 +188,19 @@ def run(args: argparse.Namespace) -> int:
 
     from mobilebert.checkpoint import load_config
     from mobilebert.errors import UserError
+    from mobilebert.outpaths import check_out_file
 
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if any(not t.strip() for t in args.text):
+        raise UserError("empty sentence: give the text to predict on")
+    for name, value in (("--question", args.question), ("--context", args.context)):
+        if value is not None and not value.strip():
+            raise UserError(f"{name}: empty; give the text to predict on")
+    if args.out:
+        if not args.file:
+            raise UserError("--out is for --file results; command-line inputs print their prediction")
+        check_out_file(args.out, "--out")
     if Path(args.checkpoint).suffix in (".onnx", ".pte"):
         from mobilebert.export.runtime import load_session
 

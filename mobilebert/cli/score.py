@@ -13,6 +13,7 @@ one prediction. Nothing here needs torch.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -64,11 +65,12 @@ def score_squad(dev: str, predictions: str, na_probs: str | None = None, na_prob
                 version: str = "auto", warn=None) -> tuple[dict, str]:
     """Returns (metrics, version). v1.1 counts unanswered questions as 0 (through `warn`), as the
     official script does; v2.0 needs a prediction for every question."""
-    from mobilebert.tasks.squad import load_json
+    from mobilebert.tasks.squad import check_gold_ids, load_json
 
     dev_json = load_json(dev)
     if not isinstance(dev_json, dict) or not isinstance(dev_json.get("data"), list):
         raise DataError(f"{dev}:1: expected a SQuAD object with a \"data\" list")
+    check_gold_ids(dev, dev_json)
     preds = _json_map(predictions, str, "an answer string")
     probs = _json_map(na_probs, (int, float), "a number") if na_probs else None
     if version == "auto":
@@ -90,9 +92,13 @@ def score_squad(dev: str, predictions: str, na_probs: str | None = None, na_prob
 
 
 def _run_squad(args) -> int:
+    from mobilebert.outpaths import check_out_file
+
     def warn(msg):
         print(msg, file=sys.stderr)
 
+    if args.out:
+        check_out_file(args.out, "--out")
     out, version = score_squad(args.dev, args.predictions, args.na_probs, args.na_prob_thresh, args.version, warn)
     text = json.dumps(out) if version == "1.1" else json.dumps(out, indent=2)
     print(text)
@@ -123,6 +129,8 @@ def read_predictions(task, path: str | Path) -> dict[str, tuple[str | float, int
                 value: str | float = float(raw)
             except ValueError:
                 raise DataError(f"{path}:{line_no}: prediction {raw!r} is not a number") from None
+            if not math.isfinite(value):
+                raise DataError(f"{path}:{line_no}: prediction {raw!r} is not a finite number")
         else:
             if raw not in task.labels:
                 raise DataError(f"{path}:{line_no}: prediction {raw!r} is not one of {', '.join(task.labels)}")
@@ -169,6 +177,10 @@ def score_glue(task_name, dev: str, predictions: str, on_bad_row: str = "error")
 def _run_glue(args) -> int:
     import warnings
 
+    from mobilebert.outpaths import check_out_file
+
+    if args.out:
+        check_out_file(args.out, "--out")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = score_glue(args.task, args.dev, args.predictions, args.on_bad_row)

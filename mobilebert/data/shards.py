@@ -35,6 +35,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from mobilebert.data.corpus import DOCUMENT_MODES, EncodingReport, iter_lines, resolve_corpus
+from mobilebert.data.shard_checks import (check_manifest_fields, check_shard_files, check_vocab_files,
+                                          load_index)
 from mobilebert.errors import DataError
 from mobilebert.tokenizer import Tokenizer, TokenizerError
 
@@ -302,8 +304,11 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_manifest(folder: str | os.PathLike) -> dict:
-    """Read and check `manifest.json` of a prepared folder; `DataError` naming the file if it is not one."""
+def load_manifest(folder: str | os.PathLike, verify: bool = True) -> dict:
+    """Read and check `manifest.json` of a prepared folder; `DataError` naming the file if it is not one.
+
+    verify: also check the folder's tokenizer.json / vocab.txt against the manifest's vocabulary, and the shard
+    files' sizes and offset headers (mobilebert/data/shard_checks.py)."""
     path = Path(folder) / "manifest.json"
     if not path.is_file():
         raise DataError(f"{folder}: not a prepared dataset (no manifest.json); run `mobilebert data prepare`")
@@ -311,10 +316,17 @@ def load_manifest(folder: str | os.PathLike) -> dict:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise DataError(f"{path}: not a mobilebert pre-training dataset manifest")
-    if m.get("version", 0) > VERSION:
-        raise DataError(f"{path}: format version {m['version']} is newer than this mobilebert ({VERSION})")
+    version = m.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise DataError(f"{path}: format version {version!r} is newer than this mobilebert ({VERSION})")
+    check_manifest_fields(path, m)
+    if verify:
+        check_vocab_files(folder, m)
+        check_shard_files(folder, m)
     return m
 
 
@@ -342,11 +354,19 @@ class ShardedCorpus:
                 if bin_path.stat().st_size != sh["tokens"] * self.dtype.itemsize:
                     raise DataError(f"{bin_path}: size does not match manifest.json ({sh['tokens']} tokens); "
                                     "the dataset is damaged, prepare it again")
-                self.tokens.append(np.memmap(bin_path, dtype=self.dtype, mode="r"))
-                self.sent_off.append(np.load(stem.with_name(stem.name + ".sentences.npy"), mmap_mode="r"))
-                docs = np.load(stem.with_name(stem.name + ".documents.npy"))
+                # An empty memmap is an error in numpy; an empty shard is not in the manifest anyway.
+                self.tokens.append(np.memmap(bin_path, dtype=self.dtype, mode="r") if sh["tokens"]
+                                   else np.zeros(0, self.dtype))
+                sent = load_index(stem.with_name(stem.name + ".sentences.npy"), sh["sentences"], sh["tokens"],
+                                   "token", mmap=True)
+                docs = load_index(stem.with_name(stem.name + ".documents.npy"), sh["documents"], sh["sentences"],
+                                   "sentence", mmap=False)
+                self.sent_off.append(sent)
             except FileNotFoundError as e:
                 raise DataError(f"{e.filename}: missing shard file; the dataset is damaged, prepare it again") from None
+            except OSError as e:
+                raise DataError(f"{e.filename or bin_path}: cannot read ({e.strerror}); the dataset is damaged, "
+                                "prepare it again") from None
             doc_parts.append(docs[:-1] + sent_base[-1])
             sent_base.append(sent_base[-1] + sh["sentences"])
         self.shard_sent = np.array(sent_base, dtype=np.int64)

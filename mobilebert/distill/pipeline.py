@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from mobilebert.atomic import SPACE_ERRORS, atomic_dir, disk_errors, write_yaml
-from mobilebert.checkpoint import load_config, load_pretrained
+from mobilebert.checkpoint import load_config, load_pretrained, require_heads
 from mobilebert.config import MobileBertConfig
 from mobilebert.distill import estimate as E
 from mobilebert.distill import steps as S
@@ -111,6 +111,11 @@ class Pipeline:
                 raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
                                   f"vocabulary ({self.vocab_size} tokens)")
         check_models(settings, self.teacher_cfg, self.student_cfg)
+        st = settings.run.stages
+        if settings.teacher.init and "teacher" not in st and settings.pd.alpha < 1.0 and (
+                "pd" in st or ("kt" in st and settings.kt.strategy == "akt")):
+            require_heads(settings.teacher.init, {"mlm"}, "teacher.init",
+                          "distillation (pd.alpha < 1) learns from its MLM logits")
         self.stages = plan(settings, self.student_cfg.num_hidden_layers)
         world = D.world_size()
         for st in self.stages:

@@ -41,6 +41,7 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
                         max_seq_length: int = 128, batch_size: int = 32, vocab=None, seed: int = 0,
                         log=print) -> QuantizeResult:
     from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
+    from mobilebert.outpaths import check_out_file
     from mobilebert.tokenizer import Tokenizer
 
     if method not in METHODS:
@@ -53,10 +54,14 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
         out = Path(out)
         if out.suffix != ".onnx":
             raise UserError(f"--out {out}: the file name must end in .onnx")
+        check_out_file(out, "--out")   # a folder in the way fails now, not after scoring both models
+    from mobilebert.checkpoint import require_heads
+
     model = load_for_export(model_dir)
     if type(model).__name__ != "MobileBertForSequenceClassification":
         raise UserError(f"{model_dir}: quantize scores sentence(-pair) classifiers; this checkpoint is a "
                         f"{type(model).__name__} (export it with `mobilebert export onnx` instead)")
+    require_heads(model_dir, {"classifier"}, "model", "the int8 model's accuracy would be that of a random head")
     vocab_path = find_vocab(model_dir, vocab)
     if vocab_path is None:
         raise UserError(f"{model_dir}: no vocab.txt or tokenizer.json in the checkpoint folder; pass --vocab")

@@ -184,6 +184,26 @@ def _glue_features(spec: TaskSpec, examples: list[Example], tokenizer, max_len: 
     return out
 
 
+UNK_LIMIT = 0.5   # more [UNK] word pieces than this share: the vocabulary is not the one for this text
+
+
+def check_vocab_fits(id_lists, tokenizer, where: str) -> None:
+    """Refuse text that the vocabulary turns mostly into [UNK] (a wrong or truncated vocab.txt): a model would
+    silently be trained or scored on [UNK]s. `id_lists` are encoded inputs (the first 2,000 are looked at: enough
+    to tell, and cheap on SQuAD-sized sets); special tokens are not counted."""
+    import itertools
+
+    ids = np.fromiter((i for seq in itertools.islice(id_lists, 2000) for i in seq), dtype=np.int64)
+    ids = ids[~np.isin(ids, [tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id])]
+    if len(ids) == 0:
+        return
+    share = float((ids == tokenizer.unk_id).mean())
+    if share > UNK_LIMIT:
+        vocab = f"the vocabulary {tokenizer.source}" if tokenizer.source else "the vocabulary"
+        raise DataError(f"{where}: {share:.0%} of its word pieces are [UNK] under {vocab} ({tokenizer.vocab_size:,} "
+                        "tokens); that vocabulary does not fit this text (use the one the model was trained with)")
+
+
 def _squad_features(examples, tokenizer, ds, is_training: bool) -> list[dict]:
     feats = squad.build_features(examples, tokenizer, ds.max_seq_length or SQUAD_SEQ, ds.doc_stride,
                                  ds.max_query_length, is_training)
@@ -204,9 +224,11 @@ def _col(value, header: bool):
 def _custom_spec(ds) -> TaskSpec:
     if not ds.text_a:
         raise ConfigError("data.text_a: a custom task needs its text column (and data.label, data.train_file)")
+    if ds.labels is not None and len({str(x) for x in ds.labels}) != len(ds.labels):
+        raise ConfigError(f"data.labels: {list(ds.labels)} lists a label twice; give each class once")
     return custom_task("custom", _col(ds.text_a, ds.header), _col(ds.text_b, ds.header), _col(ds.label, ds.header),
                        labels=ds.labels, regression=ds.regression, id_column=_col(ds.id_column, ds.header),
-                       header=ds.header, train_path=ds.train_file or ds.dev_file)
+                       header=ds.header, train_path=ds.train_file or ds.dev_file, on_bad_row=ds.on_bad_row)
 
 
 def build_task_data(ds, tokenizer, seed: int = 0, splits=("train", "dev", "test")) -> TaskData:
@@ -240,6 +262,7 @@ def build_task_data(ds, tokenizer, seed: int = 0, splits=("train", "dev", "test"
     if train is not None:
         ex = _subsample(train.examples, ds.max_train_examples, seed)
         data.train, data.skipped["train"] = _glue_features(spec, ex, tokenizer, seq), train.skipped
+        check_vocab_fits((f["input_ids"] for f in data.train), tokenizer, train.path)
     devs = [("dev", ds.dev_file)] if ds.dev_file or key == "custom" else [(sp, None) for sp, _ in spec.dev_files]
     for split, path in devs:
         res = read(split, path)
@@ -247,6 +270,7 @@ def build_task_data(ds, tokenizer, seed: int = 0, splits=("train", "dev", "test"
             ex = res.examples[:ds.max_eval_examples or None]
             data.dev[split] = (ex, _glue_features(spec, ex, tokenizer, seq))
             data.skipped[split] = res.skipped
+            check_vocab_fits((f["input_ids"] for f in data.dev[split][1]), tokenizer, res.path)
     tests = [("test", ds.test_file, spec.test_files[0][2] if spec.test_files else spec.name)] if ds.test_file \
         else [] if key == "custom" else list(spec.test_files)
     for split, path, sub_name in tests:
@@ -254,6 +278,7 @@ def build_task_data(ds, tokenizer, seed: int = 0, splits=("train", "dev", "test"
         if res is not None:
             ex = res.examples[:ds.max_eval_examples or None]
             data.test[split] = (ex, _glue_features(spec, ex, tokenizer, seq), sub_name)
+            check_vocab_fits((f["input_ids"] for f in data.test[split][1]), tokenizer, res.path)
     return data
 
 
@@ -283,6 +308,7 @@ def _build_squad(ds, tokenizer, seed: int, splits) -> TaskData:
         data.version_2 = tr.version_2
         data.train = _squad_features(_subsample(tr.examples, ds.max_train_examples, seed), tokenizer, ds, True)
         data.skipped["train"] = tr.skipped
+        check_vocab_fits((f["input_ids"] for f in data.train), tokenizer, path)
     if path := _squad_file(ds, "dev", splits):
         dv = squad.read_squad(path, is_training=False, on_bad_row=ds.on_bad_row)
         data.version_2 |= dv.version_2
@@ -290,25 +316,40 @@ def _build_squad(ds, tokenizer, seed: int, splits) -> TaskData:
         dv.examples = dv.examples[:ds.max_eval_examples or None]
         data.dev["dev"] = (dv, _squad_features(dv.examples, tokenizer, ds, False))
         data.skipped["dev"] = dv.skipped
+        check_vocab_fits((f["input_ids"] for f in data.dev["dev"][1]), tokenizer, path)
     if path := _squad_file(ds, "test", splits):
         te = squad.read_squad(path, is_training=False, on_bad_row=ds.on_bad_row, check_offsets=False)
         ex = te.examples[:ds.max_eval_examples or None]
         data.test["test"] = (ex, _squad_features(ex, tokenizer, ds, False), "predictions")
+        check_vocab_fits((f["input_ids"] for f in data.test["test"][1]), tokenizer, path)
     data.name = "SQuAD v2.0" if data.version_2 else "SQuAD v1.1"
     return data
 
 
 def load_tokenizer(ms):
     """The tokenizer named in model.tokenizer, else the one saved in the model.init checkpoint folder."""
-    from mobilebert.tokenizer import Tokenizer, TokenizerError
+    from mobilebert.presets import PRESETS
+    from mobilebert.tokenizer import Tokenizer, TokenizerError, vocab_difference
 
+    if ms.init not in PRESETS and not Path(ms.init).is_dir():
+        what = "is a file, not a checkpoint folder" if Path(ms.init).exists() else "no such checkpoint folder"
+        raise ConfigError(f"model.init: {ms.init}: {what} (nor one of the presets {', '.join(PRESETS)})")
     source = ms.tokenizer or (ms.init if Path(ms.init).is_dir() else None)
     if source is None:
         raise ConfigError(f"model.tokenizer: preset {ms.init!r} has no vocabulary; set model.tokenizer=PATH/vocab.txt")
     try:
-        return Tokenizer.from_file(source)
+        tok = Tokenizer.from_file(source)
+        init = Path(ms.init)
+        saved = None
+        if ms.tokenizer and any((init / n).is_file() for n in ("tokenizer.json", "vocab.txt")):
+            saved = Tokenizer.from_file(init)
     except TokenizerError as e:
         raise ConfigError(f"model.tokenizer: {e}") from None
+    diff = vocab_difference(tok, saved) if saved is not None else None
+    if diff:
+        raise ConfigError(f"model.tokenizer: {ms.tokenizer} is not the vocabulary saved with model.init {init} "
+                          f"({diff}); leave model.tokenizer unset to use the checkpoint's own")
+    return tok
 
 
 def _check_head(path: str, cfg, data: TaskData) -> None:
@@ -328,9 +369,12 @@ def _check_head(path: str, cfg, data: TaskData) -> None:
 
 
 def load_model_for_task(init: str, data: TaskData, tokenizer, dropout: float | None = None,
-                        classifier_dropout: float | None = None):
-    """Sequence-classification or QA model from a preset (random init) or a checkpoint folder."""
-    from mobilebert.checkpoint import load_config, load_pretrained
+                        classifier_dropout: float | None = None, fine_tuned: bool = False):
+    """Sequence-classification or QA model from a preset (random init) or a checkpoint folder.
+
+    fine_tuned: the checkpoint must hold a trained head for the task (evaluate, predict): a pre-trained or
+    other-task checkpoint, whose head would be initialised at random, is refused instead of scored."""
+    from mobilebert.checkpoint import load_config, load_pretrained, require_heads
     from mobilebert.heads import MobileBertForQuestionAnswering, MobileBertForSequenceClassification
     from mobilebert.presets import PRESETS, get_config
 
@@ -344,6 +388,9 @@ def load_model_for_task(init: str, data: TaskData, tokenizer, dropout: float | N
         model = cls(get_config(init, **overrides))
     elif Path(init).is_dir():
         _check_head(init, load_config(init), data)
+        if fine_tuned:
+            require_heads(init, {"qa"} if data.kind == "squad" else {"classifier"}, "checkpoint",
+                          "its predictions would be those of a random head; fine-tune it first (mobilebert finetune)")
         model = load_pretrained(cls, init, **overrides)
     else:
         raise ConfigError(f"model.init: {init!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
@@ -355,7 +402,7 @@ def load_model_for_task(init: str, data: TaskData, tokenizer, dropout: float | N
 
 def check_teacher(path: str, data: TaskData, tokenizer):
     """A fine-tuned teacher for the same task and vocabulary (its logits must line up with the student's)."""
-    from mobilebert.checkpoint import load_config, load_model
+    from mobilebert.checkpoint import load_config, load_model, require_heads
 
     cfg = load_config(path)
     arch = (cfg.architectures or [""])[0]
@@ -363,6 +410,8 @@ def check_teacher(path: str, data: TaskData, tokenizer):
     if not arch.endswith(want):
         raise CheckpointError(f"distill.teacher: {path} is a {arch or 'base model'}, not a fine-tuned *{want} model")
     _check_head(path, cfg, data)
+    require_heads(path, {"qa"} if data.kind == "squad" else {"classifier"}, "distill.teacher",
+                  "the student learns from its logits")
     if cfg.vocab_size < tokenizer.vocab_size:
         raise CheckpointError(f"distill.teacher: {path} has a {cfg.vocab_size}-token vocabulary, the student's "
                               f"tokenizer {tokenizer.vocab_size}")

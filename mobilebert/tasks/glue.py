@@ -49,6 +49,7 @@ class TaskSpec:
     test_files: tuple[tuple[str, str, str], ...] = ()   # (split, file, submission name)
     positive_label: str = "1"              # for F1
     hf_config: str | None = None
+    score_range: tuple[float, float] | None = None   # regression: the scale gold scores must lie on
 
     @property
     def is_regression(self) -> bool:
@@ -73,7 +74,7 @@ GLUE_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
     TaskSpec("STS-B", text_a="sentence1", text_b="sentence2", label="score", labels=None,
              metrics=("pearson", "spearmanr"), main_metric="spearmanr", id_column="index",
              test_columns=("index", "sentence1", "sentence2"), dir_name="STS-B",
-             test_files=(("test", "test.tsv", "STS-B"),), hf_config="stsb"),
+             test_files=(("test", "test.tsv", "STS-B"),), hf_config="stsb", score_range=(0.0, 5.0)),
     TaskSpec("QQP", text_a="question1", text_b="question2", label="is_duplicate", labels=_BIN,
              metrics=("accuracy", "f1"), main_metric="f1", id_column="id",
              test_columns=("id", "question1", "question2"),
@@ -115,7 +116,7 @@ def get_task(name: str) -> TaskSpec:
 def custom_task(name: str, text_a: Column, text_b: Column = None, label: Column = "label",
                 labels: list[str] | tuple[str, ...] | None = None, regression: bool = False,
                 id_column: Column = None, header: bool = True, metrics: tuple[str, ...] | None = None,
-                train_path: str | Path | None = None) -> TaskSpec:
+                train_path: str | Path | None = None, on_bad_row: str = "error") -> TaskSpec:
     """A task from your own CSV/TSV/JSONL file, described by its column names (or indices without a header).
 
     A classification task without `labels` takes the sorted label set of `train_path`.
@@ -125,10 +126,14 @@ def custom_task(name: str, text_a: Column, text_b: Column = None, label: Column 
     if not regression and labels is None:
         if train_path is None:
             raise UserError(f"task {name}: give the label list or a training file to read it from")
-        labels = scan_labels(train_path, label, header)
+        labels = scan_labels(train_path, label, header, on_bad_row)
     if not regression and len(labels) < 2:
         raise UserError(f"task {name}: a classification task needs at least 2 labels, got {list(labels)}")
     labels = None if regression else tuple(str(x) for x in labels)
+    if labels is not None and len(set(labels)) != len(labels):
+        # Two classes with one name: rows of the second would be trained and scored as the first.
+        dup = next(x for x in labels if labels.count(x) > 1)
+        raise UserError(f"task {name}: label {dup!r} is listed twice in {list(labels)}")
     if metrics is None:
         metrics = ("pearson", "spearmanr") if regression else ("accuracy", "f1") if len(labels) == 2 else ("accuracy",)
     return TaskSpec(name=name, text_a=text_a, text_b=text_b, label=label, labels=labels, metrics=tuple(metrics),
@@ -230,6 +235,10 @@ def _parse_label(task: TaskSpec, raw, line_no: int, bad) -> tuple[bool, str | fl
         if not math.isfinite(value):
             bad(line_no, f"score {raw!r} is not finite")
             return False, None
+        if task.score_range is not None and not task.score_range[0] <= value <= task.score_range[1]:
+            lo, hi = task.score_range
+            bad(line_no, f"score {raw!r} is outside {task.name}'s {lo:g}-{hi:g} scale")
+            return False, None
         return True, value
     label = str(raw).strip() if not isinstance(raw, bool) else str(int(raw))
     if label not in task.labels:
@@ -264,7 +273,7 @@ def read_examples(task: TaskSpec, path: str | Path, split: str = "train", on_bad
             try:
                 row = json.loads("\t".join(row))
             except json.JSONDecodeError as e:
-                bad(line_no, f"not valid JSON ({e.msg})")
+                bad(line_no, f"malformed JSON ({e.msg}, column {e.colno})")
                 continue
             if not isinstance(row, dict):
                 bad(line_no, "expected a JSON object")
@@ -304,17 +313,31 @@ def infer_labels(examples_raw_labels) -> tuple[str, ...]:
         return tuple(values)
 
 
-def scan_labels(path: str | Path, label: Column, header: bool = True) -> tuple[str, ...]:
-    """Collect a custom file's label set (for tasks whose label list was not given)."""
+def scan_labels(path: str | Path, label: Column, header: bool = True, on_bad_row: str = "error") -> tuple[str, ...]:
+    """Collect a custom file's label set (for tasks whose label list was not given).
+
+    A JSONL line that is not a JSON object holding the label key follows `on_bad_row`: an error naming the
+    file and line, or skipped here (and counted when the file is read for real)."""
     path, seen, hdr = Path(path), [], None
     jsonl = _file_format(path) == "jsonl"
-    for _, row in _rows(path, "tsv" if jsonl else _file_format(path)):
+    first_bad = None
+    for line_no, row in _rows(path, "tsv" if jsonl else _file_format(path)):
         if jsonl:
-            try:  # bad lines are reported when the file is read for real
+            try:
                 obj = json.loads("\t".join(row))
-                seen.append(obj[label] if not isinstance(obj[label], bool) else int(obj[label]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass
+            except json.JSONDecodeError as e:
+                problem = f"{path}:{line_no}: malformed JSON ({e.msg}, column {e.colno})"
+            else:
+                if not isinstance(obj, dict):
+                    problem = f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}"
+                elif label not in obj or obj[label] is None or isinstance(obj[label], (dict, list)):
+                    problem = f"{path}:{line_no}: no label under key {label!r}"
+                else:
+                    seen.append(obj[label] if not isinstance(obj[label], bool) else int(obj[label]))
+                    continue
+            if on_bad_row == "error":
+                raise DataError(problem + " (set on_bad_row=skip to skip such rows)")
+            first_bad = first_bad or problem
         elif header and hdr is None:
             hdr = [h.strip() for h in row]
         elif hdr is None or len(row) == len(hdr):   # malformed rows are reported by the real read
@@ -322,8 +345,12 @@ def scan_labels(path: str | Path, label: Column, header: bool = True) -> tuple[s
             if i < len(row) and row[i].strip():
                 seen.append(row[i].strip())
     if not seen:
-        raise DataError(f"{path}: no labels found in column {label!r}")
-    return infer_labels(seen)
+        raise DataError(f"{path}: no labels found in column {label!r}" + (f" ({first_bad})" if first_bad else ""))
+    labels = infer_labels(seen)
+    if len(labels) < 2 and first_bad:
+        raise DataError(f"{path}: only the label {labels[0]!r} in the rows that could be read; first bad row: "
+                        f"{first_bad}")
+    return labels
 
 
 def task_file(task: TaskSpec, data_dir: str | Path, split: str) -> Path:

@@ -74,8 +74,39 @@ class _LineFinder:
             i = self.text.find(needle)
         if i < 0:
             return 0
-        self.pos = i
+        self.pos = i + len(needle)   # ids come in file order: a repeated id is found at its second place
         return self.text.count("\n", 0, i) + 1
+
+
+def check_gold_ids(path: str | Path, data: dict) -> None:
+    """A gold file for scoring, checked the way the official scripts read it: the data/paragraphs/qas
+    nesting, each question's id and answers list; and what those scripts accept silently but makes a score
+    wrong: a question id used twice (one prediction then counts for both) and an unanswerable question
+    (is_impossible) that lists answers. One DataError naming the file, line (or JSON path) and id."""
+    path = Path(path)
+    lines, seen = _LineFinder(path), {}
+    for ai, article in enumerate(data["data"]):
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise DataError(f"{path}: data[{ai}] has no \"paragraphs\" list")
+        for pi, par in enumerate(article["paragraphs"]):
+            if not isinstance(par, dict) or not isinstance(par.get("qas"), list):
+                raise DataError(f"{path}: data[{ai}].paragraphs[{pi}] has no \"qas\" list")
+            for qi, qa in enumerate(par["qas"]):
+                where = f"data[{ai}].paragraphs[{pi}].qas[{qi}]"
+                if not isinstance(qa, dict) or not isinstance(qa.get("id"), (str, int)) or isinstance(qa["id"], bool):
+                    raise DataError(f"{path}: {where}: question without a string \"id\"")
+                qid = str(qa["id"])
+                line = lines.line_of(qid)
+                answers = qa.get("answers", [])
+                if not isinstance(answers, list) or not all(
+                        isinstance(x, dict) and isinstance(x.get("text"), str) for x in answers):
+                    raise DataError(f"{path}:{line}: question {qid}: \"answers\" must be a list of {{text, "
+                                    "answer_start}")
+                if qid in seen:
+                    raise DataError(f"{path}:{line}: question id {qid} is used twice (first on line {seen[qid]})")
+                seen[qid] = line
+                if bool(qa.get("is_impossible", False)) and answers:
+                    raise DataError(f"{path}:{line}: question {qid} has \"is_impossible\": true but lists answers")
 
 
 def read_squad(path: str | Path, is_training: bool = False, on_bad_row: str = "error",
@@ -125,8 +156,13 @@ def read_squad(path: str | Path, is_training: bool = False, on_bad_row: str = "e
                         isinstance(a, dict) and isinstance(a.get("text"), str) for a in answers):
                     report("\"answers\" must be a list of {text, answer_start}")
                     continue
+                if impossible and answers:
+                    # SQuAD v2 keeps the plausible spans of an unanswerable question under "plausible_answers":
+                    # answers here contradict the flag, and scoring would follow one or the other silently.
+                    report("\"is_impossible\" is true but it lists answers (put them under \"plausible_answers\")")
+                    continue
                 if impossible:
-                    answers = []       # v2 training files may list plausible answers elsewhere only
+                    answers = []
                 elif not answers:
                     if is_training and not version_2:
                         report("no answer (a v1.1 training question needs one)")
