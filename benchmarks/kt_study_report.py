@@ -135,7 +135,8 @@ def markdown(results: dict, budget: dict) -> str:
         z = "–" if r["zero_shot"] is None else f"{r['zero_shot']:.3f}" + (
             f" ({r['zero_shot'] / z_t:.2f}x)" if z_t and row != "teacher" else "")
         p = "–" if r["params"] is None else f"{r['params'] / 1e6:.1f}M"
-        lines.append(f"| {LABELS[row]} | {p} | {z} | " + " | ".join(_fmt(r[t], len(seeds)) for t in TASKS)
+        label = LABELS[row] if results["mode"] == "real" or row != "teacher" else "teacher (debug IB-BERT, smoke)"
+        lines.append(f"| {label} | {p} | {z} | " + " | ".join(_fmt(r[t], len(seeds)) for t in TASKS)
                      + f" | {_fmt(r['avg'], len(seeds))} |")
     lines += ["", "## Latency (ONNX Runtime, batch 1, 1 thread, seq 128, p50 / p90 ms)", ""]
     if bench:
