@@ -15,7 +15,7 @@ CONFIG = REPO / "configs" / "tiny-test.yaml"
 # Dropout off in the teacher so both runs compute the same function (ranks draw different dropout masks).
 OVERRIDES = ["teacher.overrides={num_hidden_layers: 2, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",
              "student.overrides={num_hidden_layers: 2}", "data.seq_len=32", "data.max_predictions=5",
-             "teacher.train.steps=6", "teacher.train.batch_size=8", "kt.steps=4", "kt.batch_size=8", "pd.steps=6",
+             "teacher.train.steps=6", "teacher.train.batch_size=8", "kt.steps=8", "kt.batch_size=8", "pd.steps=6",
              "pd.batch_size=8", "run.log_every=1", "run.save_every=0", "data.eval_batches=0"]
 
 

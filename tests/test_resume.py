@@ -35,7 +35,7 @@ CONFIG = REPO / "configs" / "tiny-test.yaml"
 STEPS = {"teacher": 16, "pkt-1": 8, "pkt-2": 8, "pd": 12}
 OVERRIDES = ["teacher.overrides={num_hidden_layers: 2}", "student.overrides={num_hidden_layers: 2}",
              "data.seq_len=32", "data.max_predictions=5", "teacher.train.steps=16", "teacher.train.batch_size=8",
-             "kt.steps=8", "kt.batch_size=8", "pd.steps=12", "pd.batch_size=8", "run.log_every=1",
+             "kt.steps=16", "kt.batch_size=8", "pd.steps=12", "pd.batch_size=8", "run.log_every=1",
              "run.save_every=3", "run.keep_checkpoints=2", "data.eval_batches=1"]
 SCENARIOS = {
     "workers0": [],

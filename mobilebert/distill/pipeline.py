@@ -34,7 +34,8 @@ from mobilebert.config import MobileBertConfig
 from mobilebert.distill import estimate as E
 from mobilebert.distill import steps as S
 from mobilebert.distill import transfer as T
-from mobilebert.distill.settings import StageSettings, TrainSettings, build_model_config, check_models
+from mobilebert.distill.settings import (StageSettings, TrainSettings, build_model_config, check_models, kt_schedule,
+                                        split_steps)
 from mobilebert.engine import checkpoint as C
 from mobilebert.engine import distributed as D
 from mobilebert.engine.logging import MetricsLogger
@@ -63,19 +64,37 @@ class Stage:
 
 
 def plan(s: TrainSettings, num_layers: int) -> list[Stage]:
+    """The stages of the run. KT stages get `kt.steps` in total whatever the strategy (equal compute): PKT's
+    layer stages split it evenly; the KT schedule `auto` is resolved here (`kt_schedule`)."""
     out: list[Stage] = []
     add = lambda name, kind, train, layer=None: out.append(Stage(name, kind, train, len(out), layer))
     if "teacher" in s.run.stages:
         add("teacher", "teacher", s.teacher.train)
     if "kt" in s.run.stages:
+        optim = dataclasses.replace(s.kt.optim, schedule=kt_schedule(s.kt))
         if s.kt.strategy == "pkt":
-            for l in range(1, num_layers + 1):
-                add(f"pkt-{l}", "pkt", s.kt, l)
+            for l, steps in enumerate(split_steps(s.kt.steps, num_layers), 1):
+                add(f"pkt-{l}", "pkt", dataclasses.replace(s.kt, steps=steps, optim=optim), l)
         else:
-            add(s.kt.strategy, s.kt.strategy, s.kt)
+            add(s.kt.strategy, s.kt.strategy, dataclasses.replace(s.kt, optim=optim))
     if "pd" in s.run.stages:
         add("pd", "pd", s.pd)
     return out
+
+
+def format_plan(stages: list[Stage]) -> str:
+    """One line per run of equal stages, e.g. `pkt-1 .. pkt-24: 10,000 steps each (240,000), pkt_official`."""
+    lines, i = ["plan:"], 0
+    while i < len(stages):
+        st, j = stages[i], i + 1
+        while (j < len(stages) and stages[j].kind == st.kind and stages[j].train.steps == st.train.steps
+               and st.kind == "pkt"):
+            j += 1
+        name = st.name if j == i + 1 else f"{st.name} .. {stages[j - 1].name}"
+        each = f"{st.train.steps:,} steps" + (f" each ({st.train.steps * (j - i):,})" if j > i + 1 else "")
+        lines.append(f"  {name:<20} {each}, batch {st.train.batch_size}, {st.train.optim.schedule} schedule")
+        i = j
+    return "\n".join(lines)
 
 
 class Pipeline:
@@ -323,6 +342,7 @@ class Pipeline:
             rate = E.measure_matmul_flops(self.device)
             self.estimate = E.estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
                                        s.data.max_predictions / s.data.seq_len, rate, D.world_size(), self.device.type)
+            print(format_plan(self.stages))
             print(E.format_estimate(self.estimate, rate, str(self.device)), flush=True)
             print(E.format_memory(self.memory), flush=True)
         if self.dry_run:

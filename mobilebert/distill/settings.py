@@ -41,7 +41,9 @@ class OptimSettings:
 
 @dataclass
 class KtOptimSettings(OptimSettings):
-    schedule: Literal["linear", "constant", "pkt_official"] = "pkt_official"  # GR: constant LR x PKT background
+    # auto: pkt_official for pkt (GR: constant LR x the per-stage background), linear (warm-up + decay over
+    # kt.steps, BERT's schedule) for jkt, akt and bare. `kt_schedule()` resolves it.
+    schedule: Literal["auto", "linear", "constant", "pkt_official"] = "auto"
 
 
 @dataclass
@@ -105,7 +107,8 @@ class MeanVarSettings:
 
 @dataclass
 class KtSettings(StageSettings):
-    """Knowledge transfer. PKT: `steps` per layer stage; JKT/AKT/bare: `steps` in total."""
+    """Knowledge transfer. `steps` is the total for every strategy (equal compute): PKT splits it evenly over
+    its stages (`pipeline.plan` prints the split); JKT, AKT and bare run it as one stage."""
     strategy: Literal["pkt", "jkt", "akt", "bare"] = "pkt"
     lower_layers: Literal["reduced_lr", "freeze"] = "reduced_lr"  # PKT: GR trains lower layers at 0.1x
     active_lr_scale: float = 3.0      # GR: the active layer runs at 3x the background LR
@@ -114,7 +117,7 @@ class KtSettings(StageSettings):
     fmt: FmtSettings = field(default_factory=FmtSettings)
     at: AtSettings = field(default_factory=AtSettings)
     mean_var: MeanVarSettings = field(default_factory=MeanVarSettings)
-    steps: int = 10_000
+    steps: int = 240_000              # GR --num_distill_steps (24 PKT stages x 10k)
     batch_size: int = 2048
     optim: KtOptimSettings = field(default_factory=KtOptimSettings)
 
@@ -224,6 +227,22 @@ class TrainSettings:
         kt = "kt" in self.run.stages and self.kt.strategy != "bare"
         pd = "pd" in self.run.stages and self.pd.alpha < 1.0
         return kt or pd
+
+
+def kt_schedule(kt: KtSettings) -> str:
+    """The KT optimizer schedule with `auto` resolved: pkt_official for pkt, linear for jkt/akt/bare."""
+    if kt.optim.schedule != "auto":
+        return kt.optim.schedule
+    return "pkt_official" if kt.strategy == "pkt" else "linear"
+
+
+def split_steps(total: int, stages: int, key: str = "kt.steps") -> list[int]:
+    """`total` steps over `stages` stages, as evenly as possible (the first ones take the remainder)."""
+    if total < stages:
+        raise ConfigError(f"{key}: {total} steps cannot be split over {stages} stages (one step each at least); "
+                          f"{key} is the total over all stages")
+    base, extra = divmod(total, stages)
+    return [base + (i < extra) for i in range(stages)]
 
 
 def build_model_config(ms: ModelSettings, key: str, max_len: int) -> MobileBertConfig:

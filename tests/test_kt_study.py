@@ -1,0 +1,90 @@
+"""benchmarks/kt_study.py: the smoke study runs every row and cell through the real CLI, a rerun skips finished
+cells, `--only` reruns one row's missing cells, and the real mode stops with one line where the teacher keys are
+missing."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "kt_study.py"
+ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt")
+TASKS = ("sst-2", "mrpc", "sts-b", "rte")
+
+
+def study(*args, env_data=None):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, data_dir):
+    state = tmp_path_factory.mktemp("kt-study")
+    proc = study("--smoke", "--state", state)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return state, proc
+
+
+def test_smoke_runs_every_cell(smoke):
+    state, proc = smoke
+    cells = json.loads((state / "results.json").read_text())["cells"]
+    want = {"data", "bench", "pretrain/teacher", "pretrain/random", *(f"pretrain/{r}" for r in ROWS[2:]),
+            *(f"zeroshot/{r}" for r in ROWS), *(f"finetune/{r}/{t}/1" for r in ROWS for t in TASKS)}
+    assert set(cells) == want
+    for key, rec in cells.items():
+        assert rec["wall_s"] >= 0 and rec["env"]["torch"] and rec["env"]["cores"] >= 1, key
+    assert -1 <= cells["zeroshot/pkt-fmt-at"]["spearman"] <= 1 and cells["zeroshot/teacher"]["params"] > 0
+    assert {cells[f"finetune/bare/{t}/1"]["metric"] for t in TASKS} == {"accuracy", "f1", "spearmanr"}
+    # equal compute: every pre-trained row ran the same number of steps at the same batch and length
+    runs = [cells[f"pretrain/{r}"] for r in ROWS[2:]]
+    assert len({(r["steps"], r["batch"], r["seq"]) for r in runs}) == 1
+    stages = {r: [s["stage"] for s in cells[f"pretrain/{r}"]["stages"]] for r in ROWS[2:]}
+    assert stages["bare"] == ["bare"] and stages["akt"] == ["akt"] and stages["jkt"] == ["jkt", "pd"]
+    assert stages["pkt-fmt-at"][-1] == "pd" and stages["pkt-fmt-at"][0] == "pkt-1"
+    lat = cells["bench"]["latency"]
+    assert set(lat) == {"teacher/ort-fp32", "teacher/ort-int8", "student/ort-fp32", "student/ort-int8"}
+    md = (state / "kt-study.md").read_text()
+    assert "| PKT, feature maps + attention + final stage |" in md and "Table 8: PKT > JKT > AKT" in md
+    assert (state / "kt-study.png").is_file()
+
+
+def test_rerun_skips_finished_cells_and_only_reruns_a_row(smoke):
+    state, _ = smoke
+    path = state / "results.json"
+    before = json.loads(path.read_text())
+    proc = study("--smoke", "--state", state)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "--- " not in proc.stdout  # no cell ran again
+    assert json.loads(path.read_text()) == before
+    # drop one fine-tuning cell of one row: --only that row runs exactly that cell again
+    data = json.loads(path.read_text())
+    del data["cells"]["finetune/jkt/rte/1"]
+    path.write_text(json.dumps(data))
+    proc = study("--smoke", "--state", state, "--only", "jkt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = [line[4:] for line in proc.stdout.splitlines() if line.startswith("--- ")]
+    assert ran == ["finetune/jkt/rte/1"]
+    assert set(json.loads(path.read_text())["cells"]) == set(before["cells"])
+
+
+def test_report_only_rerenders(smoke, tmp_path):
+    state, _ = smoke
+    proc = study("--smoke", "--state", state, "--report", "--out", tmp_path)
+    assert proc.returncode == 0 and "--- " not in proc.stdout
+    assert (tmp_path / "kt-study.md").read_text() == (state / "kt-study.md").read_text()
+
+
+def test_real_mode_names_the_missing_teacher_keys(tmp_path):
+    """Until `teacher.init=` a BERT folder and `student.preset=from-teacher` exist, the real study stops at once."""
+    from mobilebert.presets import PRESETS
+
+    if "from-teacher" in PRESETS:
+        pytest.skip("this checkout has student.preset=from-teacher")
+    proc = study("--state", tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("kt_study: row bare: the real study needs `teacher.init=` a BERT folder"), last
+    assert not (tmp_path / "shards").exists() and not (tmp_path / "pretrain").exists()
