@@ -3,7 +3,9 @@
 Paper §3.5 and §4; the stages of one run (any subset, in this order):
     teacher      IB-BERT (or any preset) pre-trained with MLM + NSP                     -> OUT/teacher
     kt           pkt: one stage per layer `pkt-1 .. pkt-L`; jkt: one stage `jkt`; akt: one stage `akt`
-                 (layer losses + PD in one loss); bare: `bare` (MLM + NSP, no teacher)
+                 (layer losses + PD in one loss); bare: `bare` (MLM + NSP, no teacher). When the
+                 embeddings cannot be copied from the teacher (a BERT teacher), a first stage `emb`
+                 learns them (issue 11; distill/shapes.py and teacher.py bridge teachers of other shapes)
     pd           pre-training distillation `pd`                                         -> OUT/student
 Every stage runs through the shared `engine.train_loop`, checkpoints every `run.save_every` steps and at
 its end, and resumes mid-stage (`--resume`) from OUT/checkpoints/latest. Each stage draws its batches from
@@ -31,7 +33,9 @@ import yaml
 from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
 from mobilebert.distill import estimate as E
+from mobilebert.distill import shapes as SH
 from mobilebert.distill import steps as S
+from mobilebert.distill import teacher as TK
 from mobilebert.distill import transfer as T
 from mobilebert.distill.settings import StageSettings, TrainSettings, build_model_config, check_models
 from mobilebert.engine import checkpoint as C
@@ -50,19 +54,22 @@ RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every
 
 @dataclass
 class Stage:
-    name: str                 # teacher | pkt-<l> | jkt | akt | bare | pd
-    kind: str                 # teacher | pkt | jkt | akt | bare | pd
+    name: str                 # teacher | emb | pkt-<l> | jkt | akt | bare | pd
+    kind: str                 # teacher | emb | pkt | jkt | akt | bare | pd
     train: StageSettings
     index: int
-    layer: int | None = None  # PKT: 1-based layer this stage trains
+    layer: int | None = None  # PKT: 1-based layer this stage trains (emb: 0, the embedding output)
+    teacher_layer: int | None = None  # the teacher layer it learns from (the layer map's m_l)
 
 
-def plan(s: TrainSettings, num_layers: int) -> list[Stage]:
+def plan(s: TrainSettings, num_layers: int, emb: bool = False) -> list[Stage]:
     out: list[Stage] = []
     add = lambda name, kind, train, layer=None: out.append(Stage(name, kind, train, len(out), layer))
     if "teacher" in s.run.stages:
         add("teacher", "teacher", s.teacher.train)
     if "kt" in s.run.stages:
+        if emb:
+            add("emb", "emb", s.kt, 0)
         if s.kt.strategy == "pkt":
             for l in range(1, num_layers + 1):
                 add(f"pkt-{l}", "pkt", s.kt, l)
@@ -91,18 +98,35 @@ class Pipeline:
             print(f"note: {e} (ignored by --dry-run)")
             self.vocab_size = 0
         seq = settings.data.seq_len
-        self.student_cfg = (load_config(settings.student.init) if settings.student.init
-                            else build_model_config(settings.student, "student", seq))
+        from_teacher = settings.student.preset == SH.FROM_TEACHER and not settings.student.init
         self.teacher_cfg = None
-        if settings.needs_teacher() or "teacher" in settings.run.stages:
-            self.teacher_cfg = (load_config(settings.teacher.init) if settings.teacher.init
+        if settings.needs_teacher() or "teacher" in settings.run.stages or from_teacher:
+            if not (settings.teacher.init or "teacher" in settings.run.stages):
+                raise ConfigError(f"student.preset: {SH.FROM_TEACHER} is shaped from the teacher; give teacher.init "
+                                  "or add `teacher` to run.stages")
+            self.teacher_cfg = (TK.teacher_config(settings.teacher.init) if settings.teacher.init
                                 else build_model_config(settings.teacher, "teacher", seq))
+            if self.teacher_cfg.max_position_embeddings < seq:
+                raise ConfigError(f"data.seq_len: {seq} is longer than the teacher's max_position_embeddings="
+                                  f"{self.teacher_cfg.max_position_embeddings}")
+        if from_teacher:
+            self.student_cfg = SH.from_teacher_config(self.teacher_cfg, settings.student.overrides)
+            if self.student_cfg.max_position_embeddings < seq:
+                raise ConfigError(f"data.seq_len: {seq} is longer than student max_position_embeddings="
+                                  f"{self.student_cfg.max_position_embeddings}")
+        else:
+            self.student_cfg = (load_config(settings.student.init) if settings.student.init
+                                else build_model_config(settings.student, "student", seq))
         for key, cfg in (("student", self.student_cfg), ("teacher", self.teacher_cfg)):
             if cfg is not None and cfg.vocab_size < self.vocab_size:
                 raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
                                   f"vocabulary ({self.vocab_size} tokens)")
         check_models(settings, self.teacher_cfg, self.student_cfg)
-        self.stages = plan(settings, self.student_cfg.num_hidden_layers)
+        self._check_transfer()
+        self.stages = plan(settings, self.student_cfg.num_hidden_layers, emb=self.emb_stage)
+        for st in self.stages:
+            if st.kind in ("emb", "pkt"):
+                st.teacher_layer = self.layer_map[st.layer - 1] if st.layer else 0
         world = D.world_size()
         for st in self.stages:
             if st.train.batch_size % (world * st.train.grad_accum):
@@ -113,6 +137,10 @@ class Pipeline:
             raise ConfigError("run.precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
         self.teacher: MobileBertForPreTraining | None = None
         self.student: MobileBertForPreTraining | None = None
+        self.proj: SH.Projections | None = None
+        if self.project:  # created here, from its own seed, so a resumed run builds the same ones
+            self.proj = SH.Projections(self.student_cfg.hidden_size, self.teacher_cfg.hidden_size,
+                                       self.student_cfg.num_hidden_layers, seed=settings.run.seed).to(self.device)
         self.summaries: list[dict] = []
         D.barrier()  # every rank has checked the run folder before rank 0 writes into it
 
@@ -135,7 +163,9 @@ class Pipeline:
         d = self.s.data
         self.shards = Path(d.shards) if d.shards else self.out / "data"
         if d.shards or (self.resume and (self.shards / "manifest.json").is_file()):
-            self.vocab_size = int(load_manifest(self.shards)["vocab_size"])
+            manifest = load_manifest(self.shards)
+            self.vocab_size = int(manifest["vocab_size"])
+            self.data_tokens, self.data_vocab_source = manifest.get("vocab"), f"{self.shards}/manifest.json"
             return
         try:
             sources, _ = resolve_corpus(d.corpus, d.skip_bad_files, exclude=[self.out])
@@ -149,6 +179,63 @@ class Pipeline:
         except TokenizerError as e:
             raise ConfigError(f"data.vocab: {e}") from None
         self.vocab_size = self.tokenizer.backend.get_vocab_size()
+        from mobilebert.data.shards import vocab_list
+        self.data_tokens, self.data_vocab_source = vocab_list(self.tokenizer), f"data.vocab {d.vocab}"
+
+    def _check_transfer(self) -> None:
+        """How teacher and student of (possibly) different shapes are bridged (issue 11); errors name the key."""
+        s, t, st = self.s, self.teacher_cfg, self.student_cfg
+        kt = "kt" in s.run.stages and s.kt.strategy != "bare"
+        self.teacher_heads = {"mlm": True, "nsp": True}  # a teacher trained by this run has both
+        self.layer_map = list(range(1, st.num_hidden_layers + 1))
+        self.project = self.emb_stage = self.copy_embeddings = self.svd_init = False
+        self.pd_fmt_weight = 0.0
+        if t is None or not s.needs_teacher():
+            return
+        if s.teacher.init and "teacher" not in s.run.stages:
+            self.teacher_heads = TK.checkpoint_heads(s.teacher.init)
+            if getattr(self, "data_tokens", None):
+                TK.check_vocab(s.teacher.init, self.data_tokens, self.data_vocab_source, t.vocab_size)
+        if kt:
+            self.layer_map = SH.layer_map(s.kt.layer_map, st.num_hidden_layers, t.num_hidden_layers)
+        copyable, fresh = T.can_copy_embeddings(t, st), not s.student.init
+        self.copy_embeddings = kt and s.kt.copy_from_teacher and copyable and fresh
+        want = s.kt.embedding_stage
+        self.emb_stage = kt and (want is True or (want == "auto" and not copyable and fresh))
+        self.svd_init = self.emb_stage and fresh and t.vocab_size == st.vocab_size
+        if s.pd.fmt_weight is not None:
+            self.pd_fmt_weight = s.pd.fmt_weight
+        elif "pd" in s.run.stages and s.pd.alpha < 1.0 and not self.teacher_heads["mlm"]:
+            self.pd_fmt_weight = s.kt.fmt.weight  # no teacher logits: last-layer feature maps teach instead
+        self.project = t.hidden_size != st.hidden_size and (kt or self.pd_fmt_weight > 0)
+
+    def describe_transfer(self) -> list[str]:
+        """The lines the run prints about its teacher and how it bridges the two models' shapes."""
+        s, t, st = self.s, self.teacher_cfg, self.student_cfg
+        if t is None or not s.needs_teacher():
+            return []
+        src = "trained in this run" if "teacher" in s.run.stages else s.teacher.init
+        lines = [f"teacher: {t.model_type}, {t.num_hidden_layers} layers, hidden {t.hidden_size}, "
+                 f"{t.num_attention_heads} heads ({src}); student: {st.num_hidden_layers} layers, hidden "
+                 f"{st.hidden_size}, {st.num_attention_heads} heads",
+                 TK.heads_line(self.teacher_heads, self.pd_fmt_weight if "pd" in s.run.stages else 0.0)]
+        if "kt" in s.run.stages and s.kt.strategy != "bare":
+            pairs = ", ".join(f"{l}<-{m}" for l, m in enumerate(self.layer_map, 1))
+            lines.append(f"layer map (student<-teacher): {pairs}")
+            lines.append(f"feature maps: {st.hidden_size} -> {t.hidden_size} through learned projections "
+                         "(trained in KT, not exported)" if self.project else
+                         f"feature maps: equal width {t.hidden_size}, compared directly")
+            if s.kt.at.weight:
+                h = min(t.num_attention_heads, st.num_attention_heads)
+                lines.append(f"attention: {t.num_attention_heads} teacher / {st.num_attention_heads} student heads"
+                             + (" compared one to one" if t.num_attention_heads == st.num_attention_heads else
+                                f", distributions averaged over groups of heads down to {h}"))
+            emb = ("copied from the teacher" if self.copy_embeddings else
+                   "learnt in the first stage `emb`" + (" (word embeddings from a truncated SVD of the teacher's)"
+                                                        if self.svd_init else "") if self.emb_stage else
+                   "not copied (kt.copy_from_teacher=false or student.init) and no emb stage")
+            lines.append(f"embeddings: {emb}")
+        return lines
 
     # ------------------------------------------------------------------ helpers
     def _data(self, stage_seed: int):
@@ -182,7 +269,7 @@ class Pipeline:
         return final
 
     def _load_teacher(self) -> None:
-        src = self.out / "teacher" if "teacher" in self.s.run.stages else Path(self.s.teacher.init)
+        src = self.out / "teacher" if "teacher" in self.s.run.stages else TK.resolve_folder(self.s.teacher.init)
         self.teacher = T.freeze(self._new_model(self.teacher_cfg, str(src)).eval())
 
     def _setup_student(self, stage: Stage) -> None:
@@ -190,8 +277,14 @@ class Pipeline:
         if self.student is not None:
             return
         self.student = self._new_model(self.student_cfg, self.s.student.init)
-        if (stage.kind in ("pkt", "jkt", "akt") and self.s.kt.copy_from_teacher and not self.s.student.init):
+        if stage.kind in ("pkt", "jkt", "akt") and self.copy_embeddings:
             T.copy_from_teacher(self.teacher, self.student)
+        elif stage.kind == "emb" and self.svd_init:
+            info = T.svd_init_embeddings(self.teacher, self.student)
+            if D.is_main():
+                print(f"emb: word embeddings from a rank-{info['rank']} SVD of the teacher's ({info['energy']:.1%} "
+                      f"of their energy); also initialised: {', '.join(info['copied'][1:]) or 'nothing else'}",
+                      flush=True)
 
     # ------------------------------------------------------------------ one stage
     def _run_stage(self, stage: Stage, logger, start: int = 0, ckpt: Path | None = None) -> dict:
@@ -209,30 +302,41 @@ class Pipeline:
             # GR builds the student with is_training=False under a teacher: no dropout in KT and PD.
             model = self.student.train(stage.kind == "bare")
         scale = T.stage_plan(stage.kind, L, stage.layer, s.kt.lower_layers, s.kt.active_lr_scale, s.kt.lower_lr_scale)
-        trainable, total = T.apply_plan(model, scale)
+        # The trained module: the model, plus the width projections in student stages (optimizer, DDP, checkpoints).
+        proj = self.proj if stage.kind != "teacher" else None
+        trained = S.Forward(model, proj)
+        scale = T.forward_plan(scale, T.projection_scales(stage.kind, L, stage.layer, s.kt.active_lr_scale,
+                                                          self.pd_fmt_weight > 0) if proj is not None else {})
+        trainable, total = T.apply_plan(trained, scale)
         o = stage.train.optim
-        opt = build_optimizer(model, o.name, o.lr, o.weight_decay, eps=o.eps, lr_scale=scale)
+        opt = build_optimizer(trained, o.name, o.lr, o.weight_decay, eps=o.eps, lr_scale=scale)
         sched = build_schedule(opt, o.schedule, o.warmup_steps, stage.train.steps, o.end_lr_ratio)
         loop_state = None
         if ckpt is not None:
             state = C.load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched)
             loop_state = state["extra"].get("loop")
-        fwd, teacher = D.wrap_ddp(S.Forward(model)), self.teacher
+            self._load_projections(state, ckpt)
+        fwd, teacher = D.wrap_ddp(trained), self.teacher
         if s.run.compile:
             # torch.compile the trained forward (through DDP) and, in KT/PD, the frozen teacher; the weights
             # stay in `model`, so checkpoints and exports are unchanged. It pays off on a GPU.
             fwd = torch.compile(fwd)
             if teacher is not None and teacher is not model:
                 teacher = torch.compile(teacher)
+        logits = self.teacher_heads["mlm"]
         if stage.kind in ("teacher", "bare"):
             loss_fn = S.MlmNspLoss()
         elif stage.kind == "pd":
-            loss_fn = S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature)
+            loss_fn = S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits,
+                                         fmt_weight=self.pd_fmt_weight, fmt_layers=(L, self.layer_map[-1]),
+                                         fmt_standardize=s.kt.fmt.standardize, fmt_mask_padding=s.kt.fmt.mask_padding)
         else:
-            pd = S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature) if stage.kind == "akt" else None
-            layers = [stage.layer] if stage.kind == "pkt" else list(range(1, L + 1))
-            depth = stage.layer if stage.kind == "pkt" else None
-            loss_fn = S.TransferLoss(teacher, s.kt, layers, L, depth, pd)
+            pd = (S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits)
+                  if stage.kind == "akt" else None)
+            layers = [stage.layer] if stage.kind in ("pkt", "emb") else list(range(1, L + 1))
+            depth = stage.layer if stage.kind in ("pkt", "emb") else None
+            loss_fn = S.TransferLoss(teacher, s.kt, layers, L, depth, pd, layer_map=self.layer_map,
+                                     student_heads=self.student_cfg.num_attention_heads)
         data = self._data(self._stage_seed(stage.name))
         bs, rank, world = stage.train.batch_size, D.rank(), D.world_size()
         # this rank's slice of the global batch of `step`; built ahead in worker processes when data.workers > 0
@@ -246,9 +350,12 @@ class Pipeline:
         settings_dict = dataclasses.asdict(s)
 
         def checkpoint_fn(step: int, state: dict) -> None:
+            extra = {"loop": state}
+            if proj is not None:  # in the training checkpoint only: the exported student never holds them
+                extra["kt_projections"] = {k: v.detach().cpu() for k, v in proj.state_dict().items()}
             C.save_checkpoint(self.out, C.checkpoint_name(stage.name, step), model=model, optimizer=opt,
                               scheduler=sched, step=step, stage=stage.name, data_position=step * bs,
-                              settings=settings_dict, extra={"loop": state}, keep=s.run.keep_checkpoints)
+                              settings=settings_dict, extra=extra, keep=s.run.keep_checkpoints)
 
         cfg = LoopConfig(max_steps=stage.train.steps, grad_accum=stage.train.grad_accum,
                          clip_grad_norm=o.clip_grad_norm or None, log_every=s.run.log_every,
@@ -276,6 +383,8 @@ class Pipeline:
             self.estimate = E.estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
                                        s.data.max_predictions / s.data.seq_len, rate, D.world_size(), self.device.type)
             print(E.format_estimate(self.estimate, rate, str(self.device)), flush=True)
+            for line in self.describe_transfer():
+                print(line, flush=True)
         if self.dry_run:
             return 0
         fresh = not self.out.exists()
@@ -340,3 +449,14 @@ class Pipeline:
             self._load_teacher()
         self.student = self._new_model(self.student_cfg, None)
         C.load_model_weights(self.student, ckpt)
+        if self.proj is not None:
+            self._load_projections(C.load_checkpoint(ckpt, restore_rng=False), ckpt)
+
+    def _load_projections(self, state: dict, ckpt: Path) -> None:
+        if self.proj is None:
+            return
+        saved = state["extra"].get("kt_projections")
+        if saved is None:
+            raise C.CheckpointError(f"{ckpt}: holds no kt_projections, but this run projects feature maps "
+                                    f"({self.student_cfg.hidden_size} -> {self.teacher_cfg.hidden_size})")
+        self.proj.load_state_dict(saved)
