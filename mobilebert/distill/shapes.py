@@ -121,7 +121,8 @@ class Projections(nn.Module):
 
     def __init__(self, student_width: int, teacher_width: int, num_layers: int, seed: int = 0):
         super().__init__()
-        self.maps = nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in range(num_layers + 1))
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's own init draws from the global RNG
+            self.maps = nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in range(num_layers + 1))
         gen = torch.Generator().manual_seed(seed)
         bound = 1.0 / math.sqrt(student_width)  # nn.Linear's default range
         with torch.no_grad():
