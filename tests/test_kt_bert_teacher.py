@@ -121,7 +121,7 @@ def test_teacher_folder_kinds(tiny_bert, tmp_path):
 def test_tiny_bert_teacher_of_other_shape_end_to_end_and_exact_resume(tmp_path, tiny_bert, data_dir):
     run = tmp_path / "run"
     args = [f"teacher.init={tiny_bert}", "student.preset=debug-mobilebert", "student.overrides={num_hidden_layers: 2}",
-            "run.save_every=1", "run.keep_checkpoints=100", *SMALL, *data_args(data_dir)]
+            "run.save_every=1", "run.keep_checkpoints=100", *SMALL, "kt.steps=9", *data_args(data_dir)]
     proc = train(["--out", run, *args])
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -140,12 +140,13 @@ def test_tiny_bert_teacher_of_other_shape_end_to_end_and_exact_resume(tmp_path, 
     assert not any("maps" in k for k in load_file(str(ckpts[0] / "model.safetensors")))
     check_export(run / "student")
 
-    # Resume mid-pkt-2 (projection 2 half trained) and at the pkt-2/pd boundary: the same student, bit for bit.
+    # Resume mid-pkt-2 (projection 2 partly trained) and at the pkt-2/pd boundary: the same student, bit for bit.
     final = load_file(str(run / "student" / "model.safetensors"))
     pkt2_end = ckpts[-1]  # the stage boundary before pd, whose feature-map term reads projection 2
     pristine = tmp_path / "pristine"
     shutil.copytree(run, pristine)
-    for ckpt in (ckpts[0], pkt2_end):
+    # (not step 1: pkt_official's LR is 0 at a stage's first step, so nothing has moved yet)
+    for ckpt in (ckpts[1], pkt2_end):
         shutil.rmtree(run)
         shutil.copytree(pristine, run)  # the same run.out: --resume checks it is the run it continues
         (run / "checkpoints" / "latest").write_text(ckpt.name + "\n")
@@ -179,7 +180,8 @@ def test_teacher_that_is_not_bert_family(tmp_path, data_dir, capsys):
     _one_line_error(code, err, out, "teacher.init", "gpt2", "not BERT-family")
     st = tmp_path / "st"
     st.mkdir()
-    (st / "modules.json").write_text(json.dumps([{"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    pooling = {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}
+    (st / "modules.json").write_text(json.dumps([pooling]))
     code, err = _train_in_process(["--out", out, f"teacher.init={st}", *SMALL, *data_args(data_dir)], capsys)
     _one_line_error(code, err, out, "teacher.init", "modules.json")
 

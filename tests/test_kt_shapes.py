@@ -113,7 +113,8 @@ def test_projections_carry_feature_maps_to_the_teacher_width_and_train_with_thei
     loss, logs = loss_fn(fwd, b, totals(loss_fn, b))
     with torch.no_grad():
         th = teacher.base_model(b["input_ids"], b["attention_mask"], output_hidden_states=True).hidden_states[4]
-        sh = proj(2, student.base_model(b["input_ids"], b["attention_mask"], output_hidden_states=True).hidden_states[2])
+        sh = student.base_model(b["input_ids"], b["attention_mask"], output_hidden_states=True).hidden_states[2]
+        sh = proj(2, sh)
     assert sh.shape[-1] == th.shape[-1] == 48
     torch.testing.assert_close(logs["fmt"], L.feature_map_loss(th, sh, standardize_maps=True) * 100 / 2)
     beta, gamma = L.mean_var_loss(th, sh)  # the mean/variance terms read the projected map too
@@ -240,7 +241,8 @@ def test_svd_init_reproduces_the_teachers_word_embeddings_at_rank_e():
     torch.testing.assert_close(emb.word_embeddings.weight @ W[:, 16:32].t(), best, rtol=1e-4, atol=1e-5)
     assert not W[:, :16].any() and not W[:, 32:].any() and not emb.embedding_transformation.bias.any()
     assert torch.equal(emb.position_embeddings.weight, teacher.base_model.embeddings.position_embeddings.weight)
-    assert info["rank"] == 16 and math.isclose(info["energy"], float(s[:16].pow(2).sum() / s.pow(2).sum()), rel_tol=1e-5)
+    assert info["rank"] == 16
+    assert math.isclose(info["energy"], float(s[:16].pow(2).sum() / s.pow(2).sum()), rel_tol=1e-5)
     # a lone token (no neighbours): the pre-norm embedding is the teacher's rank-16 word vector + position + type
     ids = torch.tensor([[7]])
     with torch.no_grad():
@@ -307,3 +309,24 @@ def test_pd_with_teacher_logits_is_unchanged_by_default():
     pd = S.DistillationLoss(teacher, 0.5)
     loss, logs = pd(S.Forward(student), b, totals(pd, b))
     assert "fmt" not in logs and logs["kd"] > 0 and set(totals(pd, b)) == {"mlm", "seq"}
+
+
+# ------------------------------------------------------------------------------------------ the run's bridge
+def test_bridge_keeps_the_equal_shape_run_as_it_was_and_bridges_a_bert_teacher():
+    from mobilebert.distill.bridge import describe, plan_bridge
+    from mobilebert.distill.settings import TrainSettings
+
+    s = TrainSettings()
+    same = plan_bridge(s, get_config("debug-ibbert"), get_config("debug-mobilebert"))
+    assert (same.copy_embeddings, same.emb_stage, same.project, same.pd_fmt_weight) == (True, False, False, 0.0)
+    assert same.layer_map == [1, 2, 3, 4] and same.teacher_heads == {"mlm": True, "nsp": True}
+    bert = plan_bridge(s, bert_cfg(hidden=48, layers=6, heads=8), get_config("debug-mobilebert"))
+    assert (bert.copy_embeddings, bert.emb_stage, bert.svd_init, bert.project) == (False, True, False, True)
+    assert bert.layer_map == [2, 3, 5, 6]  # vocabularies 120 vs 30522: no SVD init
+    s.kt.embedding_stage = False
+    assert not plan_bridge(s, bert_cfg(hidden=48, layers=6, heads=8), get_config("debug-mobilebert")).emb_stage
+    s.kt.embedding_stage, s.run.stages = True, ["kt"]
+    forced = plan_bridge(s, get_config("debug-ibbert"), get_config("debug-mobilebert"))
+    assert forced.emb_stage and forced.copy_embeddings
+    lines = describe(bert, TrainSettings(), bert_cfg(hidden=48, layers=6, heads=8), get_config("debug-mobilebert"))
+    assert "feature maps: 64 -> 48 through learned projections (trained in KT, not exported)" in lines

@@ -32,6 +32,7 @@ import yaml
 
 from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
+from mobilebert.distill import bridge as B
 from mobilebert.distill import estimate as E
 from mobilebert.distill import shapes as SH
 from mobilebert.distill import steps as S
@@ -43,7 +44,7 @@ from mobilebert.engine import distributed as D
 from mobilebert.engine.logging import MetricsLogger
 from mobilebert.engine.loop import LoopConfig, train_loop
 from mobilebert.engine.optim import build_optimizer, build_schedule
-from mobilebert.errors import ConfigError, DataError
+from mobilebert.errors import CheckpointError, ConfigError, DataError
 from mobilebert.heads import MobileBertForPreTraining
 from mobilebert.settings import check_unchanged
 
@@ -122,11 +123,12 @@ class Pipeline:
                 raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
                                   f"vocabulary ({self.vocab_size} tokens)")
         check_models(settings, self.teacher_cfg, self.student_cfg)
-        self._check_transfer()
-        self.stages = plan(settings, self.student_cfg.num_hidden_layers, emb=self.emb_stage)
+        self.bridge = B.plan_bridge(settings, self.teacher_cfg, self.student_cfg, getattr(self, "data_tokens", None),
+                                    getattr(self, "data_vocab_source", ""))
+        self.stages = plan(settings, self.student_cfg.num_hidden_layers, emb=self.bridge.emb_stage)
         for st in self.stages:
             if st.kind in ("emb", "pkt"):
-                st.teacher_layer = self.layer_map[st.layer - 1] if st.layer else 0
+                st.teacher_layer = self.bridge.layer_map[st.layer - 1] if st.layer else 0
         world = D.world_size()
         for st in self.stages:
             if st.train.batch_size % (world * st.train.grad_accum):
@@ -138,7 +140,7 @@ class Pipeline:
         self.teacher: MobileBertForPreTraining | None = None
         self.student: MobileBertForPreTraining | None = None
         self.proj: SH.Projections | None = None
-        if self.project:  # created here, from its own seed, so a resumed run builds the same ones
+        if self.bridge.project:  # created here, from its own seed, so a resumed run builds the same ones
             self.proj = SH.Projections(self.student_cfg.hidden_size, self.teacher_cfg.hidden_size,
                                        self.student_cfg.num_hidden_layers, seed=settings.run.seed).to(self.device)
         self.summaries: list[dict] = []
@@ -182,61 +184,6 @@ class Pipeline:
         from mobilebert.data.shards import vocab_list
         self.data_tokens, self.data_vocab_source = vocab_list(self.tokenizer), f"data.vocab {d.vocab}"
 
-    def _check_transfer(self) -> None:
-        """How teacher and student of (possibly) different shapes are bridged (issue 11); errors name the key."""
-        s, t, st = self.s, self.teacher_cfg, self.student_cfg
-        kt = "kt" in s.run.stages and s.kt.strategy != "bare"
-        self.teacher_heads = {"mlm": True, "nsp": True}  # a teacher trained by this run has both
-        self.layer_map = list(range(1, st.num_hidden_layers + 1))
-        self.project = self.emb_stage = self.copy_embeddings = self.svd_init = False
-        self.pd_fmt_weight = 0.0
-        if t is None or not s.needs_teacher():
-            return
-        if s.teacher.init and "teacher" not in s.run.stages:
-            self.teacher_heads = TK.checkpoint_heads(s.teacher.init)
-            if getattr(self, "data_tokens", None):
-                TK.check_vocab(s.teacher.init, self.data_tokens, self.data_vocab_source, t.vocab_size)
-        if kt:
-            self.layer_map = SH.layer_map(s.kt.layer_map, st.num_hidden_layers, t.num_hidden_layers)
-        copyable, fresh = T.can_copy_embeddings(t, st), not s.student.init
-        self.copy_embeddings = kt and s.kt.copy_from_teacher and copyable and fresh
-        want = s.kt.embedding_stage
-        self.emb_stage = kt and (want is True or (want == "auto" and not copyable and fresh))
-        self.svd_init = self.emb_stage and fresh and t.vocab_size == st.vocab_size
-        if s.pd.fmt_weight is not None:
-            self.pd_fmt_weight = s.pd.fmt_weight
-        elif "pd" in s.run.stages and s.pd.alpha < 1.0 and not self.teacher_heads["mlm"]:
-            self.pd_fmt_weight = s.kt.fmt.weight  # no teacher logits: last-layer feature maps teach instead
-        self.project = t.hidden_size != st.hidden_size and (kt or self.pd_fmt_weight > 0)
-
-    def describe_transfer(self) -> list[str]:
-        """The lines the run prints about its teacher and how it bridges the two models' shapes."""
-        s, t, st = self.s, self.teacher_cfg, self.student_cfg
-        if t is None or not s.needs_teacher():
-            return []
-        src = "trained in this run" if "teacher" in s.run.stages else s.teacher.init
-        lines = [f"teacher: {t.model_type}, {t.num_hidden_layers} layers, hidden {t.hidden_size}, "
-                 f"{t.num_attention_heads} heads ({src}); student: {st.num_hidden_layers} layers, hidden "
-                 f"{st.hidden_size}, {st.num_attention_heads} heads",
-                 TK.heads_line(self.teacher_heads, self.pd_fmt_weight if "pd" in s.run.stages else 0.0)]
-        if "kt" in s.run.stages and s.kt.strategy != "bare":
-            pairs = ", ".join(f"{l}<-{m}" for l, m in enumerate(self.layer_map, 1))
-            lines.append(f"layer map (student<-teacher): {pairs}")
-            lines.append(f"feature maps: {st.hidden_size} -> {t.hidden_size} through learned projections "
-                         "(trained in KT, not exported)" if self.project else
-                         f"feature maps: equal width {t.hidden_size}, compared directly")
-            if s.kt.at.weight:
-                h = min(t.num_attention_heads, st.num_attention_heads)
-                lines.append(f"attention: {t.num_attention_heads} teacher / {st.num_attention_heads} student heads"
-                             + (" compared one to one" if t.num_attention_heads == st.num_attention_heads else
-                                f", distributions averaged over groups of heads down to {h}"))
-            emb = ("copied from the teacher" if self.copy_embeddings else
-                   "learnt in the first stage `emb`" + (" (word embeddings from a truncated SVD of the teacher's)"
-                                                        if self.svd_init else "") if self.emb_stage else
-                   "not copied (kt.copy_from_teacher=false or student.init) and no emb stage")
-            lines.append(f"embeddings: {emb}")
-        return lines
-
     # ------------------------------------------------------------------ helpers
     def _data(self, stage_seed: int):
         from mobilebert.data import MaskingConfig, PretrainingData
@@ -277,9 +224,9 @@ class Pipeline:
         if self.student is not None:
             return
         self.student = self._new_model(self.student_cfg, self.s.student.init)
-        if stage.kind in ("pkt", "jkt", "akt") and self.copy_embeddings:
+        if stage.kind in ("pkt", "jkt", "akt") and self.bridge.copy_embeddings:
             T.copy_from_teacher(self.teacher, self.student)
-        elif stage.kind == "emb" and self.svd_init:
+        elif stage.kind == "emb" and self.bridge.svd_init:
             info = T.svd_init_embeddings(self.teacher, self.student)
             if D.is_main():
                 print(f"emb: word embeddings from a rank-{info['rank']} SVD of the teacher's ({info['energy']:.1%} "
@@ -305,8 +252,9 @@ class Pipeline:
         # The trained module: the model, plus the width projections in student stages (optimizer, DDP, checkpoints).
         proj = self.proj if stage.kind != "teacher" else None
         trained = S.Forward(model, proj)
+        bridge = self.bridge
         scale = T.forward_plan(scale, T.projection_scales(stage.kind, L, stage.layer, s.kt.active_lr_scale,
-                                                          self.pd_fmt_weight > 0) if proj is not None else {})
+                                                          bridge.pd_fmt_weight > 0) if proj is not None else {})
         trainable, total = T.apply_plan(trained, scale)
         o = stage.train.optim
         opt = build_optimizer(trained, o.name, o.lr, o.weight_decay, eps=o.eps, lr_scale=scale)
@@ -323,19 +271,19 @@ class Pipeline:
             fwd = torch.compile(fwd)
             if teacher is not None and teacher is not model:
                 teacher = torch.compile(teacher)
-        logits = self.teacher_heads["mlm"]
+        logits = bridge.teacher_heads["mlm"]
         if stage.kind in ("teacher", "bare"):
             loss_fn = S.MlmNspLoss()
         elif stage.kind == "pd":
             loss_fn = S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits,
-                                         fmt_weight=self.pd_fmt_weight, fmt_layers=(L, self.layer_map[-1]),
+                                         fmt_weight=bridge.pd_fmt_weight, fmt_layers=(L, bridge.layer_map[-1]),
                                          fmt_standardize=s.kt.fmt.standardize, fmt_mask_padding=s.kt.fmt.mask_padding)
         else:
             pd = (S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits)
                   if stage.kind == "akt" else None)
             layers = [stage.layer] if stage.kind in ("pkt", "emb") else list(range(1, L + 1))
             depth = stage.layer if stage.kind in ("pkt", "emb") else None
-            loss_fn = S.TransferLoss(teacher, s.kt, layers, L, depth, pd, layer_map=self.layer_map,
+            loss_fn = S.TransferLoss(teacher, s.kt, layers, L, depth, pd, layer_map=bridge.layer_map,
                                      student_heads=self.student_cfg.num_attention_heads)
         data = self._data(self._stage_seed(stage.name))
         bs, rank, world = stage.train.batch_size, D.rank(), D.world_size()
@@ -383,7 +331,7 @@ class Pipeline:
             self.estimate = E.estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
                                        s.data.max_predictions / s.data.seq_len, rate, D.world_size(), self.device.type)
             print(E.format_estimate(self.estimate, rate, str(self.device)), flush=True)
-            for line in self.describe_transfer():
+            for line in B.describe(self.bridge, s, self.teacher_cfg, self.student_cfg):
                 print(line, flush=True)
         if self.dry_run:
             return 0
@@ -457,6 +405,6 @@ class Pipeline:
             return
         saved = state["extra"].get("kt_projections")
         if saved is None:
-            raise C.CheckpointError(f"{ckpt}: holds no kt_projections, but this run projects feature maps "
+            raise CheckpointError(f"{ckpt}: holds no kt_projections, but this run projects feature maps "
                                     f"({self.student_cfg.hidden_size} -> {self.teacher_cfg.hidden_size})")
         self.proj.load_state_dict(saved)

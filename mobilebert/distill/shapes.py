@@ -56,7 +56,8 @@ def from_teacher_config(teacher: MobileBertConfig, overrides: dict | None = None
         cfg = MobileBertConfig(**kw)
     except ConfigError as e:
         raise ConfigError(f"{key}.overrides.{e} ({key}.preset {FROM_TEACHER}: bottleneck hidden/4="
-                          f"{kw['intra_bottleneck_size']}, the teacher's {teacher.num_attention_heads} heads)") from None
+                          f"{kw['intra_bottleneck_size']}, the teacher's {teacher.num_attention_heads} heads)"
+                          ) from None
     if cfg.embedding_size >= cfg.hidden_size:
         # The MLM head scores with [E (embedding_size) ; extra (hidden - embedding_size)] (heads.py).
         raise ConfigError(f"{key}.overrides.embedding_size: {cfg.embedding_size} must be smaller than hidden_size="

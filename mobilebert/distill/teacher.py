@@ -93,16 +93,19 @@ def checkpoint_heads(folder: str | Path) -> dict[str, bool]:
             "nsp": any(k.startswith("cls.seq_relationship.") for k in keys)}
 
 
-def heads_line(heads: dict[str, bool], fmt_weight: float = 0.0) -> str:
-    """'teacher heads: ...' and what follows for the final (PD) stage."""
+def heads_line(heads: dict[str, bool], fmt_weight: float = 0.0, pd: bool = True) -> str:
+    """'teacher heads: ...' and what follows for the final (PD) stage (`pd`: the run has one)."""
     names = [n for n, key in (("MLM", "mlm"), ("NSP", "nsp")) if heads[key]]
     text = f"teacher heads: {' + '.join(names) if names else 'none'}"
+    fmt = f"last-layer feature maps x{fmt_weight:g}"
     if heads["mlm"]:
-        text += " (logit distillation on the MLM head"
-        text += f"; pd also transfers last-layer feature maps x{fmt_weight:g})" if fmt_weight else ")"
+        text += " (logit distillation on the MLM head" + (f"; pd also transfers {fmt})" if pd and fmt_weight else ")")
+    elif not pd:
+        text += " (no MLM head: no logit distillation)"
+    elif fmt_weight:
+        text += f" (no MLM head: no logit distillation; the final stage trains MLM + {fmt})"
     else:
-        text += (f" (no MLM head: no logit distillation; the final stage trains MLM + last-layer feature maps "
-                 f"x{fmt_weight:g})")
+        text += " (no MLM head: no logit distillation; the final stage trains MLM + NSP only, pd.fmt_weight=0)"
     if not heads["nsp"]:
         text += "; NSP trains on the ground-truth labels only"
     return text
@@ -135,7 +138,8 @@ def check_vocab(path: str | Path, data_tokens: list[str], data_source: str, teac
                               f"vocabulary ({len(data_tokens)} tokens, {data_source})")
         return False
     if tokens != data_tokens:
-        diff = next((i for i, (a, b) in enumerate(zip(tokens, data_tokens)) if a != b), min(len(tokens), len(data_tokens)))
+        diff = next((i for i, (a, b) in enumerate(zip(tokens, data_tokens)) if a != b),
+                    min(len(tokens), len(data_tokens)))
         a = tokens[diff] if diff < len(tokens) else "<end>"
         b = data_tokens[diff] if diff < len(data_tokens) else "<end>"
         raise ConfigError(f"{KEY}: the teacher's vocabulary ({len(tokens)} tokens) differs from the data's "
