@@ -85,6 +85,7 @@ def test_minilm_teacher_into_a_from_teacher_student(tmp_path, data_dir):
         assert all(math.isfinite(r["loss"]) for r in rows), stage
     assert all(r["kd"] == 0 and r["fmt"] > 0 for r in per_stage["pd"])  # no logits: MLM + feature maps
     assert all(r["at"] == 0 for r in per_stage["emb"]) and all(r["at"] > 0 for r in per_stage["pkt-1"])
+    assert set(json.loads((run / "summary.json").read_text())["eval"]) == {"student"}  # no MLM head to score
     cfg = MobileBertConfig.from_json_file(run / "student" / "config.json")
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.embedding_size) == (384, 12, 2, 128)
     check_export(run / "student")
@@ -214,3 +215,32 @@ def test_bad_shapes(tmp_path, tiny_bert, data_dir, capsys, overrides, words):
             "student.overrides={num_hidden_layers: 2}", *overrides, *SMALL, *data_args(data_dir)]
     code, err = _train_in_process(args, capsys)
     _one_line_error(code, err, out, *words)
+
+
+def test_two_process_ddp_with_projections_matches_one_process(tmp_path, tiny_bert, data_dir):
+    """The projections are part of DDP's module: 2 ranks give the 1-process losses (unsynchronised projection
+    gradients would drift the ranks apart from the first step; an unused trainable one would stop DDP)."""
+    from mobilebert.data import prepare
+
+    shards = tmp_path / "shards"
+    prepare([data_dir / "corpus" / "inaugural" / "1789-Washington.txt"], data_dir / "bert-base-uncased" / "vocab.txt",
+            shards, workers=1)
+    common = [str(CONFIG), f"data.shards={shards}", "data.corpus=[]", f"teacher.init={tiny_bert}",
+              "student.preset=debug-mobilebert", "student.overrides={num_hidden_layers: 2}", *SMALL,
+              "kt.batch_size=8", "pd.batch_size=8", "run.save_every=0", "data.eval_batches=0"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    p1 = subprocess.run([sys.executable, "-m", "mobilebert", "train", *common, "--out", str(one)],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    p2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                         "-m", "mobilebert", "train", *common, "--out", str(two), "kt.grad_accum=2", "pd.grad_accum=2"],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    a, b = losses(one), losses(two)
+    assert list(a) == list(b) == ["emb", "pkt-1", "pkt-2", "pd"]
+    for stage in a:
+        assert len(a[stage]) == len(b[stage])
+        for x, y in zip(a[stage], b[stage]):
+            for k in ("loss", "fmt", "at", "beta", "gamma", "mlm"):
+                if k in x:
+                    assert y[k] == pytest.approx(x[k], rel=2e-4, abs=1e-5), f"{stage} step {x['step']} {k}"
