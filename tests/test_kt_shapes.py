@@ -143,6 +143,7 @@ def test_projection_scales_per_stage():
     assert T.projection_scales("jkt", 2) == {1: 1.0, 2: 1.0}
     assert T.projection_scales("pd", 4, pd_feature_maps=True) == {4: 1.0}
     assert T.projection_scales("pd", 4) == {} and T.projection_scales("bare", 4) == {}
+    assert T.projection_scales("pkt", 4, 3, kt_feature_maps=False) == {}  # kt.fmt/mean_var all 0: AT only
 
 
 def test_projections_do_not_touch_the_global_rng():

@@ -253,8 +253,10 @@ class Pipeline:
         proj = self.proj if stage.kind != "teacher" else None
         trained = S.Forward(model, proj)
         bridge = self.bridge
-        scale = T.forward_plan(scale, T.projection_scales(stage.kind, L, stage.layer, s.kt.active_lr_scale,
-                                                          bridge.pd_fmt_weight > 0) if proj is not None else {})
+        kt_maps = bool(s.kt.fmt.weight or s.kt.mean_var.beta or s.kt.mean_var.gamma)
+        proj_scales = (T.projection_scales(stage.kind, L, stage.layer, s.kt.active_lr_scale, bridge.pd_fmt_weight > 0,
+                                           kt_maps) if proj is not None else {})
+        scale = T.forward_plan(scale, proj_scales)
         trainable, total = T.apply_plan(trained, scale)
         o = stage.train.optim
         opt = build_optimizer(trained, o.name, o.lr, o.weight_decay, eps=o.eps, lr_scale=scale)

@@ -89,8 +89,11 @@ def stage_plan(kind: str, num_layers: int, layer: int | None = None, lower_layer
 
 
 def projection_scales(kind: str, num_layers: int, layer: int | None = None, active_lr_scale: float = 3.0,
-                      pd_feature_maps: bool = False) -> dict[int, float]:
-    """Hidden-state index -> LR multiple of the projections a stage trains (the others are frozen)."""
+                      pd_feature_maps: bool = False, kt_feature_maps: bool = True) -> dict[int, float]:
+    """Hidden-state index -> LR multiple of the projections a stage trains (the others are frozen: a trainable
+    parameter no loss reaches would stop DDP). `kt_feature_maps`: KT has FMT or mean/var terms at all."""
+    if kind in ("emb", "pkt", "jkt", "akt") and not kt_feature_maps:
+        return {}
     if kind == "emb":
         return {0: 1.0}
     if kind == "pkt":
