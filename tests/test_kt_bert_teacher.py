@@ -244,3 +244,28 @@ def test_two_process_ddp_with_projections_matches_one_process(tmp_path, tiny_ber
             for k in ("loss", "fmt", "at", "beta", "gamma", "mlm"):
                 if k in x:
                     assert y[k] == pytest.approx(x[k], rel=2e-4, abs=1e-5), f"{stage} step {x['step']} {k}"
+
+
+@pytest.mark.parametrize("cls_name, heads", [("BertForMaskedLM", {"mlm": True, "nsp": False}),
+                                             ("BertForPreTraining", {"mlm": True, "nsp": True}),
+                                             ("BertModel", {"mlm": False, "nsp": False})])
+def test_transformers_bert_folders_load_as_teachers(tmp_path, cls_name, heads):
+    """Folders written by transformers itself: the heads found are the ones saved, and the MLM logits we
+    distil from are transformers' own."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    hf_cfg = transformers.BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64)
+    hf = getattr(transformers, cls_name)(hf_cfg).eval()
+    hf.save_pretrained(tmp_path / "t")
+    assert TK.checkpoint_heads(tmp_path / "t") == heads
+    cfg = TK.teacher_config(tmp_path / "t")
+    assert (cfg.model_type, cfg.hidden_size, cfg.num_hidden_layers) == ("bert", 32, 2)
+    ours = MobileBertForPreTraining.from_pretrained(TK.resolve_folder(tmp_path / "t")).eval()
+    ids = torch.randint(5, 200, (2, 9))
+    with torch.no_grad():
+        h_ref = (hf if cls_name == "BertModel" else hf.bert)(ids).last_hidden_state
+        torch.testing.assert_close(ours.base_model(ids).last_hidden_state, h_ref, rtol=1e-4, atol=1e-5)
+        if heads["mlm"]:
+            ref = hf(ids).logits if cls_name == "BertForMaskedLM" else hf(ids).prediction_logits
+            torch.testing.assert_close(ours(ids).prediction_logits, ref, rtol=1e-4, atol=1e-5)
