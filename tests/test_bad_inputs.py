@@ -227,12 +227,18 @@ def test_quantize_refuses_a_classifier_config_without_classifier_weights(tmp_pat
     assert not out.exists()
 
 
-def test_train_refuses_a_classifier_as_distillation_teacher(tmp_path, capsys):
+def test_train_takes_a_classifier_teacher_without_its_random_mlm_head(tmp_path, capsys):
+    """A fine-tuned classifier as teacher: its MLM head was never trained, so no logit distillation (issue 10
+    item 6, issue 11 item 1): the run says so instead of distilling random logits."""
+    from mobilebert.cli import main
+
     teacher = tmp_path / "teacher"
     MobileBertForSequenceClassification(get_config("debug-ibbert")).save_pretrained(teacher)
     out = tmp_path / "run"
-    refused(capsys, ["train", "configs/tiny-test.yaml", "run.stages=[kt,pd]", f"teacher.init={teacher}",
-                     "--out", out, "--dry-run"], "teacher.init", teacher, "masked-LM head")
+    assert main(["train", "configs/tiny-test.yaml", "run.stages=[kt,pd]", f"teacher.init={teacher}",
+                 "--out", str(out), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "teacher heads: none (no MLM head: no logit distillation" in printed
     assert not out.exists()
 
 

@@ -5,6 +5,9 @@
     transfer   teacher -> student copy, and what each kind of stage trains (freezing, PKT LR multiples)
     steps      per-step losses of each stage, in the engine's global-normalised convention
     settings   the `mobilebert train` YAML as dataclasses, and teacher/student compatibility checks
+    teacher    any BERT-family teacher checkpoint (HF, sentence-transformers): config, heads, vocabulary
+    shapes     teacher/student of different shapes: from-teacher student, layer map, head grouping, projections
+    bridge     what one run does about them (decided before anything is written, printed at the start)
     pipeline   the stages, checkpoints, resume and exports (`Pipeline(settings).run()`)
     estimate   up-front FLOP and time estimate; report: the end-of-run summary and evaluation
 """

@@ -69,11 +69,12 @@ def estimate(stages, teacher: MobileBertConfig | None, student: MobileBertConfig
         if st.kind == "teacher":
             per_tok = 3 * forward_flops_per_token(teacher, seq_len, mlm_fraction=mlm_fraction)
         else:
-            depth = st.layer if st.kind == "pkt" else None
+            depth = st.layer if st.kind in ("pkt", "emb") else None
             heads = mlm_fraction if st.kind in ("pd", "akt", "bare") else 0.0
             per_tok = 3 * forward_flops_per_token(student, seq_len, depth, heads)
             if st.kind != "bare" and teacher is not None:
-                per_tok += forward_flops_per_token(teacher, seq_len, depth, heads)
+                t_depth = getattr(st, "teacher_layer", None)  # the layer map's m_l (different depths)
+                per_tok += forward_flops_per_token(teacher, seq_len, depth if t_depth is None else t_depth, heads)
         flops = per_tok * tokens
         rows.append({"stage": st.name, "steps": st.train.steps, "tokens": tokens, "pflops": flops / 1e15,
                      "hours": flops / rate / 3600})

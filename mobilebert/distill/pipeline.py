@@ -3,7 +3,9 @@
 Paper §3.5 and §4; the stages of one run (any subset, in this order):
     teacher      IB-BERT (or any preset) pre-trained with MLM + NSP                     -> OUT/teacher
     kt           pkt: one stage per layer `pkt-1 .. pkt-L`; jkt: one stage `jkt`; akt: one stage `akt`
-                 (layer losses + PD in one loss); bare: `bare` (MLM + NSP, no teacher)
+                 (layer losses + PD in one loss); bare: `bare` (MLM + NSP, no teacher). When the
+                 embeddings cannot be copied from the teacher (a BERT teacher), a first stage `emb`
+                 learns them (issue 11; distill/shapes.py and teacher.py bridge teachers of other shapes)
     pd           pre-training distillation `pd`                                         -> OUT/student
 Every stage runs through the shared `engine.train_loop`, checkpoints every `run.save_every` steps and at
 its end, and resumes mid-stage (`--resume`) from OUT/checkpoints/latest. Each stage draws its batches from
@@ -29,10 +31,13 @@ import torch
 import yaml
 
 from mobilebert.atomic import SPACE_ERRORS, atomic_dir, disk_errors, write_yaml
-from mobilebert.checkpoint import load_config, load_pretrained, require_heads
+from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
+from mobilebert.distill import bridge as B
 from mobilebert.distill import estimate as E
+from mobilebert.distill import shapes as SH
 from mobilebert.distill import steps as S
+from mobilebert.distill import teacher as TK
 from mobilebert.distill import transfer as T
 from mobilebert.distill.settings import (StageSettings, TrainSettings, build_model_config, check_models, kt_schedule,
                                         split_steps)
@@ -41,7 +46,7 @@ from mobilebert.engine import distributed as D
 from mobilebert.engine.logging import MetricsLogger
 from mobilebert.engine.loop import LoopConfig, train_loop
 from mobilebert.engine.optim import build_optimizer, build_schedule
-from mobilebert.errors import ConfigError, DataError
+from mobilebert.errors import CheckpointError, ConfigError, DataError
 from mobilebert.heads import MobileBertForPreTraining
 from mobilebert.settings import check_device, check_new_folder, check_precision, check_seq_len, check_unchanged
 
@@ -56,27 +61,34 @@ MEMORY_HINTS = {"teacher": ("teacher.train.batch_size", "teacher.train.grad_accu
 
 @dataclass
 class Stage:
-    name: str                 # teacher | pkt-<l> | jkt | akt | bare | pd
-    kind: str                 # teacher | pkt | jkt | akt | bare | pd
+    name: str                 # teacher | emb | pkt-<l> | jkt | akt | bare | pd
+    kind: str                 # teacher | emb | pkt | jkt | akt | bare | pd
     train: StageSettings
     index: int
-    layer: int | None = None  # PKT: 1-based layer this stage trains
+    layer: int | None = None  # PKT: 1-based layer this stage trains (emb: 0, the embedding output)
+    teacher_layer: int | None = None  # the teacher layer it learns from (the layer map's m_l)
 
 
-def plan(s: TrainSettings, num_layers: int) -> list[Stage]:
+def plan(s: TrainSettings, num_layers: int, emb: bool = False) -> list[Stage]:
     """The stages of the run. KT stages get `kt.steps` in total whatever the strategy (equal compute): PKT's
-    layer stages split it evenly; the KT schedule `auto` is resolved here (`kt_schedule`)."""
+    layer stages split it evenly, and an `emb` stage (a teacher whose embeddings cannot be copied) takes one
+    share more of it; the KT schedule `auto` is resolved here (`kt_schedule`)."""
     out: list[Stage] = []
     add = lambda name, kind, train, layer=None: out.append(Stage(name, kind, train, len(out), layer))
     if "teacher" in s.run.stages:
         add("teacher", "teacher", s.teacher.train)
     if "kt" in s.run.stages:
         optim = dataclasses.replace(s.kt.optim, schedule=kt_schedule(s.kt))
+        # the emb stage's share of the total: the same as one PKT layer stage, for every strategy
+        shares = split_steps(s.kt.steps, num_layers + 1) if emb else None
+        if emb:
+            add("emb", "emb", dataclasses.replace(s.kt, steps=shares[0], optim=optim), 0)
+        kt_steps = s.kt.steps - shares[0] if emb else s.kt.steps
         if s.kt.strategy == "pkt":
-            for l, steps in enumerate(split_steps(s.kt.steps, num_layers), 1):
+            for l, steps in enumerate(split_steps(kt_steps, num_layers), 1):
                 add(f"pkt-{l}", "pkt", dataclasses.replace(s.kt, steps=steps, optim=optim), l)
         else:
-            add(s.kt.strategy, s.kt.strategy, dataclasses.replace(s.kt, optim=optim))
+            add(s.kt.strategy, s.kt.strategy, dataclasses.replace(s.kt, steps=kt_steps, optim=optim))
     if "pd" in s.run.stages:
         add("pd", "pd", s.pd)
     return out
@@ -117,12 +129,25 @@ class Pipeline:
             print(f"note: {e} (ignored by --dry-run)")
             self.vocab_size = 0
         seq = settings.data.seq_len
-        self.student_cfg = (load_config(settings.student.init) if settings.student.init
-                            else build_model_config(settings.student, "student", seq))
+        from_teacher = settings.student.preset == SH.FROM_TEACHER and not settings.student.init
         self.teacher_cfg = None
-        if settings.needs_teacher() or "teacher" in settings.run.stages:
-            self.teacher_cfg = (load_config(settings.teacher.init) if settings.teacher.init
+        if settings.needs_teacher() or "teacher" in settings.run.stages or from_teacher:
+            if not (settings.teacher.init or "teacher" in settings.run.stages):
+                raise ConfigError(f"student.preset: {SH.FROM_TEACHER} is shaped from the teacher; give teacher.init "
+                                  "or add `teacher` to run.stages")
+            self.teacher_cfg = (TK.teacher_config(settings.teacher.init) if settings.teacher.init
                                 else build_model_config(settings.teacher, "teacher", seq))
+            if self.teacher_cfg.max_position_embeddings < seq:
+                raise ConfigError(f"data.seq_len: {seq} is longer than the teacher's max_position_embeddings="
+                                  f"{self.teacher_cfg.max_position_embeddings}")
+        if from_teacher:
+            self.student_cfg = SH.from_teacher_config(self.teacher_cfg, settings.student.overrides)
+            if self.student_cfg.max_position_embeddings < seq:
+                raise ConfigError(f"data.seq_len: {seq} is longer than student max_position_embeddings="
+                                  f"{self.student_cfg.max_position_embeddings}")
+        else:
+            self.student_cfg = (load_config(settings.student.init) if settings.student.init
+                                else build_model_config(settings.student, "student", seq))
         for key, cfg in (("student", self.student_cfg), ("teacher", self.teacher_cfg)):
             if cfg is not None:  # student.init / teacher.init configs too
                 check_seq_len("data.seq_len", seq, cfg.max_position_embeddings, key)
@@ -130,12 +155,12 @@ class Pipeline:
                 raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
                                   f"vocabulary ({self.vocab_size} tokens)")
         check_models(settings, self.teacher_cfg, self.student_cfg)
-        st = settings.run.stages
-        if settings.teacher.init and "teacher" not in st and settings.pd.alpha < 1.0 and (
-                "pd" in st or ("kt" in st and settings.kt.strategy == "akt")):
-            require_heads(settings.teacher.init, {"mlm"}, "teacher.init",
-                          "distillation (pd.alpha < 1) learns from its MLM logits")
-        self.stages = plan(settings, self.student_cfg.num_hidden_layers)
+        self.bridge = B.plan_bridge(settings, self.teacher_cfg, self.student_cfg, getattr(self, "data_tokens", None),
+                                    getattr(self, "data_vocab_source", ""))
+        self.stages = plan(settings, self.student_cfg.num_hidden_layers, emb=self.bridge.emb_stage)
+        for st in self.stages:
+            if st.kind in ("emb", "pkt"):
+                st.teacher_layer = self.bridge.layer_map[st.layer - 1] if st.layer else 0
         world = D.world_size()
         for st in self.stages:
             if st.train.batch_size % (world * st.train.grad_accum):
@@ -146,11 +171,16 @@ class Pipeline:
         # Weights given by student.init / teacher.init are read now (a damaged file is refused before anything
         # is written) and kept for the stage that needs them.
         student_init = settings.student.init if {"kt", "pd"} & set(settings.run.stages) else None
-        teacher_init = settings.teacher.init if self.teacher_cfg is not None else None
+        teacher_init = (str(TK.resolve_folder(settings.teacher.init))  # a sentence-transformers folder's model
+                        if settings.teacher.init and self.teacher_cfg is not None else None)
         self._preloaded = {str(Path(p)): load_pretrained(MobileBertForPreTraining, p)
                            for p in (student_init, teacher_init) if p and not dry_run}
         self.teacher: MobileBertForPreTraining | None = None
         self.student: MobileBertForPreTraining | None = None
+        self.proj: SH.Projections | None = None
+        if self.bridge.project:  # created here, from its own seed, so a resumed run builds the same ones
+            self.proj = SH.Projections(self.student_cfg.hidden_size, self.teacher_cfg.hidden_size,
+                                       self.student_cfg.num_hidden_layers, seed=settings.run.seed).to(self.device)
         self.summaries: list[dict] = []
         D.barrier()  # every rank has checked the run folder before rank 0 writes into it
 
@@ -186,7 +216,9 @@ class Pipeline:
         d = self.s.data
         self.shards = Path(d.shards) if d.shards else self.out / "data"
         if d.shards or (self.resume and (self.shards / "manifest.json").is_file()):
-            self.vocab_size = int(load_manifest(self.shards)["vocab_size"])
+            manifest = load_manifest(self.shards)
+            self.vocab_size = int(manifest["vocab_size"])
+            self.data_tokens, self.data_vocab_source = manifest.get("vocab"), f"{self.shards}/manifest.json"
             ShardedCorpus(self.shards)  # a damaged shard is refused now, not at the first stage
             return
         try:
@@ -201,6 +233,8 @@ class Pipeline:
         except TokenizerError as e:
             raise ConfigError(f"data.vocab: {e}") from None
         self.vocab_size = self.tokenizer.backend.get_vocab_size()
+        from mobilebert.data.shards import vocab_list
+        self.data_tokens, self.data_vocab_source = vocab_list(self.tokenizer), f"data.vocab {d.vocab}"
 
     # ------------------------------------------------------------------ helpers
     def _data(self, stage_seed: int):
@@ -233,7 +267,7 @@ class Pipeline:
         return final
 
     def _load_teacher(self) -> None:
-        src = self.out / "teacher" if "teacher" in self.s.run.stages else Path(self.s.teacher.init)
+        src = self.out / "teacher" if "teacher" in self.s.run.stages else TK.resolve_folder(self.s.teacher.init)
         self.teacher = T.freeze(self._new_model(self.teacher_cfg, str(src)).eval())
 
     def _setup_student(self, stage: Stage) -> None:
@@ -241,8 +275,16 @@ class Pipeline:
         if self.student is not None:
             return
         self.student = self._new_model(self.student_cfg, self.s.student.init)
-        if (stage.kind in ("pkt", "jkt", "akt") and self.s.kt.copy_from_teacher and not self.s.student.init):
-            T.copy_from_teacher(self.teacher, self.student)
+        if stage.kind in ("pkt", "jkt", "akt") and self.bridge.copy_embeddings:
+            heads = self.bridge.teacher_heads
+            skip = tuple(p for p, key in (("cls.predictions.", "mlm"), ("cls.seq_relationship.", "nsp")) if not heads[key])
+            T.copy_from_teacher(self.teacher, self.student, skip)
+        elif stage.kind == "emb" and self.bridge.svd_init:
+            info = T.svd_init_embeddings(self.teacher, self.student)
+            if D.is_main():
+                print(f"emb: word embeddings from a rank-{info['rank']} SVD of the teacher's ({info['energy']:.1%} "
+                      f"of their energy); also initialised: {', '.join(info['copied'][1:]) or 'nothing else'}",
+                      flush=True)
 
     # ------------------------------------------------------------------ one stage
     def _run_stage(self, stage: Stage, logger, start: int = 0, ckpt: Path | None = None) -> dict:
@@ -260,30 +302,44 @@ class Pipeline:
             # GR builds the student with is_training=False under a teacher: no dropout in KT and PD.
             model = self.student.train(stage.kind == "bare")
         scale = T.stage_plan(stage.kind, L, stage.layer, s.kt.lower_layers, s.kt.active_lr_scale, s.kt.lower_lr_scale)
-        trainable, total = T.apply_plan(model, scale)
+        # The trained module: the model, plus the width projections in student stages (optimizer, DDP, checkpoints).
+        proj = self.proj if stage.kind != "teacher" else None
+        trained = S.Forward(model, proj)
+        bridge = self.bridge
+        kt_maps = bool(s.kt.fmt.weight or s.kt.mean_var.beta or s.kt.mean_var.gamma)
+        proj_scales = (T.projection_scales(stage.kind, L, stage.layer, s.kt.active_lr_scale, bridge.pd_fmt_weight > 0,
+                                           kt_maps) if proj is not None else {})
+        scale = T.forward_plan(scale, proj_scales)
+        trainable, total = T.apply_plan(trained, scale)
         o = stage.train.optim
-        opt = build_optimizer(model, o.name, o.lr, o.weight_decay, eps=o.eps, lr_scale=scale)
+        opt = build_optimizer(trained, o.name, o.lr, o.weight_decay, eps=o.eps, lr_scale=scale)
         sched = build_schedule(opt, o.schedule, o.warmup_steps, stage.train.steps, o.end_lr_ratio)
         loop_state = None
         if ckpt is not None:
             state = C.load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched)
             loop_state = state["extra"].get("loop")
-        fwd, teacher = D.wrap_ddp(S.Forward(model)), self.teacher
+            self._load_projections(state, ckpt)
+        fwd, teacher = D.wrap_ddp(trained), self.teacher
         if s.run.compile:
             # torch.compile the trained forward (through DDP) and, in KT/PD, the frozen teacher; the weights
             # stay in `model`, so checkpoints and exports are unchanged. It pays off on a GPU.
             fwd = torch.compile(fwd)
             if teacher is not None and teacher is not model:
                 teacher = torch.compile(teacher)
+        logits = bridge.teacher_heads["mlm"]
         if stage.kind in ("teacher", "bare"):
             loss_fn = S.MlmNspLoss()
         elif stage.kind == "pd":
-            loss_fn = S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature)
+            loss_fn = S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits,
+                                         fmt_weight=bridge.pd_fmt_weight, fmt_layers=(L, bridge.layer_map[-1]),
+                                         fmt_standardize=s.kt.fmt.standardize, fmt_mask_padding=s.kt.fmt.mask_padding)
         else:
-            pd = S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature) if stage.kind == "akt" else None
-            layers = [stage.layer] if stage.kind == "pkt" else list(range(1, L + 1))
-            depth = stage.layer if stage.kind == "pkt" else None
-            loss_fn = S.TransferLoss(teacher, s.kt, layers, L, depth, pd)
+            pd = (S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits)
+                  if stage.kind == "akt" else None)
+            layers = [stage.layer] if stage.kind in ("pkt", "emb") else list(range(1, L + 1))
+            depth = stage.layer if stage.kind in ("pkt", "emb") else None
+            loss_fn = S.TransferLoss(teacher, s.kt, layers, L, depth, pd, layer_map=bridge.layer_map,
+                                     student_heads=self.student_cfg.num_attention_heads)
         data = self._data(self._stage_seed(stage.name))
         bs, rank, world = stage.train.batch_size, D.rank(), D.world_size()
         # this rank's slice of the global batch of `step`; built ahead in worker processes when data.workers > 0
@@ -297,9 +353,12 @@ class Pipeline:
         settings_dict = dataclasses.asdict(s)
 
         def checkpoint_fn(step: int, state: dict) -> None:
+            extra = {"loop": state}
+            if proj is not None:  # in the training checkpoint only: the exported student never holds them
+                extra["kt_projections"] = {k: v.detach().cpu() for k, v in proj.state_dict().items()}
             C.save_checkpoint(self.out, C.checkpoint_name(stage.name, step), model=model, optimizer=opt,
                               scheduler=sched, step=step, stage=stage.name, data_position=step * bs,
-                              settings=settings_dict, extra={"loop": state}, keep=s.run.keep_checkpoints)
+                              settings=settings_dict, extra=extra, keep=s.run.keep_checkpoints)
 
         cfg = LoopConfig(max_steps=stage.train.steps, grad_accum=stage.train.grad_accum,
                          clip_grad_norm=o.clip_grad_norm or None, log_every=s.run.log_every,
@@ -345,6 +404,8 @@ class Pipeline:
             print(format_plan(self.stages))
             print(E.format_estimate(self.estimate, rate, str(self.device)), flush=True)
             print(E.format_memory(self.memory), flush=True)
+            for line in B.describe(self.bridge, s, self.teacher_cfg, self.student_cfg):
+                print(line, flush=True)
         if self.dry_run:
             return 0
         fresh = not self.out.exists()
@@ -411,3 +472,14 @@ class Pipeline:
             self._load_teacher()
         self.student = self._new_model(self.student_cfg, None)
         C.load_model_weights(self.student, ckpt)
+        if self.proj is not None:
+            self._load_projections(C.load_checkpoint(ckpt, restore_rng=False), ckpt)
+
+    def _load_projections(self, state: dict, ckpt: Path) -> None:
+        if self.proj is None:
+            return
+        saved = state["extra"].get("kt_projections")
+        if saved is None:
+            raise CheckpointError(f"{ckpt}: holds no kt_projections, but this run projects feature maps "
+                                    f"({self.student_cfg.hidden_size} -> {self.teacher_cfg.hidden_size})")
+        self.proj.load_state_dict(saved)

@@ -53,7 +53,10 @@ def write_report(p, seconds: float) -> dict:
     evals = {}
     if p.s.data.eval_batches:
         data = p._data(p._stage_seed("eval"))
+        bridge = getattr(p, "bridge", None)
         for name, model in (("teacher", p.teacher), ("student", p.student)):
+            if name == "teacher" and bridge is not None and not bridge.teacher_heads["mlm"]:
+                continue  # a teacher without an MLM head (e.g. sentence-transformers): nothing to score
             if model is not None:
                 evals[name] = evaluate(model, data, p.s.data.eval_batches, p.device)
     losses = _stage_losses(read_metrics(out / METRICS_FILE))

@@ -114,6 +114,8 @@ class KtSettings(StageSettings):
     active_lr_scale: float = 3.0      # GR: the active layer runs at 3x the background LR
     lower_lr_scale: float = 0.3       # GR: layers below at 0.3x (= 0.1 x 3x); used with reduced_lr
     copy_from_teacher: bool = True    # embeddings and heads copied from the teacher, frozen in KT
+    layer_map: list[int] | None = None  # student layer l learns teacher layer m_l (1-based); null: uniform
+    embedding_stage: bool | Literal["auto"] = "auto"  # a first `emb` stage; auto: when embeddings cannot be copied
     fmt: FmtSettings = field(default_factory=FmtSettings)
     at: AtSettings = field(default_factory=AtSettings)
     mean_var: MeanVarSettings = field(default_factory=MeanVarSettings)
@@ -126,6 +128,9 @@ class KtSettings(StageSettings):
 class PdSettings(StageSettings):
     alpha: float = 0.5                # eq. 4; GR distill_ground_truth_ratio (1.0 drops the teacher)
     temperature: float = 1.0
+    # x last-layer feature-map transfer in PD. null (auto): kt.fmt.weight when the teacher has no MLM head
+    # (no logits to distil), else 0; a number applies always, with or without teacher logits.
+    fmt_weight: float | None = None
     steps: int = 500_000
     batch_size: int = 2048
     optim: PdOptimSettings = field(default_factory=PdOptimSettings)
@@ -135,6 +140,8 @@ class PdSettings(StageSettings):
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"{key}.alpha: must be in [0, 1], got {self.alpha}")
         check_positive(f"{key}.temperature", self.temperature)
+        if self.fmt_weight is not None:
+            check_non_negative(f"{key}.fmt_weight", self.fmt_weight)
 
 
 @dataclass
@@ -225,7 +232,7 @@ class TrainSettings:
 
     def needs_teacher(self) -> bool:
         kt = "kt" in self.run.stages and self.kt.strategy != "bare"
-        pd = "pd" in self.run.stages and self.pd.alpha < 1.0
+        pd = "pd" in self.run.stages and (self.pd.alpha < 1.0 or bool(self.pd.fmt_weight))
         return kt or pd
 
 
@@ -259,26 +266,22 @@ def build_model_config(ms: ModelSettings, key: str, max_len: int) -> MobileBertC
 
 
 def check_models(s: TrainSettings, teacher: MobileBertConfig, student: MobileBertConfig) -> None:
-    """Teacher and student must fit the chosen losses (and the teacher->student copy)."""
+    """Teacher and student must fit the chosen losses. Different depths, widths and head counts are bridged
+    (distill/shapes.py: layer map, projections, head grouping); embeddings that cannot be copied are learnt
+    in the `emb` stage. What remains an error: different vocabularies, a student that is not MobileBERT-style,
+    a bad layer map, head counts that cannot be grouped."""
     if not s.needs_teacher():
         return
+    from mobilebert.distill import shapes
+
     kt = "kt" in s.run.stages and s.kt.strategy != "bare"
-
-    def need(key: str, why: str):
-        t, st = getattr(teacher, key), getattr(student, key)
-        if t != st:
-            raise ConfigError(f"teacher/student {key}: {t} != {st}; {why}")
-
-    need("vocab_size", "distillation compares the two models' vocabulary distributions")
-    if student.model_type != "mobilebert" or teacher.model_type != "mobilebert":
-        raise ConfigError("teacher/student model_type: knowledge transfer is defined for MobileBERT/IB-BERT models")
+    if teacher.vocab_size != student.vocab_size:
+        raise ConfigError(f"teacher/student vocab_size: {teacher.vocab_size} != {student.vocab_size}; distillation "
+                          "compares the two models' vocabulary distributions")
+    if student.model_type != "mobilebert":
+        raise ConfigError("student model_type: knowledge transfer trains MobileBERT/IB-BERT-style students "
+                          "(student.preset: mobilebert, from-teacher, ...)")
     if kt:
-        need("num_hidden_layers", "layer l of the student learns layer l of the teacher")
-        if s.kt.fmt.weight or s.kt.mean_var.beta or s.kt.mean_var.gamma:
-            need("hidden_size", "feature-map transfer compares inter-block feature maps of equal width")
+        shapes.layer_map(s.kt.layer_map, student.num_hidden_layers, teacher.num_hidden_layers)
         if s.kt.at.weight:
-            need("num_attention_heads", "attention transfer compares the heads one to one "
-                                        "(set kt.at.weight=0 to transfer feature maps only)")
-        if s.kt.copy_from_teacher:
-            for key in ("embedding_size", "hidden_size", "max_position_embeddings", "type_vocab_size", "trigram_input"):
-                need(key, "the embeddings are copied from the teacher (or set kt.copy_from_teacher=false)")
+            shapes.check_head_grouping(teacher.num_attention_heads, student.num_attention_heads)

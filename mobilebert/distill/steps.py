@@ -8,9 +8,11 @@ Each has `denominators(batch)` (masked positions, sequences, tokens, attention r
 the engine sums them over the global batch and passes the totals back, so a loss is the same whatever
 the gradient accumulation and the number of ranks.
 
-`Forward` is the module DDP wraps: the trained model plus the one forward every loss needs. The MLM head
-runs only on the masked positions ((M, V) logits rather than (B, S, V)). `num_layers=l` runs the first
-l layers only: a PKT stage costs in proportion to its depth, for the teacher too.
+`Forward` is the module DDP wraps: the trained model plus the one forward every loss needs, and, when the
+two models' widths differ, the learned projections of the student's feature maps (distill/shapes.py), so
+they train, synchronise and checkpoint with the step. The MLM head runs only on the masked positions
+((M, V) logits rather than (B, S, V)). `num_layers=l` runs the first l layers only: a PKT stage costs in
+proportion to its depth, for the teacher too (which runs m_l layers deep, m the layer map).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torch import nn
 
 from mobilebert.distill import losses as L
+from mobilebert.distill.shapes import group_heads
 
 
 def run_model(model: nn.Module, batch: dict, *, heads: bool, num_layers: int | None = None,
@@ -35,14 +38,29 @@ def run_model(model: nn.Module, batch: dict, *, heads: bool, num_layers: int | N
 
 
 class Forward(nn.Module):
-    """Wraps the trained model so that DDP sees the whole step's forward."""
+    """Wraps the trained model (and the width projections, if any) so that DDP sees the whole step's forward.
 
-    def __init__(self, model: nn.Module):
+    `project=[i, ...]` adds res["projected"][i]: hidden state i mapped to the teacher's width (the hidden
+    state itself when there are no projections, i.e. equal widths)."""
+
+    def __init__(self, model: nn.Module, proj: nn.Module | None = None):
         super().__init__()
         self.model = model
+        if proj is not None:  # registered only when present: equal-width runs keep today's parameter list
+            self.proj = proj
 
-    def forward(self, batch: dict, **kw) -> dict:
-        return run_model(self.model, batch, **kw)
+    def forward(self, batch: dict, project=(), **kw) -> dict:
+        res = run_model(self.model, batch, **kw)
+        if project:
+            proj = getattr(self, "proj", None)
+            hs = res["hidden_states"]
+            res["projected"] = {i: proj(i, hs[i]) if proj is not None else hs[i] for i in project}
+        return res
+
+
+def _projected(out: dict, i: int) -> torch.Tensor:
+    """Student hidden state i at the teacher's width (outputs of a plain model: the hidden state)."""
+    return out.get("projected", {}).get(i, out["hidden_states"][i])
 
 
 def _mlm_nsp_denominators(batch: dict) -> dict:
@@ -69,17 +87,40 @@ class MlmNspLoss:
 
 
 class DistillationLoss:
-    """Eq. 4 with the teacher frozen: alpha*MLM + (1-alpha)*KD + NSP (GR: alpha=0.5, T=1)."""
+    """Eq. 4 with the teacher frozen: alpha*MLM + (1-alpha)*KD + NSP (GR: alpha=0.5, T=1).
 
-    denominators = staticmethod(_mlm_nsp_denominators)
+    A teacher without an MLM head (`teacher_logits=False`, e.g. a sentence-transformers BERT) has no
+    distribution to distil: KD is 0, the loss is alpha*MLM + NSP (NSP is always ground truth), and
+    `fmt_weight` x the last-layer feature-map transfer (student layer Ls, through its projection, against
+    teacher layer `fmt_layers[1]` = m_Ls) carries the teacher's knowledge instead. `fmt_weight` > 0 adds that
+    term with a logit teacher too.
+    """
 
-    def __init__(self, teacher: nn.Module | None, alpha: float, temperature: float = 1.0):
+    def __init__(self, teacher: nn.Module | None, alpha: float, temperature: float = 1.0, *,
+                 teacher_logits: bool = True, fmt_weight: float = 0.0, fmt_layers: tuple[int, int] | None = None,
+                 fmt_standardize: bool = True, fmt_mask_padding: bool = False):
         self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+        self.teacher_logits = teacher_logits
+        self.fmt_weight, self.fmt_layers = (fmt_weight, fmt_layers) if teacher is not None else (0.0, None)
+        self.fmt_standardize, self.fmt_mask_padding = fmt_standardize, fmt_mask_padding
+        if self.fmt_weight and fmt_layers is None:
+            raise ValueError("fmt_weight needs fmt_layers=(student layer, teacher layer)")
+
+    def denominators(self, batch: dict) -> dict:
+        d = _mlm_nsp_denominators(batch)
+        if self.fmt_weight:
+            B, S = batch["input_ids"].shape
+            d["tok_fmt"] = float(batch["attention_mask"].sum()) if self.fmt_mask_padding else float(B * S)
+        return d
+
+    @property
+    def uses_teacher_logits(self) -> bool:
+        return self.teacher is not None and self.alpha < 1.0 and self.teacher_logits
 
     def terms(self, s_out: dict, batch: dict, totals: dict, t_out: dict | None = None) -> tuple[torch.Tensor, dict]:
         """PD terms from the student's outputs; `t_out` reuses a teacher forward that already ran with heads."""
         t_logits = None
-        if self.teacher is not None and self.alpha < 1.0:
+        if self.uses_teacher_logits:
             if t_out is None or "mlm_logits" not in t_out:
                 with torch.no_grad():
                     t_out = run_model(self.teacher, batch, heads=True)
@@ -94,7 +135,19 @@ class DistillationLoss:
         return loss, logs
 
     def __call__(self, model, batch, totals):
-        return self.terms(model(batch, heads=True), batch, totals)
+        if not self.fmt_weight:
+            return self.terms(model(batch, heads=True), batch, totals)
+        ls, lt = self.fmt_layers
+        with torch.no_grad():  # logits need the whole teacher; feature maps only its first lt layers
+            logits = self.uses_teacher_logits
+            t_out = run_model(self.teacher, batch, heads=logits, num_layers=None if logits else lt, hidden=True)
+        s_out = model(batch, heads=True, hidden=True, project=[ls])
+        loss, logs = self.terms(s_out, batch, totals, t_out=t_out)
+        mask = batch["attention_mask"] if self.fmt_mask_padding else None
+        fmt = self.fmt_weight * L.feature_map_loss(t_out["hidden_states"][lt], _projected(s_out, ls), mask,
+                                                   standardize_maps=self.fmt_standardize, normalizer=totals["tok_fmt"])
+        logs["fmt"] = fmt.detach()
+        return loss + fmt, logs
 
 
 class TransferLoss:
@@ -103,53 +156,73 @@ class TransferLoss:
     Dividing by the total layer count L is GR's scaling (`x factor / 24` with one layer gated on per PKT
     phase); for JKT it makes the loss the mean over layers.
 
+    Models of different shapes (issue 11): student layer l learns teacher layer `layer_map[l-1]`; the student's
+    feature maps pass through the `Forward`'s projections when the widths differ (FMT and mean/var both);
+    attention compares distributions averaged over groups of heads when the head counts differ (equal counts
+    compare the scores as before). Layer 0 is the embedding output (the `emb` stage: FMT + mean/var, no AT).
+
     Args:
         teacher: the frozen teacher (`MobileBertForPreTraining`).
         kt: `KtSettings` (weights and variants of each term).
-        layers: 1-based layers whose losses count (PKT: [l]; JKT/AKT: 1..L).
-        num_layers: L, the depth of both models.
-        depth: run both models only this deep (PKT: l); None runs them whole.
+        layers: student layers whose losses count (PKT: [l]; JKT/AKT: 1..L; emb: [0]).
+        num_layers: L, the student's depth.
+        depth: run the student only this deep (PKT: l; emb: 0); None runs it whole.
         pd: a `DistillationLoss` to add (AKT: all layer losses plus PD in one loss), or None.
+        layer_map: teacher layer of each student layer 1..L (None: the identity, equal depths).
+        student_heads: the student's head count (None: the teacher's).
     """
 
     def __init__(self, teacher, kt, layers: list[int], num_layers: int, depth: int | None = None,
-                 pd: DistillationLoss | None = None):
+                 pd: DistillationLoss | None = None, *, layer_map: list[int] | None = None,
+                 student_heads: int | None = None):
         self.teacher, self.kt, self.layers, self.L, self.depth, self.pd = teacher, kt, layers, num_layers, depth, pd
+        self.map = [0] + list(layer_map if layer_map is not None else range(1, num_layers + 1))  # index 0: embeddings
+        self.t_heads = teacher.config.num_attention_heads
+        self.heads = min(self.t_heads, student_heads or self.t_heads)
         self.all_layer_stats = kt.mean_var.all_layer_teacher_stats and (kt.mean_var.beta or kt.mean_var.gamma)
-        self.want_scores = kt.at.weight > 0
+        self.want_scores = kt.at.weight > 0 and any(l > 0 for l in layers)
+        # The teacher runs as deep as the deepest teacher layer it must give (GR's all-layer statistics: whole).
+        self.t_depth = None if self.all_layer_stats or depth is None else self.map[depth]
+        self.t_logits = pd is not None and pd.uses_teacher_logits
 
     def denominators(self, batch: dict) -> dict:
         B, S = batch["input_ids"].shape
         real = float(batch["attention_mask"].sum())
-        heads = self.teacher.config.num_attention_heads
         d = {"tok_fmt": real if self.kt.fmt.mask_padding else float(B * S),
-             "rows_at": (real if self.kt.at.mask_padding else float(B * S)) * heads}
+             "rows_at": (real if self.kt.at.mask_padding else float(B * S)) * self.heads}
         if self.pd is not None:
             d.update(_mlm_nsp_denominators(batch))
         return d
 
+    def _attention(self, scores, heads_of: int):
+        """Scores as given when the head counts match (today's losses exactly), else group-averaged log-probs."""
+        return scores if heads_of == self.heads else group_heads(scores, self.heads)
+
     def __call__(self, model, batch, totals):
         kt = self.kt
         with torch.no_grad():
-            # GR's all-layer statistics need every teacher layer, so the teacher then runs whole.
-            t_depth = None if self.all_layer_stats else self.depth
-            t = run_model(self.teacher, batch, heads=self.pd is not None, num_layers=t_depth, hidden=True,
+            t = run_model(self.teacher, batch, heads=self.t_logits, num_layers=self.t_depth, hidden=True,
                           scores=self.want_scores)
-        s = model(batch, heads=self.pd is not None, num_layers=self.depth, hidden=True, scores=self.want_scores)
+        s = model(batch, heads=self.pd is not None, num_layers=self.depth, hidden=True, scores=self.want_scores,
+                  project=self.layers)
         mask = batch["attention_mask"]
         fmt_mask = mask if kt.fmt.mask_padding else None
         at_mask = mask if kt.at.mask_padding else None
         at_fn = L.attention_kl_loss if kt.at.kind == "kl" else L.attention_ce_loss
-        stack = torch.stack(t["hidden_states"]) if self.all_layer_stats else None  # (L+1, B, S, N)
+        stack = torch.stack(t["hidden_states"]) if self.all_layer_stats else None  # (Lt+1, B, S, Nt)
         zero = s["hidden_states"][0].new_zeros((), dtype=torch.float32)
         fmt = at = beta = gamma = zero
+        s_heads = None
         for l in self.layers:
-            th, sh = t["hidden_states"][l], s["hidden_states"][l]  # layer outputs (index 0 = embeddings)
+            m = self.map[l]
+            th, sh = t["hidden_states"][m], _projected(s, l)  # layer outputs (index 0 = embeddings), (B, S, Nt)
             if kt.fmt.weight:
                 fmt = fmt + L.feature_map_loss(th, sh, fmt_mask, standardize_maps=kt.fmt.standardize,
                                                normalizer=totals["tok_fmt"])
-            if kt.at.weight:
-                at = at + at_fn(t["attention_scores"][l - 1], s["attention_scores"][l - 1], at_mask,
+            if kt.at.weight and l > 0:
+                ts, ss = t["attention_scores"][m - 1], s["attention_scores"][l - 1]  # (B, Ht, S, S), (B, Hs, S, S)
+                s_heads = ss.shape[1]
+                at = at + at_fn(self._attention(ts, self.t_heads), self._attention(ss, s_heads), at_mask,
                                 normalizer=totals["rows_at"])
             if kt.mean_var.beta or kt.mean_var.gamma:
                 b, g = L.mean_var_loss(th, sh, fmt_mask, teacher_all_layers=stack, normalizer=totals["tok_fmt"])
