@@ -282,8 +282,7 @@ class Study:
             try:
                 cli(self.train_args(row, self.state / "dry-run" / row, prepared=False) + ["--dry-run"])
             except CliError as e:
-                sys.exit(f"kt_study: row {row}: the real study needs `teacher.init=` a BERT folder and "
-                         f"`student.preset=from-teacher` (issue 11), and this checkout rejects its settings "
+                sys.exit(f"kt_study: row {row}: `mobilebert train --dry-run` rejects its settings "
                          f"({str(e).split(': error: ', 1)[-1]})")
 
     def model_dir(self, row: str) -> Path:
@@ -387,6 +386,7 @@ def main() -> int:
     p.add_argument("--tasks", default=",".join(TASKS), help=f"fine-tuning tasks (default {','.join(TASKS)})")
     p.add_argument("--report", action="store_true", help="only re-render the table and plot from results.json")
     p.add_argument("--time", action="store_true", help="time KT/PD/fine-tuning steps of the MiniLM-shaped student")
+    p.add_argument("--check", action="store_true", help="only check every real row's settings (train --dry-run)")
     p.add_argument("--out", help="folder for kt-study.md/.png (default: docs/ in real mode, the state folder in smoke)")
     args = p.parse_args()
     if args.time:
@@ -395,6 +395,10 @@ def main() -> int:
         time_steps()
         return 0
     study = Study(args)
+    if args.check:
+        study.check_real_mode()
+        print("kt_study: every row's settings pass `mobilebert train --dry-run`")
+        return 0
     try:
         if not args.report:
             tasks = [t for t in args.tasks.split(",") if t]

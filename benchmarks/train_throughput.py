@@ -5,7 +5,7 @@ several depths l (teacher and student run only l layers deep), the same stage ru
 models at full depth, loss gated to layer l), JKT (all layers), and PD. Batches are synthetic (random
 word pieces, 15% masked, no padding), so the numbers measure compute, not the data pipeline.
 
-    python benchmarks/train_throughput.py                      # the quickstart's models (configs/quickstart.yaml)
+    python benchmarks/train_throughput.py                      # the quickstart's models (configs/quickstart-ibbert.yaml)
     python benchmarks/train_throughput.py --full --batch 4     # IB-BERT_LARGE teacher, MobileBERT student (slow)
     python benchmarks/train_throughput.py --json out.json      # also write the rows as JSON
 """
@@ -66,7 +66,7 @@ def time_steps(model, loss_fn, batch: dict, scale, steps: int, warmup: int) -> l
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=str(REPO / "configs" / "quickstart.yaml"))
+    ap.add_argument("--config", default=str(REPO / "configs" / "quickstart-ibbert.yaml"))
     ap.add_argument("--full", action="store_true", help="ibbert-large teacher and mobilebert student (24 layers)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=128)

@@ -82,7 +82,7 @@ def test_dry_run_prints_the_plan(tmp_path, data_dir, capsys):
 
 
 def test_configs_keep_their_meaning():
-    for name, total, stages in (("tiny-test", 40, 4), ("quickstart", 400, 4), ("paper-full", 240_000, 24)):
+    for name, total, stages in (("tiny-test", 40, 4), ("quickstart-ibbert", 400, 4), ("paper-full", 240_000, 24)):
         s = load_settings(TrainSettings, REPO / "configs" / f"{name}.yaml", [])
         assert s.kt.steps == total and kt_schedule(s.kt) == "pkt_official"
         assert split_steps(s.kt.steps, stages) == [total // stages] * stages  # 10, 100, 10k per layer as before

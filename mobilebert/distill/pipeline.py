@@ -52,7 +52,7 @@ from mobilebert.settings import check_device, check_new_folder, check_precision,
 
 # Settings that may change between a run and its --resume (they do not change the numbers).
 RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every", "run.keep_checkpoints",
-               "data.workers", "run.compile", "run.allow_large"}
+               "data.workers", "run.compile", "run.allow_large", "data.sts_dev"}
 # The settings a too-large stage names: (batch, accumulation, model), by stage kind.
 MEMORY_HINTS = {"teacher": ("teacher.train.batch_size", "teacher.train.grad_accum", "teacher.preset"),
                 "pd": ("pd.batch_size", "pd.grad_accum", "student.preset"),
@@ -293,7 +293,8 @@ class Pipeline:
             torch.manual_seed(self._stage_seed(stage.name))  # a fresh stage does not depend on history
         if stage.kind == "teacher":
             if self.teacher is None:
-                self.teacher = self._new_model(self.teacher_cfg, s.teacher.init)
+                init = str(TK.resolve_folder(s.teacher.init)) if s.teacher.init else None
+                self.teacher = self._new_model(self.teacher_cfg, init)
             model = self.teacher.train()
         else:
             if self.teacher is None and s.needs_teacher():

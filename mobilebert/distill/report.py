@@ -3,7 +3,8 @@
 Writes OUT/summary.json and OUT/loss_curves.png and prints a short table. The evaluation scores the
 final teacher and student on `data.eval_batches` batches drawn with a seed no training stage uses
 (fresh masks and sentence pairs from the same corpus, not a held-out split): MLM loss and accuracy,
-NSP accuracy.
+NSP accuracy. With `data.sts_dev`, teacher, student and the untrained student are also scored zero-shot on
+STS-B (what a sentence encoder teacher such as all-MiniLM-L6-v2 passes on, with no fine-tuning).
 """
 
 from __future__ import annotations
@@ -38,6 +39,24 @@ def evaluate(model, data, batches: int, device) -> dict:
             "nsp_accuracy": nsp_hit / max(nsp_n, 1), "masked_tokens": int(mlm_n)}
 
 
+def zero_shot(p) -> dict:
+    """Zero-shot STS-B Spearman (mean-pooled last-layer states, no fine-tuning; tasks/zeroshot.py) of the
+    teacher, the student and the same student untrained: how much of the teacher the student kept."""
+    from mobilebert.heads import MobileBertForPreTraining
+    from mobilebert.tasks.zeroshot import zero_shot_sts
+    from mobilebert.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(p.shards)
+    torch.manual_seed(p._stage_seed("untrained"))
+    untrained = MobileBertForPreTraining(p.student_cfg).to(p.device)
+    out = {}
+    for name, model in (("teacher", p.teacher), ("student", p.student), ("untrained student", untrained)):
+        if model is not None:
+            out.setdefault(name, {})["sts_b_spearman"] = zero_shot_sts(model, tok, p.s.data.sts_dev,
+                                                                       max_length=p.s.data.seq_len)
+    return out
+
+
 def _stage_losses(records: list[dict]) -> dict:
     out: dict[str, dict] = {}
     for r in records:
@@ -59,6 +78,8 @@ def write_report(p, seconds: float) -> dict:
                 continue  # a teacher without an MLM head (e.g. sentence-transformers): nothing to score
             if model is not None:
                 evals[name] = evaluate(model, data, p.s.data.eval_batches, p.device)
+    if p.s.data.sts_dev:
+        evals.update(zero_shot(p))
     losses = _stage_losses(read_metrics(out / METRICS_FILE))
     est = {r["stage"]: r for r in getattr(p, "estimate", [])}
     stages = []
@@ -81,8 +102,15 @@ def write_report(p, seconds: float) -> dict:
             print(f"  {r['stage']:<10} {r['steps']:>7} {r['first_loss']:>11.4g} {r['last_loss']:>10.4g} "
                   f"{(r.get('tokens_per_s') or 0):>9.0f}")
     for name, e in evals.items():
-        print(f"  {name}: MLM loss {e['mlm_loss']:.3f}, MLM accuracy {e['mlm_accuracy']:.1%}, "
-              f"NSP accuracy {e['nsp_accuracy']:.1%} ({e['masked_tokens']} masked tokens)")
+        if "mlm_loss" in e:
+            print(f"  {name}: MLM loss {e['mlm_loss']:.3f}, MLM accuracy {e['mlm_accuracy']:.1%}, "
+                  f"NSP accuracy {e['nsp_accuracy']:.1%} ({e['masked_tokens']} masked tokens)")
+    sts = {name: e["sts_b_spearman"] for name, e in evals.items() if "sts_b_spearman" in e}
+    if sts:
+        kept = (f"; the student keeps {sts['student'] / sts['teacher']:.0%} of the teacher's"
+                if sts.get("teacher") and "student" in sts else "")
+        print("  zero-shot STS-B dev Spearman (mean-pooled last layer, no fine-tuning): "
+              + ", ".join(f"{name} {v:.3f}" for name, v in sts.items()) + kept)
     for name, path in outputs.items():
         print(f"  {name} model (Hugging Face layout): {path}")
     print(f"  metrics: {out / METRICS_FILE}; loss curves: {plot}; summary: {out / 'summary.json'}", flush=True)

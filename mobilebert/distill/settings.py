@@ -10,6 +10,7 @@ losses. All of it runs before anything is written.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from mobilebert.config import MobileBertConfig
@@ -156,6 +157,8 @@ class DataSettings:
     short_seq_prob: float = 0.1
     skip_bad_files: bool = False      # skip binary files in the corpus instead of stopping
     eval_batches: int = 4             # held-out batches for the final MLM/NSP report (0: none)
+    sts_dev: str | None = None        # an STS-B-format dev file (GLUE STS-B/dev.tsv): the report scores teacher,
+                                      # student and an untrained student zero-shot on it (mean-pooled states)
     workers: int = 0                  # processes building batches ahead (GPU: 2-8); 0 builds them in-process.
                                       # The batches are the same either way (a pure function of the step)
 
@@ -174,6 +177,8 @@ class DataSettings:
             raise ConfigError(f"{key}.workers: must be >= 0, got {self.workers}")
         if not 0 <= self.short_seq_prob <= 1:
             raise ConfigError(f"{key}.short_seq_prob: must be in [0, 1], got {self.short_seq_prob}")
+        if self.sts_dev is not None and not Path(self.sts_dev).is_file():
+            raise ConfigError(f"{key}.sts_dev: {self.sts_dev} is not a file (an STS-B-format dev.tsv)")
 
 
 @dataclass

