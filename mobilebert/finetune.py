@@ -259,7 +259,9 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: {bs} is larger than the {n} training examples")
     if not s.train.allow_large:
-        check_memory(model, teacher, seq, bs // world // s.train.grad_accum, precision, device)
+        from mobilebert.distill.estimate import check_finetune_memory
+
+        check_finetune_memory(model, teacher, seq, bs // world // s.train.grad_accum, precision, device)
     if main:  # data, model and teacher are good: from here on the folder is this run's
         from mobilebert.atomic import disk_errors
 
@@ -371,41 +373,6 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
     write_json(out / "results.json", results, indent=2)
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # finished: best/ holds the model
     return results
-
-
-def check_memory(model, teacher, seq_len: int, micro: int, precision: str, device) -> None:
-    """Refuse a run whose estimated peak memory exceeds the device's (train.allow_large=true overrides): the
-    trained weights + gradients + AdamW moments + an update temporary (20 bytes a parameter), the teacher's
-    weights, and the activations autograd keeps, measured on this model for 1 and 2 sequences of `seq_len`
-    tokens and scaled to `micro` (see mobilebert.distill.estimate)."""
-    import torch
-
-    from mobilebert.distill import estimate as E
-
-    measured = {}
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(
-        device.type, enabled=False)
-    weights = list(model.parameters())
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws no numbers
-        for k in (1, 2):
-            x = {"input_ids": torch.ones(k, seq_len, dtype=torch.long, device=device),
-                 "attention_mask": torch.ones(k, seq_len, dtype=torch.long, device=device),
-                 "token_type_ids": torch.zeros(k, seq_len, dtype=torch.long, device=device)}
-
-            def fwd():
-                with ctx:
-                    return model(**x)
-
-            measured[k] = sum(E.saved_bytes(fwd, weights))
-    per_seq = measured[2] - measured[1]
-    act = max(0, measured[1] - per_seq) + micro * per_seq
-    params = sum(p.numel() for p in weights)
-    t_bytes = 4 * sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
-    row = {"stage": "finetune", "kind": "finetune", "micro_batch": micro, "weights": E.BYTES_PER_TRAINED_PARAM * params,
-           "teacher": t_bytes, "activations": act}
-    row["total"] = row["weights"] + t_bytes + act
-    E.check_memory([row], *E.available_memory(device), "train.allow_large",
-                   {"finetune": ("train.batch_size", "train.grad_accum", "model.init")})
 
 
 def make_loss_fn(kind: str, is_regression: bool, teacher, distill: DistillSettings):

@@ -269,3 +269,32 @@ def test_sigterm_during_finetune_setup(tmp_path, data_dir, vocab):
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "mobilebert finetune: interrupted" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_sweep_stopped_by_sigterm_records_nothing_and_continues(tmp_path, capsys, monkeypatch, data_dir, vocab):
+    """SIGTERM inside a sweep's run: exit 130 without recording the unfinished run as done; the same command
+    then resumes that run from its checkpoint and records it once."""
+    import json
+    import os
+
+    import mobilebert.engine as engine
+
+    real_loop = engine.train_loop
+
+    def loop_killed_at_1(*a, **kw):
+        kw["on_step_end"] = lambda step: os.kill(os.getpid(), signal.SIGTERM) if step == 1 else None
+        return real_loop(*a, **kw)
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", *rte(data_dir, vocab), "data.max_train_examples=32", "data.max_eval_examples=16",
+            "data.max_seq_length=32", "train.progress=false", "--out", str(out), "--batch-sizes", "16",
+            "--lrs", "1e-3", "--epochs", "1", "--seeds", "1"]
+    monkeypatch.setattr(engine, "train_loop", loop_killed_at_1)
+    assert main(argv) == 130
+    capsys.readouterr()
+    assert not (out / "sweep.jsonl").exists()
+    assert (out / "runs" / "bs16_lr0.001_ep1_seed1" / "checkpoints" / "latest").is_file()
+    monkeypatch.setattr(engine, "train_loop", real_loop)
+    assert main(argv) == 0
+    records = [json.loads(line) for line in (out / "sweep.jsonl").read_text().splitlines()]
+    assert [r["run"] for r in records] == ["bs16_lr0.001_ep1_seed1"] and records[0]["steps"] == 2

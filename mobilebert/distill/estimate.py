@@ -336,6 +336,37 @@ def check_memory(rows: list[dict], have: int | None, where: str, override: str, 
                       f"{fix}, or set {override}=true to start it anyway")
 
 
+def check_finetune_memory(model, teacher, seq_len: int, micro: int, precision: str, device) -> None:
+    """Refuse a run whose estimated peak memory exceeds the device's (train.allow_large=true overrides): the
+    trained weights + gradients + AdamW moments + an update temporary (20 bytes a parameter), the teacher's
+    weights, and the activations autograd keeps, measured on this model for 1 and 2 sequences of `seq_len`
+    tokens and scaled to `micro` (as `memory_estimate` does for pre-training)."""
+    measured = {}
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else torch.autocast(
+        device.type, enabled=False)
+    weights = list(model.parameters())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout draws no numbers
+        for k in (1, 2):
+            x = {"input_ids": torch.ones(k, seq_len, dtype=torch.long, device=device),
+                 "attention_mask": torch.ones(k, seq_len, dtype=torch.long, device=device),
+                 "token_type_ids": torch.zeros(k, seq_len, dtype=torch.long, device=device)}
+
+            def fwd():
+                with ctx:
+                    return model(**x)
+
+            measured[k] = sum(saved_bytes(fwd, weights))
+    per_seq = measured[2] - measured[1]
+    act = max(0, measured[1] - per_seq) + micro * per_seq
+    params = sum(p.numel() for p in weights)
+    t_bytes = 4 * sum(p.numel() for p in teacher.parameters()) if teacher is not None else 0
+    row = {"stage": "finetune", "kind": "finetune", "micro_batch": micro, "weights": BYTES_PER_TRAINED_PARAM * params,
+           "teacher": t_bytes, "activations": act}
+    row["total"] = row["weights"] + t_bytes + act
+    check_memory([row], *available_memory(device), "train.allow_large",
+                 {"finetune": ("train.batch_size", "train.grad_accum", "model.init")})
+
+
 def format_memory(rows: list[dict]) -> str:
     big = max(rows, key=lambda r: r["total"])
     return (f"memory estimate: {size(big['total'])} per process at most, beyond the torch runtime ({big['stage']}: "
