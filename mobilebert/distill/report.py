@@ -105,7 +105,8 @@ def write_report(p, seconds: float) -> dict:
         if "mlm_loss" in e:
             print(f"  {name}: MLM loss {e['mlm_loss']:.3f}, MLM accuracy {e['mlm_accuracy']:.1%}, "
                   f"NSP accuracy {e['nsp_accuracy']:.1%} ({e['masked_tokens']} masked tokens)")
-    sts = {name: e["sts_b_spearman"] for name, e in evals.items() if "sts_b_spearman" in e}
+    sts = {name: evals[name]["sts_b_spearman"] for name in ("teacher", "student", "untrained student")
+           if "sts_b_spearman" in evals.get(name, {})}
     if sts:
         kept = (f"; the student keeps {sts['student'] / sts['teacher']:.0%} of the teacher's"
                 if sts.get("teacher") and "student" in sts else "")
