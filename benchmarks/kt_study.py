@@ -27,8 +27,8 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
 Every cell (a pre-training run, a zero-shot score, one fine-tuning run, a latency run) is written atomically to
 the results file (docs/kt-study.json; STATE/results.json with --state or --smoke) as soon as it ends, with machine, versions, tokens and wall time; `mobilebert train` runs are
 resumed mid-run (`--resume`) if the script was stopped. Real mode writes docs/kt-study.md and docs/kt-study.png.
-The real mode needs `teacher.init=` a BERT folder and `student.preset=from-teacher` (issue 11, kt-method); on a
-checkout without them it stops with one line before running anything.
+Before the first pre-training cell, every real row's settings are checked with `mobilebert train --dry-run`
+(`--check` does only that); a rejected row stops the study with one line before anything runs.
 
 Budget: every pre-training row 500 steps x batch 32 x 128 tokens (2.05M positions, ~0.27 epoch of the corpus's
 58.7k segments), LAMB lr 1.5e-3 (GR's, untuned), 10% warm-up then linear decay wherever the schedule is linear;
