@@ -164,27 +164,28 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.first = key, line, first
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently, so a
-    second `kt:` block would replace the first). Keys merged in with `<<:` may still be overridden."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                    continue
-                key = self.construct_object(key_node)
+def _check_unique_keys(node) -> None:
+    """Refuse a key given twice in one mapping of a composed YAML node tree (PyYAML keeps the last silently, so
+    a second `kt:` block would replace the first). Keys merged in with `<<:` may still be overridden."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 line = key_node.start_mark.line + 1
-                if key in seen:
-                    raise _DuplicateKey(key, line, seen[key])
-                seen[key] = line
-        return super().construct_mapping(node, deep)
+                if key_node.value in seen:
+                    raise _DuplicateKey(key_node.value, line, seen[key_node.value])
+                seen[key_node.value] = line
+            _check_unique_keys(value_node)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_unique_keys(item)
 
 
 def yaml_load(text: str):
-    """yaml.safe_load that refuses duplicate keys (raises _DuplicateKey)."""
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    """yaml.safe_load that refuses duplicate keys (raises _DuplicateKey). The node tree is composed first (no
+    object is constructed), checked, then the text is loaded with yaml.safe_load."""
+    _check_unique_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+    return yaml.safe_load(text)
 
 
 def read_yaml(path: str | Path) -> dict:

@@ -155,7 +155,7 @@ def test_tiny_bert_teacher_of_other_shape_end_to_end_and_exact_resume(tmp_path, 
     assert all(math.isfinite(r["loss"]) for rows in per_stage.values() for r in rows)
     # the projections travel in the training checkpoints (all 3: embeddings + 2 layers), never in the export
     ckpts = sorted((run / "checkpoints").glob("pkt-2-step-*"))
-    state = torch.load(ckpts[0] / "training_state.pt", weights_only=False)
+    state = torch.load(ckpts[0] / "training_state.pt", weights_only=True)
     proj = state["extra"]["kt_projections"]
     assert sorted(proj) == [f"maps.{i}.{p}" for i in range(3) for p in ("bias", "weight")]
     assert proj["maps.2.weight"].shape == (48, 64)

@@ -63,7 +63,7 @@ from mobilebert.errors import CheckpointError
 
 STATE_FILE = "training_state.pt"
 WEIGHTS_FILE = "model.safetensors"
-FORMAT = 2  # 1: pickled numpy/python RNG objects (needed weights_only=False); 2: plain values only
+FORMAT = 2  # 1: pickled numpy/python RNG objects (refused now); 2: plain values only (weights_only=True)
 
 
 def checkpoint_name(stage: str, step: int) -> str:
