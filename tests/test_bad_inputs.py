@@ -34,22 +34,23 @@ def glue(data_dir):
     return data_dir / "glue"
 
 
+def _saved(cls, tmp_path_factory, vocab_file, name):
+    folder = tmp_path_factory.mktemp(name)
+    cls(get_config("debug-mobilebert")).save_pretrained(folder)
+    shutil.copyfile(vocab_file, folder / "vocab.txt")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory, vocab_file):
     """A saved sequence classifier with its vocabulary, as `finetune` leaves one in RUN/best."""
-    folder = tmp_path_factory.mktemp("clf")
-    MobileBertForSequenceClassification(get_config("debug-mobilebert")).save_pretrained(folder)
-    shutil.copyfile(vocab_file, folder / "vocab.txt")
-    return folder
+    return _saved(MobileBertForSequenceClassification, tmp_path_factory, vocab_file, "clf")
 
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory, vocab_file):
     """A pre-trained (MLM + NSP) checkpoint: no classification head."""
-    folder = tmp_path_factory.mktemp("pre")
-    MobileBertForPreTraining(get_config("debug-mobilebert")).save_pretrained(folder)
-    shutil.copyfile(vocab_file, folder / "vocab.txt")
-    return folder
+    return _saved(MobileBertForPreTraining, tmp_path_factory, vocab_file, "pre")
 
 
 @pytest.fixture(scope="module")
