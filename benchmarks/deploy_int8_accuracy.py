@@ -39,7 +39,7 @@ def minilm_dir() -> str:
 
 
 def finetune_minilm(glue: str, out: Path, examples: int, epochs: float) -> Path:
-    from mobilebert.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.finetune import FinetuneSettings, finetune
 
     s = FinetuneSettings()
     s.out = str(out / "finetune")
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-drop", type=float, default=0.5)
     ap.add_argument("--out", default="runs/int8_sst2")
     args = ap.parse_args(argv)
-    from mobilebert.quant.pipeline import quantize_checkpoint
+    from mobilebert.recipes.quantize import quantize_checkpoint
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

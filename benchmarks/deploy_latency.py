@@ -1,6 +1,6 @@
 """Benchmark: batch-1 latency and size of MobileBERT beside BERT_BASE in every runtime (paper Tables 4 and 7).
 
-A thin driver over `mobilebert.export.bench` (the code behind `mobilebert bench`) with the settings
+A thin driver over `mobilebert.recipes.bench` (the code behind `mobilebert bench`) with the settings
 used for docs/benchmarks.md, plus the checks of the deployment issue:
 
 - MobileBERT int8 (ONNX Runtime, 1 thread, seq 128) p50 <= --int8-target-ms (35 ms);
@@ -20,7 +20,7 @@ import sys
 
 
 def main(argv=None) -> int:
-    from mobilebert.export.bench import RUNTIMES, run_bench, save_report
+    from mobilebert.recipes.bench import RUNTIMES, run_bench, save_report
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/bench")

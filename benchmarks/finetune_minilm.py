@@ -48,8 +48,8 @@ def default_glue() -> Path:
 
 
 def run_task(task: str, args) -> dict:
-    from mobilebert.finetune import FinetuneSettings, finetune
-    from mobilebert.settings import load_settings
+    from mobilebert.recipes.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.settings import load_settings
 
     recipe = RECIPES[task]
     overrides = [f"out={Path(args.out) / task}", f"data.task={task}", f"data.dir={args.glue}",

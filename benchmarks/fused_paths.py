@@ -27,13 +27,13 @@ def main() -> None:
     import onnxruntime as ort
 
     from mobilebert import get_config
-    from mobilebert.export.bench import time_interleaved as interleaved
+    from mobilebert.recipes.bench import time_interleaved as interleaved
     from mobilebert.export.fuse import fuse_for_inference
     from mobilebert.export.onnx import export_onnx
     from mobilebert.export.wrapper import ExportWrapper
     from mobilebert.heads import MobileBertForSequenceClassification
     from mobilebert.quant.ort import quantize_onnx_dynamic, quantize_onnx_static
-    from mobilebert.quant.pytorch import fold_nonorm
+    from mobilebert.export.fold import fold_nonorm
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seq", type=int, default=128)

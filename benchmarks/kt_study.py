@@ -302,10 +302,10 @@ class Study:
 
         import torch
 
-        from mobilebert.distill.pipeline import Pipeline
-        from mobilebert.distill.settings import TrainSettings
+        from mobilebert.recipes.train import Pipeline
+        from mobilebert.recipes.train_settings import TrainSettings
         from mobilebert.heads import MobileBertForPreTraining
-        from mobilebert.settings import load_settings
+        from mobilebert.recipes.settings import load_settings
 
         probe = self.state / "dry-run" / "random"
         args = self.train_args("pkt-fmt-at", probe)
@@ -351,7 +351,7 @@ class Study:
     def bench(self) -> dict:
         """ONNX Runtime fp32/int8 latency of teacher and student (random weights: latency does not depend on them)."""
         from mobilebert.checkpoint import load_config
-        from mobilebert.export.bench import run_bench
+        from mobilebert.recipes.bench import run_bench
         from mobilebert.presets import PRESETS
 
         configs = {"kt-teacher": load_config(self.model_dir("teacher")),

@@ -49,7 +49,7 @@ def time_steps(n: int = 3, B: int = 32, S: int = 128) -> dict:
 
     from mobilebert.checkpoint import load_pretrained
     from mobilebert.distill import steps as St
-    from mobilebert.distill.settings import KtSettings
+    from mobilebert.recipes.train_settings import KtSettings
     from mobilebert.distill.transfer import freeze
     from mobilebert.engine.optim import build_optimizer
     from mobilebert.heads import MobileBertForPreTraining, MobileBertForSequenceClassification

@@ -4,7 +4,7 @@ Variants (full-size presets, `SequenceClassification` head, random weights, batc
   * "bsh":        the encoder on (B, S, H) tensors: each linear exports as MatMul + a separate bias Add;
   * "token":      the encoder on (B*S, H) (`mobilebert.export.wrapper.encode(token_major=True)`, the
                   default export): each linear is one Gemm with its bias (and ReLU) fused;
-  * "token+fold": token-major with NoNorm folded into the linears (`mobilebert.quant.pytorch.fold_nonorm`).
+  * "token+fold": token-major with NoNorm folded into the linears (`mobilebert.export.fold.fold_nonorm`).
 Each in fp32 and ONNX Runtime dynamic int8 (per-channel weights). The sessions are timed interleaved (one
 call of each per round), so machine noise hits all alike; the ratios BERT_BASE / MobileBERT are printed
 for each pairing. Usage:
@@ -28,7 +28,7 @@ def build(out: Path) -> dict[str, Path]:
     from mobilebert.heads import MobileBertForSequenceClassification
     from mobilebert.presets import get_config
     from mobilebert.quant.ort import quantize_onnx_dynamic
-    from mobilebert.quant.pytorch import fold_nonorm
+    from mobilebert.export.fold import fold_nonorm
 
     paths = {}
     for preset in ("mobilebert", "bert-base"):
@@ -52,7 +52,7 @@ def build(out: Path) -> dict[str, Path]:
 def main() -> None:
     import onnxruntime as ort
 
-    from mobilebert.export.bench import time_interleaved
+    from mobilebert.recipes.bench import time_interleaved
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seq", type=int, default=128)

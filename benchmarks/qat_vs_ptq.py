@@ -34,8 +34,8 @@ def default_glue() -> Path:
 
 
 def finetune(out: Path, init: str, args, epochs: float, lr: float, qat: bool) -> dict:
-    from mobilebert.finetune import FinetuneSettings, finetune as run
-    from mobilebert.settings import load_settings
+    from mobilebert.recipes.finetune import FinetuneSettings, finetune as run
+    from mobilebert.recipes.settings import load_settings
 
     overrides = [f"out={out}", f"data.task={args.task}", f"data.dir={args.glue}", f"model.init={init}",
                  f"model.tokenizer={args.vocab}", f"model.qat={str(qat).lower()}", f"train.epochs={epochs}",
@@ -52,7 +52,7 @@ def main() -> None:
 
     from mobilebert import get_config
     from mobilebert.model import MobileBertModel
-    from mobilebert.quant.pipeline import quantize_checkpoint
+    from mobilebert.recipes.quantize import quantize_checkpoint
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--glue", default=str(default_glue()))

@@ -26,7 +26,7 @@ import yaml
 from mobilebert import get_config
 from mobilebert.distill import steps as S
 from mobilebert.distill import transfer as T
-from mobilebert.distill.settings import KtSettings
+from mobilebert.recipes.train_settings import KtSettings
 from mobilebert.engine.optim import build_optimizer
 from mobilebert.heads import MobileBertForPreTraining
 

@@ -21,7 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from mobilebert import atomic
 from mobilebert.config import MobileBertConfig
-from mobilebert.errors import CheckpointError, ConfigError
+from mobilebert.errors import CheckpointError
 
 log = logging.getLogger("mobilebert")
 WEIGHTS_NAME = "model.safetensors"
@@ -236,13 +236,3 @@ def load_pretrained(cls, path: str | os.PathLike, config: MobileBertConfig | Non
     model.load_report = report
     return (model, report) if return_report else model
 
-
-def load_model(path: str | os.PathLike, task: str | None = None, **config_overrides):
-    """Load a checkpoint with the head class its config.json names (`architectures`), or `task`'s class."""
-    from mobilebert.heads import HEADS
-
-    cfg = load_config(path)
-    name = task or (cfg.architectures[0] if cfg.architectures else "MobileBertModel")
-    if name not in HEADS:
-        raise ConfigError(f"{path}: architecture {name!r} is not one of {', '.join(sorted(HEADS))}")
-    return load_pretrained(HEADS[name], path, config=cfg, **config_overrides)

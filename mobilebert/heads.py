@@ -9,11 +9,15 @@ input embeddings, the other 384 against an untied extra matrix (`cls.predictions
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
+from mobilebert.errors import ConfigError
 from mobilebert.model import ACT2FN, ModelOutput, MobileBertModel, PreTrainedMixin, init_weights
 
 
@@ -260,3 +264,12 @@ HEADS = {c.__name__: c for c in (
     MobileBertForMultipleChoice)}
 # transformers' BERT class names map onto the same classes (config.model_type="bert" picks the layout).
 HEADS.update({name.replace("MobileBert", "Bert"): cls for name, cls in list(HEADS.items())})
+
+
+def load_model(path: str | os.PathLike, task: str | None = None, **config_overrides):
+    """Load a checkpoint with the head class its config.json names (`architectures`), or `task`'s class."""
+    cfg = load_config(path)
+    name = task or (cfg.architectures[0] if cfg.architectures else "MobileBertModel")
+    if name not in HEADS:
+        raise ConfigError(f"{path}: architecture {name!r} is not one of {', '.join(sorted(HEADS))}")
+    return load_pretrained(HEADS[name], path, config=cfg, **config_overrides)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mobilebert.checkpoint import load_pretrained, save_pretrained
 from mobilebert.config import MobileBertConfig
 from mobilebert.errors import UserError
 
@@ -332,15 +333,11 @@ class PreTrainedMixin:
     """Hugging Face-layout checkpoints (config.json + model.safetensors); see mobilebert.checkpoint."""
 
     def save_pretrained(self, folder) -> None:
-        from mobilebert.checkpoint import save_pretrained
-
         save_pretrained(self, folder)
 
     @classmethod
     def from_pretrained(cls, path, dtype=None, **config_overrides):
         """Load config.json + weights from `path`; `config_overrides` change config fields (e.g. num_labels)."""
-        from mobilebert.checkpoint import load_pretrained
-
         return load_pretrained(cls, path, dtype=dtype, **config_overrides)
 
 

@@ -9,7 +9,8 @@ import torch
 
 import mobilebert as mb
 from mobilebert import atomic
-from mobilebert.checkpoint import load_model, read_state_dict
+from mobilebert.checkpoint import read_state_dict
+from mobilebert.heads import load_model
 from mobilebert.errors import CheckpointError
 
 

@@ -9,11 +9,11 @@ import torch
 
 from mobilebert.cli import main
 from mobilebert.data import MaskingConfig, PretrainingData, prepare
-from mobilebert.distill.pipeline import format_plan, plan
-from mobilebert.distill.settings import TrainSettings, kt_schedule, split_steps
+from mobilebert.recipes.train import format_plan, plan
+from mobilebert.recipes.train_settings import TrainSettings, kt_schedule, split_steps
 from mobilebert.engine.optim import build_schedule
 from mobilebert.errors import ConfigError
-from mobilebert.settings import load_settings
+from mobilebert.recipes.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny-test.yaml"

@@ -1,4 +1,4 @@
-"""The up-front memory estimate (mobilebert.distill.estimate): exact parameter counts, activations that
+"""The up-front memory estimate (mobilebert.recipes.estimate): exact parameter counts, activations that
 extrapolate to a direct measurement of the full model, the terms each stage kind adds, and the one-line
 refusal that names the setting to change."""
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mobilebert import get_config
-from mobilebert.distill import estimate as E
+from mobilebert.recipes import estimate as E
 from mobilebert.distill.steps import run_model
 from mobilebert.errors import ConfigError
 from mobilebert.heads import MobileBertForPreTraining

@@ -94,7 +94,7 @@ def test_bert_layout_exports(head, tmp_path, tokenizer, dev_sample):
 
 
 def test_folded_nonorm_export_matches_unfolded_model(tmp_path, tokenizer, dev_sample):
-    from mobilebert.quant.pytorch import fold_nonorm
+    from mobilebert.export.fold import fold_nonorm
 
     model = _perturbed(HEADS["MobileBertForSequenceClassification"](get_config("debug-mobilebert")))
     folded, n = fold_nonorm(model)

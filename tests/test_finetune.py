@@ -12,7 +12,7 @@ from sklearn import metrics as skm
 
 from mobilebert.cli import main
 from mobilebert.engine.logging import read_metrics
-from mobilebert.finetune import DistillSettings, make_loss_fn
+from mobilebert.recipes.finetune import DistillSettings, make_loss_fn
 from mobilebert.tasks import get_task, read_examples
 
 from test_squad_data import squad_json

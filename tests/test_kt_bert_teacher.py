@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from mobilebert.cli import main as cli_main
 from mobilebert.config import MobileBertConfig
-from mobilebert.distill import teacher as TK
+from mobilebert.recipes import train_teacher as TK
 from mobilebert.errors import ConfigError
 from mobilebert.engine.logging import read_metrics
 from mobilebert.model import MobileBertModel
@@ -123,7 +123,7 @@ def test_teacher_from_an_installed_package(tmp_path):
 
 
 def test_sts_dev_must_be_a_file(tmp_path):
-    from mobilebert.distill.settings import DataSettings
+    from mobilebert.recipes.train_settings import DataSettings
 
     with pytest.raises(ConfigError, match=r"data.sts_dev: .* is not a file"):
         DataSettings(corpus=["x"], sts_dev=str(tmp_path / "missing.tsv")).check()

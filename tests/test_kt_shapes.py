@@ -13,7 +13,7 @@ from mobilebert.distill import losses as L
 from mobilebert.distill import shapes as SH
 from mobilebert.distill import steps as S
 from mobilebert.distill import transfer as T
-from mobilebert.distill.settings import KtSettings
+from mobilebert.recipes.train_settings import KtSettings
 from mobilebert.engine.optim import build_optimizer
 from mobilebert.errors import ConfigError
 from mobilebert.heads import MobileBertForPreTraining
@@ -314,8 +314,8 @@ def test_pd_with_teacher_logits_is_unchanged_by_default():
 
 # ------------------------------------------------------------------------------------------ the run's bridge
 def test_bridge_keeps_the_equal_shape_run_as_it_was_and_bridges_a_bert_teacher():
-    from mobilebert.distill.bridge import describe, plan_bridge
-    from mobilebert.distill.settings import TrainSettings
+    from mobilebert.recipes.train_bridge import describe, plan_bridge
+    from mobilebert.recipes.train_settings import TrainSettings
 
     s = TrainSettings()
     same = plan_bridge(s, get_config("debug-ibbert"), get_config("debug-mobilebert"))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from mobilebert.distill import steps as S
-from mobilebert.distill.settings import KtSettings
+from mobilebert.recipes.train_settings import KtSettings
 from mobilebert.heads import MobileBertForPreTraining
 from mobilebert.presets import get_config
 
@@ -153,9 +153,9 @@ def teacher_dir(tmp_path_factory, teacher):
 @pytest.mark.parametrize("lower", ["reduced_lr", "freeze"])
 def test_pkt_stage_optimizer_lr_multiples(tmp_path, shards, teacher_dir, monkeypatch, lower):
     """The optimizer `Pipeline` builds for each PKT stage (captured as it is built), group by group."""
-    import mobilebert.distill.pipeline as P
-    from mobilebert.distill.settings import TrainSettings
-    from mobilebert.settings import load_settings
+    import mobilebert.recipes.train as P
+    from mobilebert.recipes.train_settings import TrainSettings
+    from mobilebert.recipes.settings import load_settings
 
     built = []
     real = P.build_optimizer

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
-from mobilebert import metrics as M
+from mobilebert.tasks import metrics as M
 
 
 @pytest.mark.parametrize("seed", range(5))

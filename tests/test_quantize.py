@@ -1,6 +1,6 @@
 """int8 post-training quantization on real SST-2 (paper Table 6; tensorflow#44306's 90% -> 49% is the trap).
 
-A debug-size MobileBERT is fine-tuned here on a subsample of SST-2 train with `mobilebert.finetune`,
+A debug-size MobileBERT is fine-tuned here on a subsample of SST-2 train with `mobilebert.recipes.finetune`,
 then quantized three ways (ONNX Runtime dynamic, ONNX Runtime static QDQ calibrated on SST-2 train,
 PyTorch dynamic) and scored against its fp32 self on the full SST-2 dev set (872 sentences):
 predicted classes must agree on >= 99% of the examples. The accuracy gate must refuse (and write
@@ -18,13 +18,13 @@ from mobilebert.errors import UserError
 pytest.importorskip("onnxruntime")
 
 from mobilebert.quant.evaluate import AccuracyDropError  # noqa: E402
-from mobilebert.quant.pipeline import quantize_checkpoint  # noqa: E402
+from mobilebert.recipes.quantize import quantize_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def sst2_model(tmp_path_factory, data_dir, vocab_file):
     """debug-mobilebert fine-tuned on 3,000 SST-2 training sentences (about 190 steps)."""
-    from mobilebert.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.finetune import FinetuneSettings, finetune
 
     s = FinetuneSettings()
     s.out = str(tmp_path_factory.mktemp("sst2"))

@@ -8,7 +8,7 @@ import torch
 import transformers as hf
 
 import mobilebert as mb
-from mobilebert.checkpoint import load_model
+from mobilebert.heads import load_model
 
 SENTENCES = [
     ("The quick brown fox jumps over the lazy dog.", None),

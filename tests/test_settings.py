@@ -1,4 +1,4 @@
-"""Settings shared by `train` and `finetune` (mobilebert.settings): one rule and one message per concept,
+"""Settings shared by `train` and `finetune` (mobilebert.recipes.settings): one rule and one message per concept,
 YAML files refused with one line naming file, key and line, runs too large for the machine refused with
 their memory estimate, SIGTERM honoured in set-up, and no half-written run folder after a refusal
 (issue 10, items 3, 4, 5, 6, 7, 8). Every refusal: exit 2, one line on stderr, no traceback, and the
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mobilebert.cli import main
-from mobilebert.settings import read_yaml
+from mobilebert.recipes.settings import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "tiny-test.yaml"
@@ -135,7 +135,7 @@ def test_cuda_device_without_cuda(tmp_path, capsys, data_dir, vocab):
 def test_train_refuses_a_run_too_large_for_the_machine(tmp_path, capsys, monkeypatch, data_dir):
     """The estimate is compared with what the machine has (here made 128 MiB, so that a regression cannot start
     a run that exhausts the real machine); run.allow_large=true starts it anyway."""
-    from mobilebert.distill import estimate as E
+    from mobilebert.recipes import estimate as E
 
     out = tmp_path / "run"
     small = ["run.stages=[teacher]", "teacher.train.steps=1", "teacher.train.batch_size=256", "run.save_every=0"]
@@ -167,7 +167,7 @@ def test_paper_scale_defaults_are_refused_on_this_machine(tmp_path, capsys, data
 def test_finetune_refuses_a_run_too_large_for_the_machine(tmp_path, capsys, monkeypatch, data_dir, vocab):
     """A machine with 16 MiB available (less than the weights, gradients and AdamW state): refused, naming the
     model; train.allow_large=true starts it anyway."""
-    from mobilebert.distill import estimate as E
+    from mobilebert.recipes import estimate as E
 
     monkeypatch.setattr(E, "available_memory", lambda device: (16 << 20, "this machine (16 MiB available)"))
     out = tmp_path / "ft"
@@ -251,7 +251,7 @@ def sigterm_at(where: tuple, argv: list, sleep: bool = False) -> subprocess.Comp
 
 @pytest.mark.parametrize("where, sleep", [
     (("mobilebert.data.shards", "prepare", "-"), False),                # preparing the corpus
-    (("mobilebert.distill.pipeline", "_new_model", "Pipeline"), False),  # building the teacher
+    (("mobilebert.recipes.train", "_new_model", "Pipeline"), False),  # building the teacher
     (("mobilebert.distill.steps", "__call__", "MlmNspLoss"), True),      # inside a first step that never ends
 ], ids=["data", "model", "first-step"])
 def test_sigterm_during_train_setup(tmp_path, data_dir, where, sleep):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mobilebert import metrics
+from mobilebert.tasks import metrics
 from mobilebert.errors import DataError
 from mobilebert.tasks import squad
 from mobilebert.tokenizer import Tokenizer

@@ -14,7 +14,7 @@ from mobilebert import get_config
 from mobilebert.cli import main as cli_main
 from mobilebert.distill import steps as S
 from mobilebert.distill import transfer as T
-from mobilebert.distill.settings import KtSettings
+from mobilebert.recipes.train_settings import KtSettings
 from mobilebert.engine.logging import read_metrics
 from mobilebert.engine.loop import LoopConfig, train_loop
 from mobilebert.engine.optim import build_optimizer

@@ -23,7 +23,7 @@ def _csv(kind):
 
 def default_runtimes() -> tuple[str, ...]:
     """Every runtime, less the ExecuTorch ones when `executorch` is not installed (an optional extra)."""
-    from mobilebert.export.bench import RUNTIMES
+    from mobilebert.recipes.bench import RUNTIMES
 
     try:
         import executorch  # noqa: F401
@@ -34,7 +34,7 @@ def default_runtimes() -> tuple[str, ...]:
 
 
 def add_parser(subparsers) -> None:
-    from mobilebert.export.bench import RUNTIMES
+    from mobilebert.recipes.bench import RUNTIMES
 
     p = subparsers.add_parser("bench", help="latency and size, MobileBERT vs BERT_BASE, in several runtimes",
                               description=__doc__.split("\n\n")[0])
@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
 
 def _run(args) -> int:
     from mobilebert.errors import UserError
-    from mobilebert.export.bench import run_bench, save_report
+    from mobilebert.recipes.bench import run_bench, save_report
     from mobilebert.presets import PRESETS
 
     for m in args.models:

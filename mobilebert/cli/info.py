@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report_activations(args: argparse.Namespace, cfg) -> None:
-    from mobilebert.checkpoint import load_model
+    from mobilebert.heads import load_model
     from mobilebert.errors import UserError
     from mobilebert.info import activation_peaks
     from mobilebert.model import FP16_MAX

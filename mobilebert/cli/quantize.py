@@ -43,7 +43,7 @@ def _run(args) -> int:
     import sys
 
     from mobilebert.atomic import write_text
-    from mobilebert.quant.pipeline import quantize_checkpoint
+    from mobilebert.recipes.quantize import quantize_checkpoint
 
     result = quantize_checkpoint(
         args.model, args.task, args.data, out=args.out, method=args.method, calibration=args.calibration,

@@ -17,7 +17,7 @@ import math
 import sys
 from pathlib import Path
 
-from mobilebert import metrics
+from mobilebert.tasks import metrics
 from mobilebert.atomic import write_text
 from mobilebert.errors import DataError, UserError, read_text
 

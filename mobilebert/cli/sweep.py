@@ -104,8 +104,8 @@ def _sweep(grid: list, config, overrides: list[str], out, log, keep: bool) -> in
     import json
     import shutil
 
-    from mobilebert.finetune import FinetuneSettings, finetune
-    from mobilebert.settings import load_settings
+    from mobilebert.recipes.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.settings import load_settings
 
     done = _done(log)
     for i, (bs, lr, ep, seed) in enumerate(grid, 1):
@@ -154,8 +154,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mobilebert.cli.finetune import split_args
-    from mobilebert.finetune import FinetuneSettings
-    from mobilebert.settings import load_settings
+    from mobilebert.recipes.finetune import FinetuneSettings
+    from mobilebert.recipes.settings import load_settings
 
     config, overrides = split_args(args.args)
     grid = [(bs, lr, ep, seed) for bs in _values(args.batch_sizes, int, "batch-sizes")

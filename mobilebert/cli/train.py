@@ -1,7 +1,7 @@
 """`mobilebert train CONFIG.yaml [key=value ...] [--resume] [--out DIR]`: the whole pre-training pipeline.
 
 Teacher pre-training, knowledge transfer (PKT/JKT/AKT, or the bare baseline) and pre-training
-distillation, any subset, from one YAML file (see configs/*.yaml and mobilebert/distill/settings.py).
+distillation, any subset, from one YAML file (see configs/*.yaml and mobilebert/recipes/train_settings.py).
 Multi-GPU / multi-node: `torchrun --nproc_per_node N -m mobilebert train CONFIG.yaml`.
 Exit status: 0 done, 2 bad input or a run too large for this machine (nothing written; `run.allow_large=true`
 starts it anyway), 128+signal when SIGTERM/SIGINT stopped it after saving a checkpoint (continue with
@@ -53,9 +53,9 @@ def split_args(items: list[str], args: argparse.Namespace) -> tuple[str | None, 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mobilebert.distill.settings import TrainSettings
+    from mobilebert.recipes.train_settings import TrainSettings
     from mobilebert.errors import ConfigError
-    from mobilebert.settings import load_settings
+    from mobilebert.recipes.settings import load_settings
 
     config, overrides = split_args(args.args, args)
     if args.out:
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"run.out: {args.out} holds no run to resume (no settings.yaml)")
     settings = load_settings(TrainSettings, config, overrides)
 
-    from mobilebert.distill.pipeline import Pipeline
+    from mobilebert.recipes.train import Pipeline
     from mobilebert.engine import distributed
 
     try:

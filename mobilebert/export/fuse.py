@@ -1,7 +1,7 @@
 """Inference-only encoder layers for export: linears that read one tensor merged, NoNorms carried, not applied.
 
 Paper §3.4 (Table 7) replaces LayerNorm by NoNorm, `N(h) = g * h + beta` (eq. 1), because an element-wise
-affine costs almost nothing and can be merged into matmuls. `mobilebert.quant.pytorch.fold_nonorm` merges
+affine costs almost nothing and can be merged into matmuls. `mobilebert.export.fold.fold_nonorm` merges
 the norms that only a linear reads (bottlenecks, embeddings). The norms after a residual add cannot be
 folded one by one, since the residual path reads the normalised value too. But all of them can be carried
 through the layer stack: keep every residual stream as `true = s * u + c`, where `u` is the tensor the graph
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilebert.model import NoNorm
-from mobilebert.quant.pytorch import Scale, fold_nonorm
+from mobilebert.export.fold import Scale, fold_nonorm
 
 # Carried scales outside this range are applied to the stream before the next layer (f32 headroom).
 SCALE_RANGE = (1e-8, 1e8)

@@ -92,7 +92,7 @@ def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL
 
         graph_model = fuse_for_inference(model, residual_gemm=False)
     elif fold_nonorm:
-        from mobilebert.quant.pytorch import fold_nonorm as fold
+        from mobilebert.export.fold import fold_nonorm as fold
 
         graph_model, _ = fold(model)
     wrapper = ExportWrapper(graph_model).eval()  # (B, S, H): FusedLayer flattens per layer (token-major over

@@ -134,7 +134,7 @@ def sample_inputs(model, tokenizer=None, texts=None, batch: int | None = None, s
 
 def load_for_export(path: str | os.PathLike, task: str | None = None):
     """Load a checkpoint folder for export; a missing path or a folder that is not a model is a UserError."""
-    from mobilebert.checkpoint import load_model
+    from mobilebert.heads import load_model
 
     p = Path(path)
     if not p.exists():
@@ -225,7 +225,7 @@ def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol:
                 token_major: bool = True, fuse: bool = False) -> ParityReport:
     """Export `model` (any head) to `out` and check it against PyTorch; raises ParityError (no file) on failure.
 
-    fold_nonorm: merge NoNorm into adjacent linears first (mobilebert.quant.pytorch); the check still
+    fold_nonorm: merge NoNorm into adjacent linears first (mobilebert.export.fold); the check still
     compares with the unfolded model. fuse: fold, then carry the residual NoNorms and merge the linears
     that share an input (mobilebert.export.fuse; implies token-major). token_major: run the encoder on (B*S, H) (`wrapper.encode`; faster
     in ONNX Runtime); False keeps (B, S, H), for comparison."""
@@ -240,7 +240,7 @@ def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol:
 
         graph_model, token_major = fuse_for_inference(model), True
     elif fold_nonorm:
-        from mobilebert.quant.pytorch import fold_nonorm as fold
+        from mobilebert.export.fold import fold_nonorm as fold
 
         graph_model, _ = fold(model)
     wrapper = ExportWrapper(graph_model, token_major=token_major)

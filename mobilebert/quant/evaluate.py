@@ -139,7 +139,7 @@ class QuantReport:
 
 
 def compare(sample: TaskSample, fp32_logits: np.ndarray, int8_logits: np.ndarray) -> QuantReport:
-    from mobilebert.metrics import glue_metrics
+    from mobilebert.tasks.metrics import glue_metrics
 
     if sample.labels is None:
         raise UserError(f"{sample.path}: the evaluation split has no labels")

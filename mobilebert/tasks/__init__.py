@@ -1,7 +1,7 @@
 """Downstream tasks: GLUE and custom sentence(-pair) tasks (`glue`), SQuAD v1.1/v2.0 (`squad`), and the
 layer that joins them to a model (this module): `build_task_data` reads and tokenizes a task's train,
 dev and test files once; `TaskData.collate` pads batches; `TaskData.evaluate` runs a model over the dev
-set(s), scores it with the exact metrics of `mobilebert.metrics` and writes the dev predictions;
+set(s), scores it with the exact metrics of `mobilebert.tasks.metrics` and writes the dev predictions;
 `TaskData.predict_test` writes GLUE submission files (or SQuAD predictions JSON). `load_model_for_task`
 builds the right head from a preset or a checkpoint and refuses a checkpoint whose head was trained
 for a different label set. torch is imported inside functions so that reading data stays light.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilebert import metrics as M
+from mobilebert.tasks import metrics as M
 from mobilebert.errors import CheckpointError, ConfigError, DataError
 from mobilebert.tasks import squad
 from mobilebert.tasks.glue import (GLUE_TASKS, Example, ReadResult, TaskSpec, custom_task, get_task,
@@ -402,7 +402,8 @@ def load_model_for_task(init: str, data: TaskData, tokenizer, dropout: float | N
 
 def check_teacher(path: str, data: TaskData, tokenizer):
     """A fine-tuned teacher for the same task and vocabulary (its logits must line up with the student's)."""
-    from mobilebert.checkpoint import load_config, load_model, require_heads
+    from mobilebert.checkpoint import load_config, require_heads
+    from mobilebert.heads import load_model
 
     cfg = load_config(path)
     arch = (cfg.architectures or [""])[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilebert import metrics as M
+from mobilebert.tasks import metrics as M
 from mobilebert.errors import DataError
 
 

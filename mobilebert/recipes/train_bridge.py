@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mobilebert.config import MobileBertConfig
 from mobilebert.distill import shapes as SH
-from mobilebert.distill import teacher as TK
+from mobilebert.recipes import train_teacher as TK
 from mobilebert.distill import transfer as T
 
 

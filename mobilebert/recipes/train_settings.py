@@ -1,7 +1,7 @@
 """Settings of `mobilebert train`: one YAML file describes teacher pre-training, knowledge transfer and
 pre-training distillation (paper §4; the official run's flags are in configs/paper-full.yaml).
 
-The YAML maps 1:1 onto these dataclasses; `mobilebert.settings.load_settings` applies dotted overrides
+The YAML maps 1:1 onto these dataclasses; `mobilebert.recipes.settings.load_settings` applies dotted overrides
 (`kt.strategy=jkt pd.steps=100`) and rejects unknown keys with the key's name. `validate()` methods check
 values that a type cannot express; `check_models()` checks that teacher and student fit the chosen
 losses. All of it runs before anything is written.
@@ -15,7 +15,7 @@ from typing import Literal
 
 from mobilebert.config import MobileBertConfig
 from mobilebert.errors import ConfigError
-from mobilebert.settings import (check_batch, check_lr, check_non_negative, check_positive, check_positive_int,
+from mobilebert.recipes.settings import (check_batch, check_lr, check_non_negative, check_positive, check_positive_int,
                                  check_seq_len, check_warmup)
 
 STRATEGIES = ("pkt", "jkt", "akt", "bare")

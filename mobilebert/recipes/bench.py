@@ -122,7 +122,7 @@ class ModelArtifacts:
         from mobilebert.export.wrapper import ExportWrapper
         from mobilebert.heads import MobileBertForSequenceClassification
         from mobilebert.presets import get_config
-        from mobilebert.quant.pytorch import fold_nonorm as fold
+        from mobilebert.export.fold import fold_nonorm as fold
 
         self.preset, self.log = preset, log
         torch.manual_seed(0)
@@ -272,7 +272,7 @@ def run_bench(models=("mobilebert", "bert-base"), runtimes=RUNTIMES, seqs=(128, 
 
 def save_report(report: BenchReport, out_dir) -> dict[str, Path]:
     """results.json, table.md and latency.png in `out_dir`."""
-    from mobilebert.export.bench_report import markdown_table, plot
+    from mobilebert.recipes.bench_report import markdown_table, plot
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

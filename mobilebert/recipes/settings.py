@@ -228,8 +228,8 @@ def load_settings(cls: type[T], path: str | Path | None = None, overrides: list[
 
 
 # ----------------------------------------------------------------------------- shared value checks
-# One rule and one message per concept, used by `train` (mobilebert.distill.settings) and `finetune`
-# (mobilebert.finetune): a learning rate, a warm-up, a batch, a step count, a sequence length, a device.
+# One rule and one message per concept, used by `train` (mobilebert.recipes.train_settings) and `finetune`
+# (mobilebert.recipes.finetune): a learning rate, a warm-up, a batch, a step count, a sequence length, a device.
 
 def check_positive_int(key: str, value) -> None:
     """Batch sizes, step counts, grad_accum, epochs as integers: >= 1."""

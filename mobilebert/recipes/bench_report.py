@@ -27,7 +27,7 @@ def _pair(report, small, big):
 
 
 def markdown_table(report, small: str | None = None, big: str | None = None) -> str:
-    from mobilebert.export.bench import PAPER
+    from mobilebert.recipes.bench import PAPER
 
     small, big = _pair(report, small, big)
 
@@ -111,7 +111,7 @@ def plot(report, path, small: str | None = None, big: str | None = None) -> Path
 
 def render(results_json) -> str:
     """Markdown for a saved results.json."""
-    from mobilebert.export.bench import BenchReport, Result
+    from mobilebert.recipes.bench import BenchReport, Result
 
     d = json.loads(Path(results_json).read_text())
     report = BenchReport(machine=d["machine"], results=[Result(**r) for r in d["results"]], sizes=d["sizes"],

@@ -33,13 +33,13 @@ import yaml
 from mobilebert.atomic import SPACE_ERRORS, atomic_dir, disk_errors, write_yaml
 from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
-from mobilebert.distill import bridge as B
-from mobilebert.distill import estimate as E
+from mobilebert.recipes import train_bridge as B
+from mobilebert.recipes import estimate as E
 from mobilebert.distill import shapes as SH
 from mobilebert.distill import steps as S
-from mobilebert.distill import teacher as TK
+from mobilebert.recipes import train_teacher as TK
 from mobilebert.distill import transfer as T
-from mobilebert.distill.settings import (StageSettings, TrainSettings, build_model_config, check_models, kt_schedule,
+from mobilebert.recipes.train_settings import (StageSettings, TrainSettings, build_model_config, check_models, kt_schedule,
                                         split_steps)
 from mobilebert.engine import checkpoint as C
 from mobilebert.engine import distributed as D
@@ -48,7 +48,7 @@ from mobilebert.engine.loop import LoopConfig, train_loop
 from mobilebert.engine.optim import build_optimizer, build_schedule
 from mobilebert.errors import CheckpointError, ConfigError, DataError
 from mobilebert.heads import MobileBertForPreTraining
-from mobilebert.settings import check_device, check_new_folder, check_precision, check_seq_len, check_unchanged
+from mobilebert.recipes.settings import check_device, check_new_folder, check_precision, check_seq_len, check_unchanged
 
 # Settings that may change between a run and its --resume (they do not change the numbers).
 RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every", "run.keep_checkpoints",
@@ -457,7 +457,7 @@ class Pipeline:
             if self.student is not None:
                 self._export(self.student, "student")
             if main:
-                from mobilebert.distill.report import write_report
+                from mobilebert.recipes.train_report import write_report
                 write_report(self, time.time() - t0)
             return 0
         finally:

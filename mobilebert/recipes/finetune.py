@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 
 from mobilebert.errors import ConfigError
-from mobilebert.settings import (check_batch, check_device, check_lr, check_new_folder, check_non_negative,
+from mobilebert.recipes.settings import (check_batch, check_device, check_lr, check_new_folder, check_non_negative,
                                  check_positive, check_positive_int, check_precision, check_seq_len, check_warmup,
                                  dump_settings)
 
@@ -119,7 +119,7 @@ class FinetuneSettings:
     distill: DistillSettings = field(default_factory=DistillSettings)
 
     def validate(self):
-        """The same rules and messages as `train` (mobilebert.settings); the device, the precision and the
+        """The same rules and messages as `train` (mobilebert.recipes.settings); the device, the precision and the
         sequence length against the model are checked when the run starts (`finetune`)."""
         o, t, d = self.optim, self.train, self.data
         check_lr("optim.lr", o.lr)
@@ -173,7 +173,7 @@ def check_resume(s: FinetuneSettings, out: Path, resume: bool):
     """The checkpoint to resume from (None for a fresh run); refuses mismatched or ambiguous folders."""
     from mobilebert.engine import checkpoint as C
     from mobilebert.outpaths import check_out_dir
-    from mobilebert.settings import check_unchanged
+    from mobilebert.recipes.settings import check_unchanged
 
     check_out_dir(out, "out")   # a file in the way is one line now, not an OSError after the data are read
     latest = C.latest_checkpoint(out) if (out / "checkpoints").is_dir() else None
@@ -259,7 +259,7 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
     if steps_per_epoch == 0:
         raise ConfigError(f"train.batch_size: {bs} is larger than the {n} training examples")
     if not s.train.allow_large:
-        from mobilebert.distill.estimate import check_finetune_memory
+        from mobilebert.recipes.estimate import check_finetune_memory
 
         check_finetune_memory(model, teacher, seq, bs // world // s.train.grad_accum, precision, device)
     if main:  # data, model and teacher are good: from here on the folder is this run's
