@@ -128,7 +128,7 @@ class ModelArtifacts:
         torch.manual_seed(0)
         plain = MobileBertForSequenceClassification(get_config(preset)).eval()
         # NoNorm folded into the adjacent linears (paper §3.4: why NoNorm replaces LayerNorm); a no-op for
-        # LayerNorm models such as BERT_BASE. Exact up to rounding (tests/test_export.py checks it).
+        # LayerNorm models such as BERT_BASE. Exact up to rounding (tests/export/test_export.py checks it).
         self.model, self.folded = fold(plain) if fold_nonorm else (plain, 0)
         # The ONNX graphs go further where folding is on: residual NoNorms carried, shared-input linears
         # merged (mobilebert.export.fuse; BERT_BASE gets the merged Q/K/V). The parity check compares them

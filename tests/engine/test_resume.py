@@ -29,7 +29,7 @@ from mobilebert.data import prepare
 from mobilebert.engine import checkpoint as C
 from mobilebert.engine.logging import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny-test.yaml"
 # 2-layer teacher and student, short stages, a checkpoint every 3 steps, a log record every step.
 STEPS = {"teacher": 16, "pkt-1": 8, "pkt-2": 8, "pd": 12}

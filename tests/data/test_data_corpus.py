@@ -17,7 +17,7 @@ from mobilebert.data import ShardedCorpus, load_manifest, prepare, read_document
 from mobilebert.errors import DataError
 from mobilebert.tokenizer import Tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SLICE = ["corpus/inaugural/2005-Bush.txt", "corpus/inaugural/1789-Washington.txt", "corpus/state_union/1945-Truman.txt"]
 
 

@@ -16,7 +16,7 @@ import torch
 from mobilebert.cli import main
 from mobilebert.recipes.settings import read_yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny-test.yaml"
 FT_QUICK = ["train.batch_size=16", "train.max_steps=2", "train.log_every=1", "train.progress=false",
             "data.max_train_examples=32", "data.max_eval_examples=16", "data.max_seq_length=32",

@@ -20,7 +20,7 @@ from mobilebert.engine.loop import LoopConfig, train_loop
 from mobilebert.engine.optim import build_optimizer
 from mobilebert.heads import MobileBertForPreTraining
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny-test.yaml"
 
 

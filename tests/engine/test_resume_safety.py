@@ -19,7 +19,7 @@ from mobilebert.engine import build_optimizer, linear_schedule
 from mobilebert.engine import checkpoint as C
 from mobilebert.errors import CheckpointError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Payload:

@@ -23,7 +23,7 @@ from mobilebert.engine.logging import read_metrics
 from mobilebert.model import MobileBertModel
 from mobilebert.heads import MobileBertForPreTraining
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny-test.yaml"
 # kt.steps=6 is 6 steps per PKT stage, or 6 in all split over the stages (issue 11 item 4): both stay tiny.
 SMALL = ["run.stages=[kt, pd]", "kt.steps=6", "pd.steps=3", "kt.batch_size=4", "pd.batch_size=4",

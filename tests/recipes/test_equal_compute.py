@@ -15,7 +15,7 @@ from mobilebert.engine.optim import build_schedule
 from mobilebert.errors import ConfigError
 from mobilebert.recipes.settings import load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny-test.yaml"
 
 

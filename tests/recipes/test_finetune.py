@@ -15,7 +15,7 @@ from mobilebert.engine.logging import read_metrics
 from mobilebert.recipes.finetune import DistillSettings, make_loss_fn
 from mobilebert.tasks import get_task, read_examples
 
-from test_squad_data import squad_json
+from helpers import squad_json
 
 QUICK = ["train.batch_size=16", "train.max_steps=2", "train.log_every=1", "train.progress=false",
          "data.max_train_examples=32", "data.max_eval_examples=24", "data.max_seq_length=32", "optim.lr=1e-3"]

@@ -10,7 +10,7 @@ import pytest
 from mobilebert.data import prepare
 from mobilebert.engine.logging import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "tiny-test.yaml"
 # Dropout off in the teacher so both runs compute the same function (ranks draw different dropout masks).
 OVERRIDES = ["teacher.overrides={num_hidden_layers: 2, hidden_dropout_prob: 0.0, attention_probs_dropout_prob: 0.0}",

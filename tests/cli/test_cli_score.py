@@ -10,7 +10,7 @@ from sklearn import metrics as skm
 from mobilebert.cli import main
 from mobilebert.tasks.glue import get_task, read_examples, write_submission
 
-from test_squad_data import squad_json
+from helpers import squad_json
 
 
 def _run(capsys, *argv):
