@@ -5,7 +5,6 @@ Statistics use the real inaugural addresses; NSP structure uses synthetic docume
 """
 
 import pickle
-import time
 
 import numpy as np
 import pytest
@@ -231,13 +230,3 @@ def test_config_and_damaged_data_errors(real_dir, tmp_path):
     with pytest.raises(DataError, match="shard-00000.tokens.bin"):
         PretrainingData(bad)
 
-
-def test_batch_speed(real_dir):
-    data = PretrainingData(real_dir, seq_len=128, seed=7)
-    data.batch(0, 256)
-    times = []
-    for step in range(1, 4):
-        t = time.perf_counter()
-        data.batch(step, 256)
-        times.append(time.perf_counter() - t)
-    assert min(times) < 0.5, f"256x128 batch took {min(times) * 1000:.0f} ms"
