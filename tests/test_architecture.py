@@ -23,7 +23,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "mobilebert"
 
 # The layer map, top to bottom: a module may import from its own layer or a lower one, never a higher one.
-# Keys are module names or package prefixes; the longest matching key wins.
+# A module's key is its first name under mobilebert/ (a sub-package or a root module).
 LAYERS: list[tuple[str, ...]] = [
     ("cli", "__main__"),
     ("recipes",),
@@ -184,7 +184,7 @@ def _report(title: str, lines: list[str]) -> str:
 
 # ------------------------------------------------------------------------------------------- the tests
 def test_the_graph_sees_every_module_and_lazy_imports():
-    """The checker itself: it parses every file, and finds imports inside functions and relative imports."""
+    """The checker itself: it parses every file, finds imports inside functions and resolves imported names."""
     assert {"mobilebert.cli", "mobilebert.recipes.train", "mobilebert.model", "mobilebert.errors"} <= set(MODULES)
     assert "mobilebert.errors" in GRAPH["mobilebert.cli"]            # top-level import
     assert "mobilebert.recipes.train" in GRAPH["mobilebert.cli.train"]   # inside run()
