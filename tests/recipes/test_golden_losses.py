@@ -10,9 +10,9 @@ the bit. Other machines (other CPU instruction sets in the BLAS/oneDNN kernels) 
 another order: measured here, 2 threads differ from the pinned 1-thread values by at most 3.7e-6 relative. The
 test allows 1e-4 relative (plus 1e-5 absolute for terms near zero), about 30x that noise. What a real change
 does, measured: learning rates 1% higher and pd.alpha 0.51 instead of 0.5 move the teacher's and PD's losses by
-only 3e-5 to 8e-5 (under the tolerance: two updates, and PD's MLM and KD terms are nearly equal), but the PKT
-stages, which start from that teacher, by up to 2.7e-2 (11 of 12 values by 6e-4 or more), so the test fails. A wrong term, weight,
-normalisation or data order moves every stage by far more.
+only 3e-5 to 8e-5 (under the tolerance: two updates, and PD's MLM and KD terms are nearly equal), but the
+PKT stages, which start from that teacher, by up to 2.7e-2 (11 of 12 values by 6e-4 or more), so the test
+fails. A wrong term, weight, normalisation or data order moves every stage by far more.
 """
 
 import json
