@@ -12,6 +12,7 @@ train on ids that mean other tokens. Each check ends in one `DataError` naming t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -21,10 +22,21 @@ from mobilebert.errors import DataError
 from mobilebert.tokenizer import Tokenizer, TokenizerError
 
 
+def vocab_list(tok: Tokenizer) -> list[str]:
+    """Tokens in id order ("" for ids the vocabulary skips)."""
+    vocab = tok.backend.get_vocab()
+    out = [""] * (max(vocab.values()) + 1)
+    for t, i in vocab.items():
+        out[i] = t
+    return out
+
+
+def vocab_sha256(tokens: list[str]) -> str:
+    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
+
+
 def check_manifest_fields(path: Path, m: dict) -> None:
     """The fields readers index into, with their types: a hand-edited or damaged manifest is one DataError."""
-    from mobilebert.data.shards import vocab_sha256
-
     def bad(what: str):
         raise DataError(f"{path}: {what}; the dataset is damaged, prepare it again")
 
@@ -63,8 +75,6 @@ def check_vocab_files(folder: str | os.PathLike, manifest: dict) -> None:
     """The folder's tokenizer.json and vocab.txt must hold the vocabulary the shards were tokenized with (the
     manifest's): ids in the shards are only meaningful with it, and training copies these files into every
     model folder it writes."""
-    from mobilebert.data.shards import vocab_list, vocab_sha256
-
     folder = Path(folder)
     found = False
     for name in ("tokenizer.json", "vocab.txt"):

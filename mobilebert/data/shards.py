@@ -20,7 +20,6 @@ document boundary after `shard_tokens` tokens.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -35,8 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from mobilebert.data.corpus import DOCUMENT_MODES, EncodingReport, iter_lines, resolve_corpus
-from mobilebert.data.shard_checks import (check_manifest_fields, check_shard_files, check_vocab_files,
-                                          load_index)
+from mobilebert.data.shard_checks import (check_manifest_fields, check_shard_files, check_vocab_files, load_index, vocab_list, vocab_sha256)
 from mobilebert.errors import DataError
 from mobilebert.tokenizer import Tokenizer, TokenizerError
 
@@ -46,19 +44,6 @@ DEFAULT_SHARD_TOKENS = 1 << 26  # 64 Mi tokens = 128 MiB of uint16 per shard
 CHUNK_CHARS = 1 << 20  # ~1 MiB of text per tokenization task
 
 _worker_tok: Tokenizer | None = None
-
-
-def vocab_list(tok: Tokenizer) -> list[str]:
-    """Tokens in id order ("" for ids the vocabulary skips)."""
-    vocab = tok.backend.get_vocab()
-    out = [""] * (max(vocab.values()) + 1)
-    for t, i in vocab.items():
-        out[i] = t
-    return out
-
-
-def vocab_sha256(tokens: list[str]) -> str:
-    return hashlib.sha256("\n".join(tokens).encode("utf-8")).hexdigest()
 
 
 def _init_worker(tok_json: str) -> None:
