@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from helpers import squad_json
 from scipy import stats
 from sklearn import metrics as skm
 
@@ -22,8 +23,6 @@ from mobilebert.tasks.qa import SquadTask
 from mobilebert.tasks.sentence import SentenceTask
 from mobilebert.tasks.squad import read_squad
 from mobilebert.tokenizer import Tokenizer
-
-from helpers import squad_json
 
 N = 64   # dev examples per task: enough for every metric, seconds on a CPU
 
