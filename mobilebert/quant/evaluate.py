@@ -30,44 +30,47 @@ class AccuracyDropError(UserError):
 
 @dataclass
 class TaskSample:
-    """Examples of one split of a task, tokenized: ids/mask/types lists, labels as class indices."""
+    """Examples of one split of a task, tokenized (`SentenceTask.features`); labels as class indices."""
 
-    task: object  # mobilebert.tasks.glue.TaskSpec
+    task: object  # mobilebert.tasks.sentence.SentenceTask
     path: str
-    encodings: list = field(default_factory=list)
+    features: list = field(default_factory=list)
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(self.encodings)
+        return len(self.features)
 
     def batches(self, batch_size: int = 32):
         """Padded (input_ids, attention_mask, token_type_ids) int64 arrays, in file order."""
-        for i in range(0, len(self.encodings), batch_size):
-            chunk = self.encodings[i:i + batch_size]
-            width = max(len(e.input_ids) for e in chunk)
+        for i in range(0, len(self.features), batch_size):
+            chunk = [f["input_ids"] for f in self.features[i:i + batch_size]]
+            types = [f["token_type_ids"] for f in self.features[i:i + batch_size]]
+            width = max(len(ids) for ids in chunk)
             pad = lambda seq: list(seq) + [0] * (width - len(seq))
-            yield (np.array([pad(e.input_ids) for e in chunk], dtype=np.int64),
-                   np.array([pad(e.attention_mask) for e in chunk], dtype=np.int64),
-                   np.array([pad(e.token_type_ids) for e in chunk], dtype=np.int64))
+            yield (np.array([pad(ids) for ids in chunk], dtype=np.int64),
+                   np.array([pad([1] * len(ids)) for ids in chunk], dtype=np.int64),
+                   np.array([pad(t) for t in types], dtype=np.int64))
 
 
 def check_task(model_dir, config, task) -> None:
     """Refuse data of another task: the checkpoint's task.json, label count and label names must agree."""
+    from mobilebert.tasks.base import task_key
+    from mobilebert.tasks.sentence import SentenceTask
+
     info_path = Path(model_dir) / "task.json" if model_dir is not None else None
     if info_path is not None and info_path.is_file():
         trained = json.loads(info_path.read_text(encoding="utf-8")).get("task")
-        key = lambda s: str(s).lower().replace("-", "").replace("_", "")
-        if trained and key(trained) != key(task.name):
+        if trained and task_key(trained) != task_key(task.name):
             raise UserError(f"--task {task.name}: the model in {model_dir} was fine-tuned on {trained} "
                             f"(its task.json); calibration and evaluation data must come from {trained}")
     if task.is_regression:
         raise UserError(f"--task {task.name}: regression tasks are not supported by the int8 accuracy gate")
-    if config.num_labels != task.num_labels:
-        raise UserError(f"--task {task.name}: the task has {task.num_labels} labels but the model's classifier "
-                        f"has {config.num_labels}; the data are from a different task than the model")
-    names = list(config.id2label.values()) if config.id2label else []
-    if names and not all(n.startswith("LABEL_") for n in names) and names != list(task.labels):
-        raise UserError(f"--task {task.name}: the model's labels {names} differ from the task's {list(task.labels)}")
+    bad = SentenceTask(task).head_mismatch(config, generic_names_ok=True)
+    if bad is not None and bad.what == "count":
+        raise UserError(f"--task {task.name}: the task has {bad.want} labels but the model's classifier "
+                        f"has {bad.have}; the data are from a different task than the model")
+    if bad is not None:
+        raise UserError(f"--task {task.name}: the model's labels {bad.have} differ from the task's {bad.want}")
 
 
 def load_split(task_name: str, data: str | Path, split: str, tokenizer, max_seq_length: int = 128,
@@ -76,23 +79,24 @@ def load_split(task_name: str, data: str | Path, split: str, tokenizer, max_seq_
 
     limit > 0 takes a seeded random subset (calibration) for train, the first `limit` rows otherwise."""
     from mobilebert.tasks.glue import get_task, read_examples, task_file
+    from mobilebert.tasks.sentence import SentenceTask
 
-    task = get_task(task_name)
+    task = SentenceTask(get_task(task_name))
     p = Path(data)
     if not p.exists():
         raise UserError(f"{p}: no such data file or folder")
-    path = task_file(task, p, split) if p.is_dir() else p
+    path = task_file(task.spec, p, split) if p.is_dir() else p
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped-row warnings: the count is in the result
-        examples = read_examples(task, path, split="dev" if split == "test" else split, on_bad_row="skip").examples
+        examples = read_examples(task.spec, path, split="dev" if split == "test" else split,
+                                 on_bad_row="skip").examples
     if not examples:
         raise UserError(f"{path}: no usable {task.name} examples")
     if limit and len(examples) > limit:
         examples = random.Random(seed).sample(examples, limit) if split == "train" else examples[:limit]
-    pairs = None if task.text_b is None else [e.text_b or "" for e in examples]
-    encs = tokenizer.encode_batch([e.text_a for e in examples], pairs, max_length=max_seq_length)
-    labels = np.array([task.labels.index(e.label) for e in examples]) if examples[0].label is not None else None
-    return TaskSample(task=task, path=str(path), encodings=encs, labels=labels)
+    feats = task.features(examples, tokenizer, max_seq_length)
+    labels = np.array([f["label"] for f in feats]) if examples[0].label is not None else None
+    return TaskSample(task=task, path=str(path), features=feats, labels=labels)
 
 
 def run_logits(fn, sample: TaskSample, batch_size: int = 32) -> np.ndarray:
@@ -139,16 +143,13 @@ class QuantReport:
 
 
 def compare(sample: TaskSample, fp32_logits: np.ndarray, int8_logits: np.ndarray) -> QuantReport:
-    from mobilebert.tasks.metrics import glue_metrics
-
     if sample.labels is None:
         raise UserError(f"{sample.path}: the evaluation split has no labels")
     task = sample.task
     metric = task.main_metric
-    positive = task.labels.index(task.positive_label) if task.positive_label in task.labels else 1
     a, b = fp32_logits.argmax(-1), int8_logits.argmax(-1)
-    m32 = glue_metrics((metric,), a, sample.labels, positive=positive)[metric]
-    m8 = glue_metrics((metric,), b, sample.labels, positive=positive)[metric]
+    m32 = task.metrics(a, sample.labels, (metric,))[metric]
+    m8 = task.metrics(b, sample.labels, (metric,))[metric]
     return QuantReport(task.name, metric, len(sample), float(m32), float(m8), float((a == b).mean()))
 
 

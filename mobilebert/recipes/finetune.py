@@ -217,8 +217,8 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
     from mobilebert.engine import checkpoint as C
     from mobilebert.engine import distributed as D
     from mobilebert.engine.logging import MetricsLogger
-    from mobilebert.tasks import (GLUE_SEQ, SQUAD_SEQ, build_task_data, check_teacher, load_model_for_task,
-                                  load_tokenizer)
+    from mobilebert.tasks import check_teacher, load_model_for_task, load_tokenizer
+    from mobilebert.tasks.data import build_task_data
 
     check_device("train.device", s.train.device)
     check_precision("train.precision", s.train.precision, "train.device", s.train.device)
@@ -235,7 +235,7 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
     data = build_task_data(s.data, tokenizer, seed=s.train.seed)
     if not data.train:
         raise ConfigError("data: no training file (set data.dir or data.train_file)")
-    model = load_model_for_task(s.model.init, data, tokenizer, dropout=s.model.dropout,
+    model = load_model_for_task(s.model.init, data.task, tokenizer, dropout=s.model.dropout,
                                 classifier_dropout=s.model.classifier_dropout)
     if s.model.qat:
         from mobilebert.quant.qat import prepare_qat
@@ -244,8 +244,8 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
     model = model.to(device)
     teacher = None
     if s.distill.teacher:
-        teacher = check_teacher(s.distill.teacher, data, tokenizer).to(device).eval()
-    seq = s.data.max_seq_length or (SQUAD_SEQ if data.kind == "squad" else GLUE_SEQ)
+        teacher = check_teacher(s.distill.teacher, data.task, tokenizer).to(device).eval()
+    seq = s.data.max_seq_length or data.task.max_seq_length
     for name, m in (("model.init", model), ("distill.teacher", teacher)):
         if m is not None:
             check_seq_len("data.max_seq_length", seq, m.config.max_position_embeddings, f"{name}'s")
@@ -314,7 +314,8 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
         if not main:
             D.barrier()  # rank 0 evaluates and writes; the others wait
             return {}
-        result = data.evaluate(model, s, device, precision, out / "dev_predictions.tmp")
+        result = data.evaluate(model, device, precision, s.train.eval_batch_size, out / "dev_predictions.tmp",
+                               s.train.progress)
         record = {"step": step, **result["metrics"]}
         history.append(record)
         score = result["metrics"][data.main_metric]
@@ -333,7 +334,7 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
                           scheduler=scheduler, step=step, stage="finetune", data_position=step * s.train.batch_size,
                           settings=s, extra={"loop": loop, "history": list(history), "best": dict(best)}, keep=1)
 
-    loss_fn = make_loss_fn(data.kind, data.is_regression, teacher, s.distill)
+    loss_fn = make_loss_fn(data.task.kind, data.task.is_regression, teacher, s.distill)
     cfg = LoopConfig(max_steps=total, grad_accum=s.train.grad_accum, clip_grad_norm=s.optim.clip_grad_norm,
                      log_every=s.train.log_every, eval_every=s.train.eval_every or steps_per_epoch,
                      save_every=s.train.save_every, precision=precision, stage="finetune",
@@ -365,8 +366,9 @@ def _finetune(s: FinetuneSettings, resume: bool) -> dict:
                "train_seconds": summary["seconds"], "final_loss": summary["loss"], "skipped_rows": data.skipped,
                "precision": precision, "device": str(device), "interrupted": summary["interrupted"]}
     if s.data.predict_test and data.test and s.train.save_best:
-        best_model = load_model_for_task(str(out / "best"), data, tokenizer).to(device)
-        written = data.predict_test(best_model, s, device, precision, out / "submission")
+        best_model = load_model_for_task(str(out / "best"), data.task, tokenizer).to(device)
+        written = data.predict_test(best_model, device, precision, s.train.eval_batch_size, out / "submission",
+                                    s.train.progress)
         results["test_files"] = [str(p) for p in written]
     from mobilebert.atomic import write_json
 
@@ -432,5 +434,4 @@ def save_model(model, tokenizer, settings: FinetuneSettings, folder: Path, metri
         dump_settings(settings, tmp / "settings.yaml")
         (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         if data is not None:  # what `predict` needs to know beyond config.json (SQuAD v2's null answers)
-            info = {"task": data.name, "kind": data.kind, "version_2": data.version_2, "main_metric": data.main_metric}
-            (tmp / "task.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+            (tmp / "task.json").write_text(json.dumps(data.task.info(), indent=2) + "\n", encoding="utf-8")

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobilebert.errors import DataError, UserError, not_utf8, open_text
+from mobilebert.tasks.base import task_key
 
 ON_BAD_ROW = ("error", "skip")
 Column = str | int | None  # a header name, or a 0-based index for files without a header
@@ -97,18 +98,14 @@ GLUE_TASKS: dict[str, TaskSpec] = {t.name: t for t in [
 ]}
 
 
-def _key(name: str) -> str:
-    return name.lower().replace("-", "").replace("_", "")
-
-
-_ALIASES = {_key(n): n for n in GLUE_TASKS}
+_ALIASES = {task_key(n): n for n in GLUE_TASKS}
 _ALIASES.update({"mnlim": "MNLI", "mnlimm": "MNLI", "mnlimatched": "MNLI", "mnlimismatched": "MNLI"})
 
 
 def get_task(name: str) -> TaskSpec:
     """Look a GLUE task up by any usual spelling (sst2, SST-2, sts_b, mnli-mm, ...)."""
     try:
-        return GLUE_TASKS[_ALIASES[_key(name)]]
+        return GLUE_TASKS[_ALIASES[task_key(name)]]
     except KeyError:
         raise UserError(f"unknown GLUE task {name!r}: choose one of {', '.join(GLUE_TASKS)}") from None
 

@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 from mobilebert.cli import main
 from mobilebert.engine.logging import read_metrics
 from mobilebert.recipes.finetune import DistillSettings, make_loss_fn
-from mobilebert.tasks import get_task, read_examples
+from mobilebert.tasks.glue import get_task, read_examples
 
 from helpers import squad_json
 
