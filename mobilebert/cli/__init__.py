@@ -16,7 +16,7 @@ import threading
 from mobilebert.errors import UserError
 
 # Sub-command modules, in the order `--help` lists them. A module that is not present is skipped.
-COMMANDS = ["info", "vocab", "convert", "data", "train", "finetune", "evaluate", "sweep", "predict",
+COMMANDS = ["info", "vocab", "data", "train", "finetune", "evaluate", "sweep", "predict",
             "score", "export", "quantize", "bench"]
 
 
