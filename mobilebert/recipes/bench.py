@@ -201,6 +201,36 @@ class ModelArtifacts:
         raise UserError(f"--runtimes: unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
 
+def bench(models, runtimes, seqs, threads, runs: int, warmup: int, out, fold_nonorm: bool = True) -> int:
+    """The `mobilebert bench` job: check the options, time every setting, write and print the table."""
+    from mobilebert.presets import PRESETS
+
+    for m in models:
+        if m not in PRESETS:
+            raise UserError(f"--models: unknown preset {m!r}; choose from {', '.join(PRESETS)}")
+    for s in seqs:
+        if s < 3 or s > 512:
+            raise UserError(f"--seqs: {s} is outside 3..512 (the models' max_position_embeddings)")
+    if not threads or min(threads) < 1:
+        raise UserError("--threads: give positive thread counts")
+    runtimes = runtimes if runtimes is not None else default_runtimes()
+    report = run_bench(models, runtimes, seqs, threads, runs, warmup, workdir=out, fold_nonorm=fold_nonorm)
+    paths = save_report(report, out)
+    print(paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def default_runtimes() -> tuple[str, ...]:
+    """Every runtime, less the ExecuTorch ones when `executorch` is not installed (an optional extra)."""
+    try:
+        import executorch  # noqa: F401
+    except ImportError:
+        print("executorch is not installed (pip install 'mobilebert[mobile]'): timing the other runtimes")
+        return tuple(r for r in RUNTIMES if not r.startswith("executorch"))
+    return RUNTIMES
+
+
 def run_bench(models=("mobilebert", "bert-base"), runtimes=RUNTIMES, seqs=(128, 384), threads=(1, 2),
               runs: int = 30, warmup: int = 5, workdir="runs/bench", log=print,
               fold_nonorm: bool = True) -> BenchReport:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mobilebert.atomic import atomic_path
+
 PAPER = {"size_ratio": 109 / 25.3, "speed_ratio": 342 / 62, "mobilebert_ms_pixel4": 62, "bert_base_ms_pixel4": 342}
 
 
@@ -129,7 +131,10 @@ def plot(report, path, small: str | None = None, big: str | None = None) -> Path
         axes[0][0].legend()
     fig.suptitle(f"Batch-1 latency on {report.machine.get('cpu')}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # the format from the final name: the temporary's ends in ".tmp"
+            fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return Path(path)
 
