@@ -220,9 +220,10 @@ def load_config(path: str | os.PathLike) -> MobileBertConfig:
 
 
 def load_pretrained(cls, path: str | os.PathLike, config: MobileBertConfig | None = None,
-                    return_report: bool = False, dtype: torch.dtype | None = None, **config_overrides):
+                    dtype: torch.dtype | None = None, **config_overrides):
     """Build `cls` from the checkpoint's config (with overrides, e.g. num_labels=3) and load its weights.
 
+    The model's `load_report` (a LoadReport) says which keys were missing or unexpected.
     dtype: the model's parameter dtype (float32 by default; float64 for exact parity checks)."""
     cfg = config or load_config(path)
     if config_overrides:
@@ -234,5 +235,5 @@ def load_pretrained(cls, path: str | os.PathLike, config: MobileBertConfig | Non
     if report.missing or report.unexpected:
         log.warning("loading %s into %s: %s", path, cls.__name__, report)
     model.load_report = report
-    return (model, report) if return_report else model
+    return model
 

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from mobilebert import atomic
 from mobilebert.errors import ConfigError
 
 ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_new", "tanh")
@@ -269,4 +270,4 @@ class MobileBertConfig:
 
     def save(self, path: str | Path, official: bool = False) -> None:
         d = self.to_official_dict() if official else self.to_hf_dict()
-        Path(path).write_text(json.dumps(d, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic.write_json(path, d, indent=2, sort_keys=True)

@@ -3,6 +3,8 @@
 FLOPs are counted by `torch.utils.flop_counter` on the meta device (no weights are allocated): 2 x the
 multiply-adds of every matmul, linear and attention product of the base model's forward pass at batch 1.
 Element-wise work (norms, activations, softmax) is not counted, as is usual for transformer FLOPs.
+`describe` is the `mobilebert info` job: these counts printed beside the paper's, and optionally a checkpoint's
+largest activations against fp16's range.
 """
 
 from __future__ import annotations
@@ -105,3 +107,59 @@ def activation_peaks(model: torch.nn.Module, batch: dict) -> list[tuple[str, flo
         for h in hooks:
             h.remove()
     return peaks
+
+
+def describe(model: str, seq: int = 128, activations: str | None = None) -> int:
+    """The `mobilebert info` job: print a preset's or checkpoint's counts beside the paper; exit status 0.
+
+    activations: a text to run through a checkpoint (with its vocabulary), reporting each module's largest
+    activation against fp16's range."""
+    from pathlib import Path
+
+    from mobilebert.checkpoint import load_config
+    from mobilebert.errors import ConfigError
+    from mobilebert.presets import PRESETS, get_config
+
+    if model in PRESETS:
+        name, cfg = model, get_config(model)
+    elif Path(model).exists():
+        name, cfg = None, load_config(model)
+    else:
+        raise ConfigError(f"{model!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
+    if seq < 1 or seq > cfg.max_position_embeddings:
+        raise ConfigError(f"--seq {seq}: must be between 1 and max_position_embeddings={cfg.max_position_embeddings}")
+    info = model_info(cfg, seq)
+    print(f"{model}: {cfg.num_hidden_layers} layers, inter-block {cfg.hidden_size}, intra {cfg.true_hidden_size}, "
+          f"{cfg.num_attention_heads} heads, {cfg.num_feedforward_networks} FFN(s) of {cfg.intermediate_size}, "
+          f"{cfg.normalization_type}, {cfg.hidden_act}")
+    print(f"  parameters, total (with pre-training heads): {info.total:>13,}")
+    print(f"  parameters, without heads:                   {info.without_heads:>13,}")
+    print(f"  parameters, without embeddings (or heads):   {info.without_embeddings:>13,}")
+    print(f"  forward FLOPs at batch 1, seq {seq}:          {info.flops / 1e9:>10.2f} G")
+    for line in explain(name, cfg, info):
+        print("  " + line)
+    if activations:
+        _report_activations(model, cfg, activations)
+    return 0
+
+
+def _report_activations(model: str, cfg: MobileBertConfig, text: str) -> None:
+    from mobilebert.errors import UserError
+    from mobilebert.heads import load_model
+    from mobilebert.model import FP16_MAX
+    from mobilebert.presets import PRESETS
+    from mobilebert.tokenizer import Tokenizer
+
+    if model in PRESETS:
+        raise UserError("--activations needs a checkpoint folder (random preset weights say nothing about fp16)")
+    tok = Tokenizer.from_file(model)
+    net = load_model(model).eval()
+    peaks = activation_peaks(net, tok(text, max_length=cfg.max_position_embeddings))
+    over = [(n, p) for n, p in peaks if not p <= FP16_MAX]
+    top = max(peaks, key=lambda np_: np_[1])
+    print(f"  largest activation: {top[1]:.4g} at {top[0]}")
+    if over:
+        print(f"  fp16 overflows first at {over[0][0]} ({over[0][1]:.4g} > {FP16_MAX:.0f}); "
+              f"{len(over)} of {len(peaks)} modules exceed fp16: use bf16 or fp32")
+    else:
+        print(f"  fits fp16 on this input (headroom {FP16_MAX / top[1]:.1f}x)")

@@ -20,6 +20,7 @@ from tokenizers import decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
+from mobilebert import atomic
 from mobilebert.errors import DataError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -121,9 +122,10 @@ class Tokenizer:
         """Write `tokenizer.json` and `vocab.txt` (the latter for BERT tools that want it)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(folder / "tokenizer.json"))
+        # written by mobilebert.atomic (the text `backend.save` would write): never half a file under its name
+        atomic.write_text(folder / "tokenizer.json", self.backend.to_str(pretty=True))
         vocab = sorted(self.backend.get_vocab().items(), key=lambda kv: kv[1])
-        (folder / "vocab.txt").write_text("".join(t + "\n" for t, _ in vocab), encoding="utf-8")
+        atomic.write_text(folder / "vocab.txt", "".join(t + "\n" for t, _ in vocab))
 
     # ----------------------------------------------------------------- vocab
     @property
@@ -252,6 +254,41 @@ def train_wordpiece(files: list[str], vocab_size: int = 30522, lowercase: bool =
     vocab = backend.get_vocab()
     return Tokenizer(_bert_pipeline(WordPiece(vocab, unk_token="[UNK]"), lowercase))
 
+
+
+MAX_VOCAB = 1_000_000   # far above real WordPiece vocabularies (BERT 30,522; multilingual BERT 119,547)
+
+
+def train_vocab(corpus: list[str], out, vocab_size: int = 30522, min_frequency: int = 2, cased: bool = False,
+                skip_bad_files: bool = False) -> int:
+    """The `mobilebert vocab train` job: check the options and `out`, train, save vocab.txt + tokenizer.json
+    in `out` and print what was read; exit status 0 (errors raise UserError)."""
+    from mobilebert.data.corpus import EncodingReport
+    from mobilebert.errors import UserError
+    from mobilebert.outpaths import check_out_dir
+
+    if not 10 <= vocab_size <= MAX_VOCAB:
+        # The upper bound keeps the trainer (Rust) from aborting the process on a huge allocation.
+        raise UserError(f"--vocab-size {vocab_size}: must be between 10 and {MAX_VOCAB:,}")
+    if min_frequency < 0:
+        raise UserError(f"--min-frequency {min_frequency}: must be 0 or more")
+    out = check_out_dir(out, "--out")
+    for name in ("vocab.txt", "tokenizer.json"):
+        if (out / name).exists():
+            raise UserError(f"--out {out}: already holds a {name}; choose another --out")
+    report, skipped = EncodingReport(), []
+    tok = train_wordpiece(corpus, vocab_size=vocab_size, lowercase=not cased, min_frequency=min_frequency,
+                          skip_bad_files=skip_bad_files, report=report, skipped=skipped)
+    if tok.vocab_size <= 5:
+        raise UserError(f"{', '.join(corpus)}: no text to learn word pieces from (the corpus is empty)")
+    tok.save(out)
+    for f in report.as_list():
+        print(f"encoding: {f['file']}: {f['lines']:,} line{'s' if f['lines'] != 1 else ''} not UTF-8, "
+              f"decoded as {f['encoding']}")
+    for s in skipped:
+        print(f"warning: skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    print(f"trained a {tok.vocab_size}-token WordPiece vocabulary: {Path(out) / 'vocab.txt'}")
+    return 0
 
 def tokenizer_config_json(lowercase: bool = True) -> str:
     """A minimal `tokenizer_config.json` so transformers' AutoTokenizer can read our saved folders."""

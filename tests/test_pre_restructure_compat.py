@@ -37,7 +37,8 @@ def load_pretrained(cls, path):
         fn = importlib.import_module("mobilebert.checkpoint").load_pretrained
     except (ImportError, AttributeError):
         fn = mobilebert.load_pretrained
-    return fn(cls, path, return_report=True)
+    model = fn(cls, path)
+    return model, model.load_report
 
 
 def assert_close(got, want, what: str):

@@ -1,7 +1,9 @@
 """The `mobilebert` command: one sub-command per job, each in its own module under `mobilebert.cli`.
 
-Each module exposes `add_parser(subparsers)` and sets `func` on its parser. Modules import torch and
-friends inside `func`, so `mobilebert --help` stays fast.
+Each module exposes `add_parser(subparsers)` and sets `func` on its parser; `func` only turns the parsed
+arguments into one call: a recipe (mobilebert.recipes) for the jobs, one function of their layer for the light
+commands (info: mobilebert.info.describe, vocab: tokenizer.train_vocab, data: data.console, export:
+export.from_checkpoint). Modules import torch and friends inside `func`, so `mobilebert --help` stays fast.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import threading
 from mobilebert.errors import UserError
 
 # Sub-command modules, in the order `--help` lists them. A module that is not present is skipped.
-COMMANDS = ["info", "vocab", "convert", "data", "train", "finetune", "evaluate", "sweep", "predict",
+COMMANDS = ["info", "vocab", "data", "train", "finetune", "evaluate", "sweep", "predict",
             "score", "export", "quantize", "bench"]
 
 

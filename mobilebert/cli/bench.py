@@ -21,18 +21,6 @@ def _csv(kind):
     return parse
 
 
-def default_runtimes() -> tuple[str, ...]:
-    """Every runtime, less the ExecuTorch ones when `executorch` is not installed (an optional extra)."""
-    from mobilebert.recipes.bench import RUNTIMES
-
-    try:
-        import executorch  # noqa: F401
-    except ImportError:
-        print("executorch is not installed (pip install 'mobilebert[mobile]'): timing the other runtimes")
-        return tuple(r for r in RUNTIMES if not r.startswith("executorch"))
-    return RUNTIMES
-
-
 def add_parser(subparsers) -> None:
     from mobilebert.recipes.bench import RUNTIMES
 
@@ -53,22 +41,7 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from mobilebert.errors import UserError
-    from mobilebert.recipes.bench import run_bench, save_report
-    from mobilebert.presets import PRESETS
+    from mobilebert.recipes.bench import bench
 
-    for m in args.models:
-        if m not in PRESETS:
-            raise UserError(f"--models: unknown preset {m!r}; choose from {', '.join(PRESETS)}")
-    for s in args.seqs:
-        if s < 3 or s > 512:
-            raise UserError(f"--seqs: {s} is outside 3..512 (the models' max_position_embeddings)")
-    if not args.threads or min(args.threads) < 1:
-        raise UserError("--threads: give positive thread counts")
-    runtimes = args.runtimes if args.runtimes is not None else default_runtimes()
-    report = run_bench(args.models, runtimes, args.seqs, args.threads, args.runs, args.warmup,
-                       workdir=args.out, fold_nonorm=args.fold_nonorm)
-    paths = save_report(report, args.out)
-    print(paths["markdown"].read_text())
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    return 0
+    return bench(args.models, args.runtimes, args.seqs, args.threads, args.runs, args.warmup, args.out,
+                 fold_nonorm=args.fold_nonorm)

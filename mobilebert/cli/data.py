@@ -2,12 +2,12 @@
 
 prepare is the tokenization step of BERT's create_pretraining_data.py (see mobilebert/data/shards.py); inspect
 prints the manifest and a few MLM + NSP examples as the training job will draw them (mobilebert/data/pretraining.py).
+Both jobs are in mobilebert/data/console.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_parser(subparsers) -> None:
@@ -51,65 +51,15 @@ def add_parser(subparsers) -> None:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    from mobilebert.atomic import SPACE_ERRORS, disk_errors
-    from mobilebert.data.shards import DEFAULT_SHARD_TOKENS, prepare
+    from mobilebert.data.console import prepare_corpus
 
-    bar = None
-    if not args.quiet and sys.stderr.isatty():
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, unit="B", unit_scale=True, desc="tokenizing", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = max(total, done)
-        bar.n = done
-        bar.refresh()
-
-    try:
-        with disk_errors(args.out, SPACE_ERRORS):  # a full disk: one line naming the output folder
-            m = prepare(args.corpus, args.vocab, args.out, workers=args.workers,
-                        shard_tokens=args.shard_tokens or DEFAULT_SHARD_TOKENS, overwrite=args.overwrite,
-                        skip_bad_files=args.skip_bad_files, text_column=args.text_column,
-                        documents=args.documents,
-                        progress=progress if bar is not None else None)
-    finally:
-        if bar is not None:
-            bar.close()
-    c = m["counts"]
-    print(f"prepared {args.out}: {c['files']:,} files, {c['documents']:,} documents, {c['sentences']:,} lines, "
-          f"{c['tokens']:,} tokens in {len(m['shards'])} shard{'s' if len(m['shards']) != 1 else ''} "
-          f"({m['dtype']}, vocab {m['vocab_size']:,}) in {m['seconds']:.1f} s")
-    fb = m["encoding_fallbacks"]
-    if fb:
-        print(f"encoding: {len(fb)} file{'s' if len(fb) != 1 else ''} not (entirely) UTF-8, decoded with a fallback:")
-        for f in fb:
-            print(f"  {f['file']}: {f['lines']:,} line{'s' if f['lines'] != 1 else ''} as {f['encoding']}")
-    for s in m["skipped_files"]:
-        print(f"warning: skipped {s['file']}: {s['reason']}", file=sys.stderr)
-    return 0
+    return prepare_corpus(args.corpus, args.vocab, args.out, workers=args.workers, shard_tokens=args.shard_tokens,
+                          overwrite=args.overwrite, skip_bad_files=args.skip_bad_files,
+                          text_column=args.text_column, documents=args.documents, quiet=args.quiet)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from mobilebert.data.pretraining import IGNORE_INDEX, MaskingConfig, PretrainingData
-    from mobilebert.errors import UserError
+    from mobilebert.data.console import inspect_dataset
 
-    if args.num_examples < 0:
-        raise UserError(f"--num-examples {args.num_examples}: must be 0 or more")
-    data = PretrainingData(args.dir, seq_len=args.seq_len, seed=args.seed,
-                           masking=MaskingConfig(whole_word=args.whole_word, nsp=not args.no_nsp))
-    m, tok = data.corpus.manifest, data.corpus.load_tokenizer()
-    c = m["counts"]
-    print(f"{args.dir}: {c['documents']:,} documents, {c['sentences']:,} lines, {c['tokens']:,} tokens, "
-          f"{len(m['shards'])} shard{'s' if len(m['shards']) != 1 else ''}, vocab {m['vocab_size']:,} (sha256 {m['vocab_sha256'][:12]})")
-    print(f"examples per epoch at seq_len {args.seq_len}: {len(data):,}")
-    for i in range(min(args.num_examples, len(data))):   # one epoch at most
-        ex = data.example(i)
-        n = int(ex["attention_mask"].sum())
-        ids, labels = ex["input_ids"][:n].tolist(), ex["labels"][:n].tolist()
-        words = []
-        for t, lab in zip(tok.convert_ids_to_tokens(ids), labels):
-            words.append(t if lab == IGNORE_INDEX else f"{t}<{tok.convert_ids_to_tokens([lab])[0]}>")
-        nsp = {0: "B follows A", 1: "random B"}.get(int(ex["next_sentence_label"]), "no NSP")
-        print(f"\nexample {i} ({n} tokens, {sum(lab != IGNORE_INDEX for lab in labels)} masked, {nsp}):")
-        print(" ".join(words))
-    return 0
+    return inspect_dataset(args.dir, num_examples=args.num_examples, seq_len=args.seq_len, seed=args.seed,
+                           whole_word=args.whole_word, nsp=not args.no_nsp)

@@ -43,49 +43,8 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    from pathlib import Path
+    from mobilebert.export.from_checkpoint import export_checkpoint
 
-    from mobilebert.checkpoint import head_for_architecture, load_config, require_heads
-    from mobilebert.errors import UserError
-    from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
-    from mobilebert.outpaths import check_out_file
-
-    check_out_file(args.out, "--out")
-    if not args.rtol > 0:
-        raise UserError(f"--rtol {args.rtol}: must be a positive number")
-    if args.format == "executorch" and (args.max_seq < 3 or args.max_batch < 1):
-        raise UserError(f"--max-seq {args.max_seq} / --max-batch {args.max_batch}: need a sequence of at least 3 "
-                        "tokens ([CLS] x [SEP]) and a batch of at least 1")
-    if Path(args.model).exists():
-        # A head missing from the checkpoint would be exported freshly initialised: outputs of random weights.
-        arch = args.task or (load_config(args.model).architectures or ["MobileBertModel"])[0]
-        require_heads(args.model, head_for_architecture(arch), f"--task {arch}" if args.task else "model",
-                      "the exported model would compute its outputs with random weights")
-    model = load_for_export(args.model, task=args.task)
-    vocab = find_vocab(args.model, args.vocab)
-    tokenizer = None
-    if vocab is not None:
-        from mobilebert.tokenizer import Tokenizer, vocab_difference
-
-        tokenizer = Tokenizer.from_file(vocab)
-        own = find_vocab(args.model) if args.vocab else None
-        diff = vocab_difference(tokenizer, Tokenizer.from_file(own)) if own is not None else None
-        if diff:   # the file would carry a vocabulary whose ids do not match its embeddings
-            raise UserError(f"--vocab {args.vocab}: not the vocabulary saved with the checkpoint ({own}: {diff}); "
-                            "leave --vocab out to embed the checkpoint's own")
-    else:
-        print("note: no vocabulary found; checking on random token ids (pass --vocab for real text)")
-    if args.format == "onnx":
-        report = export_onnx(model, args.out, opset=args.opset, rtol=args.rtol, tokenizer=tokenizer,
-                             vocab_path=vocab, fold_nonorm=args.fold_nonorm, fuse=args.fuse)
-    else:
-        from mobilebert.export.mobile import export_executorch
-
-        report = export_executorch(model, args.out, max_seq=args.max_seq, rtol=args.rtol, tokenizer=tokenizer,
-                                   vocab_path=vocab, fold_nonorm=args.fold_nonorm, int8=args.int8,
-                                   max_batch=args.max_batch, fuse=args.fuse)
-    for d in report.diffs:
-        print(f"  {d}")
-    size = Path(args.out).stat().st_size / 2**20
-    print(f"wrote {args.out} ({size:.1f} MiB): matches PyTorch within rtol {args.rtol:g}")
-    return 0
+    own = {k: getattr(args, k) for k in ("opset", "max_seq", "max_batch", "int8") if hasattr(args, k)}  # per format
+    return export_checkpoint(args.model, args.out, args.format, task=args.task, vocab=args.vocab, rtol=args.rtol,
+                             fold_nonorm=args.fold_nonorm, fuse=args.fuse, **own)

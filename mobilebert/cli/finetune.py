@@ -45,25 +45,7 @@ def split_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune
-    from mobilebert.recipes.settings import load_settings
+    from mobilebert.recipes.finetune import finetune_from_config
 
     config, overrides = split_args(args.args)
-    if args.out:
-        overrides.append(f"out={args.out}")
-    settings = load_settings(FinetuneSettings, config, overrides)
-    from mobilebert.engine import distributed
-
-    try:
-        results = finetune(settings, resume=args.resume)
-    finally:
-        distributed.cleanup()
-    if results.get("interrupted"):
-        return 130
-    if "rank" in results:  # torchrun: rank 0 reports
-        return 0
-    print(json.dumps({"task": results["task"], "best_step": results["best_step"], "best": results["best"],
-                      "out": settings.out}, indent=2))
-    return 0
+    return finetune_from_config(config, overrides, out=args.out, resume=args.resume)

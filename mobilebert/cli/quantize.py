@@ -39,30 +39,12 @@ def add_parser(subparsers) -> None:
 
 
 def _run(args) -> int:
-    import json
-    import sys
+    from mobilebert.recipes.quantize import quantize
 
-    from mobilebert.atomic import write_text
-    from mobilebert.recipes.quantize import quantize_checkpoint
-
-    result = quantize_checkpoint(
-        args.model, args.task, args.data, out=args.out, method=args.method, calibration=args.calibration,
-        calib_samples=args.calib_samples, calibration_method=args.calibration_method, eval_file=args.eval_file,
-        eval_samples=args.eval_samples, max_drop=args.max_drop, warn_only=args.warn_only,
-        per_channel=not args.per_tensor, fold_nonorm=args.fold_nonorm, fuse=args.fuse, embeddings=args.quantize_embeddings,
-        max_seq_length=args.max_seq_length, batch_size=args.batch_size, vocab=args.vocab)
-    r = result.report
-    print(r.table(result.method))
-    if result.fp32_size:
-        print(f"size: fp32 ONNX {result.fp32_size / 2**20:.1f} MiB, int8 {result.int8_size / 2**20:.1f} MiB "
-              f"({result.fp32_size / result.int8_size:.2f}x smaller)")
-    if result.warning:
-        print(f"warning: {result.warning}", file=sys.stderr)
-    if result.out:
-        print(f"wrote {result.out}")
-    if args.json:
-        write_text(args.json, json.dumps({
-            "task": r.task, "metric": r.metric, "examples": r.n, "fp32": r.fp32, "int8": r.int8, "drop_points": r.drop,
-            "agreement": r.agreement, "method": result.method, "out": str(result.out) if result.out else None,
-            "warning": result.warning, "fp32_bytes": result.fp32_size, "int8_bytes": result.int8_size}, indent=2) + "\n")
-    return 0
+    return quantize(
+        args.model, args.task, args.data, json_path=args.json, out=args.out, method=args.method,
+        calibration=args.calibration, calib_samples=args.calib_samples, calibration_method=args.calibration_method,
+        eval_file=args.eval_file, eval_samples=args.eval_samples, max_drop=args.max_drop, warn_only=args.warn_only,
+        per_channel=not args.per_tensor, fold_nonorm=args.fold_nonorm, fuse=args.fuse,
+        embeddings=args.quantize_embeddings, max_seq_length=args.max_seq_length, batch_size=args.batch_size,
+        vocab=args.vocab)

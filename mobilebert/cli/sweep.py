@@ -14,12 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from mobilebert.atomic import write_text
-
-DEFAULT_BATCH = "16,32,48"
-DEFAULT_LR = "1e-5,2e-5,3e-5,5e-5,1e-4"
-DEFAULT_EPOCHS = "2,3,5,10"
-DEFAULT_SEEDS = "1,2,3"
+from mobilebert.recipes.sweep import DEFAULT_BATCH, DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_SEEDS
 
 
 def add_parser(sub) -> None:
@@ -47,144 +42,11 @@ def _values(text: str, kind, name: str) -> list:
     return vals
 
 
-def run_name(bs: int, lr: float, ep: float, seed: int) -> str:
-    return f"bs{bs}_lr{lr:g}_ep{ep:g}_seed{seed}"
-
-
-def summarize(records: list[dict]) -> list[dict]:
-    """Group runs by (batch, lr, epochs): mean and sample std of the score over seeds, best first."""
-    import numpy as np
-
-    groups: dict[tuple, list[float]] = {}
-    for r in records:
-        key = (r["batch_size"], r["lr"], r["epochs"])
-        groups.setdefault(key, []).append(float("nan") if r["score"] is None else r["score"])
-    rows = []
-    for (bs, lr, ep), scores in groups.items():
-        a = np.array(scores, dtype=float)
-        rows.append({"batch_size": bs, "lr": lr, "epochs": ep, "mean": float(np.nanmean(a)) if np.isfinite(a).any()
-                     else float("nan"), "std": float(np.nanstd(a, ddof=1)) if np.isfinite(a).sum() > 1 else 0.0,
-                     "runs": len(a)})
-    rows.sort(key=lambda r: (-r["mean"] if np.isfinite(r["mean"]) else float("inf")))
-    return rows
-
-
-def table(rows: list[dict], metric: str) -> str:
-    lines = [f"| batch | lr | epochs | {metric} mean ± std | seeds |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['batch_size']} | {r['lr']:g} | {r['epochs']:g} | {r['mean']:.4f} ± {r['std']:.4f} | "
-                     f"{r['runs']} |")
-    return "\n".join(lines)
-
-
-def plot(rows: list[dict], metric: str, path) -> bool:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # matplotlib is optional (the `train` extra)
-        return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for bs, ep in sorted({(r["batch_size"], r["epochs"]) for r in rows}):
-        pts = sorted((r["lr"], r["mean"], r["std"]) for r in rows if (r["batch_size"], r["epochs"]) == (bs, ep))
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3,
-                    label=f"batch {bs}, {ep:g} epochs")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel(f"dev {metric} (mean ± std over seeds)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
-
-
-def _sweep(grid: list, config, overrides: list[str], out, log, keep: bool) -> int:
-    """Run every grid point not yet in `log`; 130 when one was stopped by SIGTERM/SIGINT (it resumes next time)."""
-    import json
-    import shutil
-
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune
-    from mobilebert.recipes.settings import load_settings
-
-    done = _done(log)
-    for i, (bs, lr, ep, seed) in enumerate(grid, 1):
-        name = run_name(bs, lr, ep, seed)
-        if name in done:
-            continue
-        folder = out / "runs" / name
-        s = load_settings(FinetuneSettings, config, overrides + [
-            f"out={folder}", f"train.batch_size={bs}", f"optim.lr={lr}", f"train.epochs={ep}",
-            f"train.seed={seed}", "train.max_steps=0", f"train.save_best={keep}", f"data.predict_test={keep}"])
-        print(f"[{i}/{len(grid)}] {name}", flush=True)
-        # A run an earlier sweep left interrupted continues from its checkpoint; one stopped before its
-        # first checkpoint (a SIGKILL) starts again.
-        resume = (folder / "checkpoints" / "latest").is_file()
-        if not resume and folder.exists():
-            shutil.rmtree(folder)
-        res = finetune(s, resume=resume)
-        if res.get("interrupted"):
-            return 130
-        rec = {"run": name, "batch_size": bs, "lr": lr, "epochs": ep, "seed": seed, "metric": res["main_metric"],
-               "score": (res["best"] or {}).get(res["main_metric"]), "best": res["best"], "steps": res["steps"]}
-        with open(log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(rec) + "\n")
-        if not keep:
-            shutil.rmtree(folder / "tensorboard", ignore_errors=True)
-    return 0
-
-
-def _done(log) -> dict:
-    """Finished runs recorded in sweep.jsonl, by name."""
-    import json
-
-    done = {}
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-                done[r["run"]] = r
-            except (ValueError, KeyError):
-                continue   # a torn last line from an interrupted sweep
-    return done
-
-
 def run(args: argparse.Namespace) -> int:
-    import shutil
-    from pathlib import Path
-
     from mobilebert.cli.finetune import split_args
-    from mobilebert.recipes.finetune import FinetuneSettings
-    from mobilebert.recipes.settings import load_settings
+    from mobilebert.recipes.sweep import sweep
 
     config, overrides = split_args(args.args)
-    grid = [(bs, lr, ep, seed) for bs in _values(args.batch_sizes, int, "batch-sizes")
-            for lr in _values(args.lrs, float, "lrs") for ep in _values(args.epochs, float, "epochs")
-            for seed in _values(args.seeds, int, "seeds")]
-    load_settings(FinetuneSettings, config, overrides)  # fail on a bad key before anything is written
-    out = Path(args.out)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "sweep.jsonl"
-    try:
-        code = _sweep(grid, config, overrides, out, log, args.keep_checkpoints)
-    except BaseException:
-        if created and not log.exists():  # nothing finished: leave no folder behind
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    if code:
-        return code
-    done = _done(log)
-    records = [done[run_name(*g)] for g in grid]
-    metric = records[0]["metric"]
-    rows = summarize(records)
-    text = table(rows, metric)
-    best = rows[0]
-    summary = (f"best: batch {best['batch_size']}, lr {best['lr']:g}, {best['epochs']:g} epochs: "
-               f"{metric} {best['mean']:.4f} ± {best['std']:.4f} over {best['runs']} seed(s)")
-    print(text + "\n\n" + summary)
-    write_text(out / "sweep.md", text + "\n\n" + summary + "\n")
-    write_text(out / "sweep.csv", "batch_size,lr,epochs,mean,std,runs\n" + "".join(
-        f"{r['batch_size']},{r['lr']:g},{r['epochs']:g},{r['mean']},{r['std']},{r['runs']}\n" for r in rows))
-    plot(rows, metric, out / "sweep.png")
-    return 0
+    return sweep(config, overrides, args.out, batch_sizes=_values(args.batch_sizes, int, "batch-sizes"),
+                 lrs=_values(args.lrs, float, "lrs"), epochs=_values(args.epochs, float, "epochs"),
+                 seeds=_values(args.seeds, int, "seeds"), keep_checkpoints=args.keep_checkpoints)

@@ -51,29 +51,7 @@ def split_args(items: list[str], args: argparse.Namespace) -> tuple[str | None, 
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mobilebert.recipes.train_settings import TrainSettings
-    from mobilebert.errors import ConfigError
-    from mobilebert.recipes.settings import load_settings
+    from mobilebert.recipes.train import train_from_config
 
     config, overrides = split_args(args.args, args)
-    if args.out:
-        overrides.append(f"run.out={args.out}")
-    if config is None:
-        # `mobilebert train --resume --out DIR` re-reads the run's own settings.
-        if not (args.resume and args.out):
-            raise ConfigError("give a config file (for example configs/quickstart.yaml), "
-                              "or --resume --out DIR to continue a run")
-        config = str(Path(args.out) / "settings.yaml")
-        if not Path(config).is_file():
-            raise ConfigError(f"run.out: {args.out} holds no run to resume (no settings.yaml)")
-    settings = load_settings(TrainSettings, config, overrides)
-
-    from mobilebert.recipes.train import Pipeline
-    from mobilebert.engine import distributed
-
-    try:
-        return Pipeline(settings, resume=args.resume, dry_run=args.dry_run).run()
-    finally:
-        distributed.cleanup()
+    return train_from_config(config, overrides, out=args.out, resume=args.resume, dry_run=args.dry_run)

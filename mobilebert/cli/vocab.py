@@ -4,9 +4,6 @@ The corpus is found and read as `mobilebert data prepare` reads it (mobilebert.d
 refused (or skipped with --skip-bad-files), lines that are not UTF-8 are decoded as cp1252 and reported."""
 
 import argparse
-import sys
-
-MAX_VOCAB = 1_000_000   # far above real WordPiece vocabularies (BERT 30,522; multilingual BERT 119,547)
 
 
 def add_parser(sub) -> None:
@@ -24,33 +21,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from mobilebert.tokenizer import train_vocab
 
-    from mobilebert.data.corpus import EncodingReport
-    from mobilebert.errors import UserError
-    from mobilebert.outpaths import check_out_dir
-    from mobilebert.tokenizer import train_wordpiece
-
-    if not 10 <= args.vocab_size <= MAX_VOCAB:
-        # The upper bound keeps the trainer (Rust) from aborting the process on a huge allocation.
-        raise UserError(f"--vocab-size {args.vocab_size}: must be between 10 and {MAX_VOCAB:,}")
-    if args.min_frequency < 0:
-        raise UserError(f"--min-frequency {args.min_frequency}: must be 0 or more")
-    out = check_out_dir(args.out, "--out")
-    for name in ("vocab.txt", "tokenizer.json"):
-        if (out / name).exists():
-            raise UserError(f"--out {out}: already holds a {name}; choose another --out")
-    report, skipped = EncodingReport(), []
-    tok = train_wordpiece(args.corpus, vocab_size=args.vocab_size, lowercase=not args.cased,
-                          min_frequency=args.min_frequency, skip_bad_files=args.skip_bad_files, report=report,
-                          skipped=skipped)
-    if tok.vocab_size <= 5:
-        raise UserError(f"{', '.join(args.corpus)}: no text to learn word pieces from (the corpus is empty)")
-    tok.save(out)
-    for f in report.as_list():
-        print(f"encoding: {f['file']}: {f['lines']:,} line{'s' if f['lines'] != 1 else ''} not UTF-8, "
-              f"decoded as {f['encoding']}")
-    for s in skipped:
-        print(f"warning: skipped {s['file']}: {s['reason']}", file=sys.stderr)
-    print(f"trained a {tok.vocab_size}-token WordPiece vocabulary: {Path(out) / 'vocab.txt'}")
-    return 0
+    return train_vocab(args.corpus, args.out, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                       cased=args.cased, skip_bad_files=args.skip_bad_files)

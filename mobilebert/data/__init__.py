@@ -6,7 +6,8 @@
     batch = data.batch(step, batch_size, rank=0, world_size=1)         # dict of torch.LongTensor
 
 corpus.py finds and reads the text (encoding fallback, document boundaries), shards.py tokenizes it into
-memory-mapped shards, pretraining.py draws the examples. See each module for the BERT sections it follows.
+memory-mapped shards, pretraining.py draws the examples; console.py is the `mobilebert data prepare|inspect` job
+around them. See each module for the BERT sections it follows.
 """
 
 from mobilebert.data.corpus import CorpusSource, EncodingReport, read_documents, resolve_corpus

@@ -7,8 +7,8 @@ should use. Without those variables everything here degrades to single-process n
 call the same functions either way and never import `torch.distributed` themselves.
 
 API:
-    init(device=None) -> torch.device     rank() / world_size() / local_rank() / is_main()
-    barrier()      all_reduce_mean(t)     all_reduce_sum(t)     broadcast_object(obj)
+    init(device=None) -> torch.device     rank() / world_size() / is_main()
+    barrier()      all_reduce_sum(t)     all_reduce_max(t)
     wrap_ddp(model) -> model               unwrap(model) -> model     no_sync(model, enabled)
     cleanup()
 """
@@ -68,10 +68,6 @@ def world_size() -> int:
     return dist.get_world_size() if is_initialized() else 1
 
 
-def local_rank() -> int:
-    return _env_int("LOCAL_RANK", 0)
-
-
 def is_main() -> bool:
     """Rank 0 logs, prints and writes checkpoints."""
     return rank() == 0
@@ -89,27 +85,10 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """In-place mean over ranks."""
-    if is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(world_size())
-    return tensor
-
-
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     if is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
-
-
-def broadcast_object(obj):
-    """Rank 0's `obj` on every rank (for decisions such as "resume from step N")."""
-    if not is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def wrap_ddp(model: nn.Module) -> nn.Module:

@@ -18,7 +18,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,34 +26,10 @@ import torch
 
 from mobilebert.atomic import write_text
 from mobilebert.errors import UserError
+from mobilebert.recipes.bench_report import PAPER, BenchReport, Result, markdown_table, plot
 
 RUNTIMES = ("torch-eager", "torch-compile", "torch-int8", "ort-fp32", "ort-int8", "executorch-fp32",
             "executorch-int8")
-PAPER = {"size_ratio": 109 / 25.3, "speed_ratio": 342 / 62, "mobilebert_ms_pixel4": 62, "bert_base_ms_pixel4": 342}
-
-
-@dataclass
-class Result:
-    model: str
-    runtime: str
-    seq: int
-    threads: int
-    p50_ms: float
-    p90_ms: float
-    mean_ms: float
-    min_ms: float
-    runs: int
-
-
-@dataclass
-class BenchReport:
-    machine: dict
-    results: list[Result] = field(default_factory=list)
-    sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> artifact -> bytes
-    notes: list[str] = field(default_factory=list)
-
-    def get(self, model, runtime, seq, threads) -> Result | None:
-        return next((r for r in self.results if (r.model, r.runtime, r.seq, r.threads) == (model, runtime, seq, threads)), None)
 
 
 def machine_info() -> dict:
@@ -225,6 +201,36 @@ class ModelArtifacts:
         raise UserError(f"--runtimes: unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
 
 
+def bench(models, runtimes, seqs, threads, runs: int, warmup: int, out, fold_nonorm: bool = True) -> int:
+    """The `mobilebert bench` job: check the options, time every setting, write and print the table."""
+    from mobilebert.presets import PRESETS
+
+    for m in models:
+        if m not in PRESETS:
+            raise UserError(f"--models: unknown preset {m!r}; choose from {', '.join(PRESETS)}")
+    for s in seqs:
+        if s < 3 or s > 512:
+            raise UserError(f"--seqs: {s} is outside 3..512 (the models' max_position_embeddings)")
+    if not threads or min(threads) < 1:
+        raise UserError("--threads: give positive thread counts")
+    runtimes = runtimes if runtimes is not None else default_runtimes()
+    report = run_bench(models, runtimes, seqs, threads, runs, warmup, workdir=out, fold_nonorm=fold_nonorm)
+    paths = save_report(report, out)
+    print(paths["markdown"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def default_runtimes() -> tuple[str, ...]:
+    """Every runtime, less the ExecuTorch ones when `executorch` is not installed (an optional extra)."""
+    try:
+        import executorch  # noqa: F401
+    except ImportError:
+        print("executorch is not installed (pip install 'mobilebert[mobile]'): timing the other runtimes")
+        return tuple(r for r in RUNTIMES if not r.startswith("executorch"))
+    return RUNTIMES
+
+
 def run_bench(models=("mobilebert", "bert-base"), runtimes=RUNTIMES, seqs=(128, 384), threads=(1, 2),
               runs: int = 30, warmup: int = 5, workdir="runs/bench", log=print,
               fold_nonorm: bool = True) -> BenchReport:
@@ -272,8 +278,6 @@ def run_bench(models=("mobilebert", "bert-base"), runtimes=RUNTIMES, seqs=(128, 
 
 def save_report(report: BenchReport, out_dir) -> dict[str, Path]:
     """results.json, table.md and latency.png in `out_dir`."""
-    from mobilebert.recipes.bench_report import markdown_table, plot
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "table.md", "chart": out / "latency.png"}

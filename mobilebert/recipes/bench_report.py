@@ -1,15 +1,44 @@
 """Tables and the chart for `mobilebert bench` (paper Table 4's size/speed ratios, Table 7's latency).
 
-Kept apart from the timing code so that a saved `results.json` can be re-rendered without re-running:
-`render(results.json) -> markdown`. The ratio columns are BERT_BASE / MobileBERT from the same run and
-runtime; the paper's are 4.3x (size, 109M / 25.3M parameters) and 5.5x (latency, 342 / 62 ms on a
-Pixel 4 with TFLite).
+Kept apart from the timing code (recipes/bench.py imports this module, never the reverse): the result
+records (`Result`, `BenchReport`), the paper's numbers, the markdown table and the chart. The ratio
+columns are BERT_BASE / MobileBERT from the same run and runtime; the paper's are 4.3x (size, 109M / 25.3M
+parameters) and 5.5x (latency, 342 / 62 ms on a Pixel 4 with TFLite).
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from mobilebert.atomic import atomic_path
+
+PAPER = {"size_ratio": 109 / 25.3, "speed_ratio": 342 / 62, "mobilebert_ms_pixel4": 62, "bert_base_ms_pixel4": 342}
+
+
+@dataclass
+class Result:
+    model: str
+    runtime: str
+    seq: int
+    threads: int
+    p50_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    runs: int
+
+
+@dataclass
+class BenchReport:
+    machine: dict
+    results: list[Result] = field(default_factory=list)
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)  # model -> artifact -> bytes
+    notes: list[str] = field(default_factory=list)
+
+    def get(self, model, runtime, seq, threads) -> Result | None:
+        return next((r for r in self.results if (r.model, r.runtime, r.seq, r.threads) == (model, runtime, seq, threads)), None)
+
 
 NAMES = {"mobilebert": "MobileBERT", "bert-base": "BERT_BASE"}
 
@@ -27,8 +56,6 @@ def _pair(report, small, big):
 
 
 def markdown_table(report, small: str | None = None, big: str | None = None) -> str:
-    from mobilebert.recipes.bench import PAPER
-
     small, big = _pair(report, small, big)
 
     m = report.machine
@@ -104,16 +131,10 @@ def plot(report, path, small: str | None = None, big: str | None = None) -> Path
         axes[0][0].legend()
     fig.suptitle(f"Batch-1 latency on {report.machine.get('cpu')}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # the format from the final name: the temporary's ends in ".tmp"
+            fig.savefig(tmp, dpi=110, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return Path(path)
 
-
-def render(results_json) -> str:
-    """Markdown for a saved results.json."""
-    from mobilebert.recipes.bench import BenchReport, Result
-
-    d = json.loads(Path(results_json).read_text())
-    report = BenchReport(machine=d["machine"], results=[Result(**r) for r in d["results"]], sizes=d["sizes"],
-                         notes=d.get("notes", []))
-    return markdown_table(report)

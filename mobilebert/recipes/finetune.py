@@ -435,3 +435,25 @@ def save_model(model, tokenizer, settings: FinetuneSettings, folder: Path, metri
         (tmp / "eval_results.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
         if data is not None:  # what `predict` needs to know beyond config.json (SQuAD v2's null answers)
             (tmp / "task.json").write_text(json.dumps(data.task.info(), indent=2) + "\n", encoding="utf-8")
+
+
+def finetune_from_config(config: str | None, overrides: list[str], out: str | None = None,
+                         resume: bool = False) -> int:
+    """The `mobilebert finetune` job: settings from `config` + dotted `overrides` (`out` is out=DIR), then
+    `finetune`; rank 0 prints the best dev scores as JSON. Returns the exit status (130: stopped by a signal)."""
+    from mobilebert.engine import distributed as D
+    from mobilebert.recipes.settings import load_settings
+
+    overrides = list(overrides) + ([f"out={out}"] if out else [])
+    settings = load_settings(FinetuneSettings, config, overrides)
+    try:
+        results = finetune(settings, resume=resume)
+    finally:
+        D.cleanup()
+    if results.get("interrupted"):
+        return 130
+    if "rank" in results:  # torchrun: rank 0 reports
+        return 0
+    print(json.dumps({"task": results["task"], "best_step": results["best_step"], "best": results["best"],
+                      "out": settings.out}, indent=2))
+    return 0

@@ -111,3 +111,27 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
         return QuantizeResult(report, method, out, warning, fp32_path.stat().st_size, out.stat().st_size)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def quantize(model_dir, task: str, data, json_path=None, **options) -> int:
+    """The `mobilebert quantize` job: `quantize_checkpoint(model_dir, task, data, **options)`, then the fp32 and
+    int8 scores side by side, the sizes, the file written and (`json_path`) the report as JSON; exit status 0."""
+    import json
+    import sys
+
+    result = quantize_checkpoint(model_dir, task, data, **options)
+    r = result.report
+    print(r.table(result.method))
+    if result.fp32_size:
+        print(f"size: fp32 ONNX {result.fp32_size / 2**20:.1f} MiB, int8 {result.int8_size / 2**20:.1f} MiB "
+              f"({result.fp32_size / result.int8_size:.2f}x smaller)")
+    if result.warning:
+        print(f"warning: {result.warning}", file=sys.stderr)
+    if result.out:
+        print(f"wrote {result.out}")
+    if json_path:
+        atomic.write_text(json_path, json.dumps({
+            "task": r.task, "metric": r.metric, "examples": r.n, "fp32": r.fp32, "int8": r.int8, "drop_points": r.drop,
+            "agreement": r.agreement, "method": result.method, "out": str(result.out) if result.out else None,
+            "warning": result.warning, "fp32_bytes": result.fp32_size, "int8_bytes": result.int8_size}, indent=2) + "\n")
+    return 0

@@ -484,3 +484,25 @@ class Pipeline:
             raise CheckpointError(f"{ckpt}: holds no kt_projections, but this run projects feature maps "
                                     f"({self.student_cfg.hidden_size} -> {self.teacher_cfg.hidden_size})")
         self.proj.load_state_dict(saved)
+
+
+def train_from_config(config: str | None, overrides: list[str], out: str | None = None, resume: bool = False,
+                      dry_run: bool = False) -> int:
+    """The `mobilebert train` job: settings from `config` + dotted `overrides` (`out` is run.out; with no config,
+    `resume` re-reads OUT/settings.yaml), then the pipeline; returns the exit status."""
+    from mobilebert.recipes.settings import load_settings
+
+    overrides = list(overrides) + ([f"run.out={out}"] if out else [])
+    if config is None:
+        # `mobilebert train --resume --out DIR` re-reads the run's own settings.
+        if not (resume and out):
+            raise ConfigError("give a config file (for example configs/quickstart.yaml), "
+                              "or --resume --out DIR to continue a run")
+        config = str(Path(out) / "settings.yaml")
+        if not Path(config).is_file():
+            raise ConfigError(f"run.out: {out} holds no run to resume (no settings.yaml)")
+    settings = load_settings(TrainSettings, config, overrides)
+    try:
+        return Pipeline(settings, resume=resume, dry_run=dry_run).run()
+    finally:
+        D.cleanup()

@@ -132,8 +132,7 @@ def test_bench_bad_options_exit_2(tmp_path, capsys):
 def test_bench_default_runtimes_skip_executorch_when_missing(monkeypatch, capsys):
     import sys
 
-    from mobilebert.cli.bench import default_runtimes
-    from mobilebert.recipes.bench import RUNTIMES
+    from mobilebert.recipes.bench import RUNTIMES, default_runtimes
 
     monkeypatch.setitem(sys.modules, "executorch", None)  # import executorch -> ImportError
     assert default_runtimes() == tuple(r for r in RUNTIMES if not r.startswith("executorch"))
