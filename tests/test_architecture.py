@@ -8,9 +8,7 @@ the package `mobilebert.pkg` (its `__init__`); relative imports resolve the same
 get_config` resolves through the root package's lazy export table (`_EXPORTS` in mobilebert/__init__.py) to the
 module that defines the name. The root package itself is only that table and is not a node of the graph.
 
-Tests marked IN_PROGRESS fail on purpose while the restructure of issue 12 is being merged: their failure
-message lists the current violations (`pytest --runxfail tests/test_architecture.py` prints them). The
-marker is strict, so a test that starts passing fails until the marker is removed.
+Each failure message lists every violation with its file and line.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "mobilebert"
 
@@ -42,8 +39,6 @@ FORBIDDEN = [
 ]
 CLI_MAX_LINES = 80            # every file of mobilebert/cli/, its __init__ included (see test_cli_modules_are_thin)
 
-IN_PROGRESS = pytest.mark.xfail(strict=True, reason="issue 12 restructure in progress; the failure lists the "
-                                                    "violations (run with --runxfail); remove once it passes")
 
 
 # ------------------------------------------------------------------------------------------- the graph
@@ -201,7 +196,6 @@ def test_cycle_finder_finds_a_circle():
     assert cycles({"a": {"b": 1}, "b": {}}) == []
 
 
-@IN_PROGRESS
 def test_no_import_circles():
     found = cycles(GRAPH)
     lines = [f"{' <-> '.join(c)}: " + "; ".join(_cycle_edges(c)) for c in found]
@@ -294,7 +288,6 @@ def cli_lengths() -> dict[str, int]:
             for p in sorted((PKG / "cli").glob("*.py"))}
 
 
-@IN_PROGRESS
 def test_cli_modules_are_thin():
     """A command-line module parses arguments and calls a recipe; 80 lines is enough for that. The package
     __init__ counts too: it holds the dispatcher and the error mapping, where logic would creep in first."""
