@@ -65,9 +65,15 @@ class PreTrainingHeads(nn.Module):
 
 
 class MobileBertPreTrainedModel(PreTrainedMixin, nn.Module):
-    """Base of the head models: holds the config and the base model under `mobilebert.` (or `bert.`)."""
+    """Base of the head models: holds the config and the base model under `mobilebert.` (or `bert.`).
+
+    Each head writes its forward pass once, in `head_outputs(hidden, pooled, input_shape)`: the encoder's
+    last hidden states (B, S, H) and pooled [CLS] (B, H) to the head's outputs, in the order and under the
+    ModelOutput field names of `output_names`. Its `forward` adds the losses; the export wrapper
+    (mobilebert.export.wrapper) calls the same method on its own encoder pass."""
 
     add_pooling_layer = True
+    output_names: tuple[str, ...] = ("logits",)  # heads with other outputs name them
 
     def __init__(self, cfg: MobileBertConfig):
         super().__init__()
@@ -100,6 +106,8 @@ def _carry(out: ModelOutput, **fields) -> ModelOutput:
 
 
 class MobileBertForPreTraining(MobileBertPreTrainedModel):
+    output_names = ("prediction_logits", "seq_relationship_logits")
+
     def __init__(self, cfg: MobileBertConfig):
         super().__init__(cfg)
         self.cls = PreTrainingHeads(cfg)
@@ -114,8 +122,7 @@ class MobileBertForPreTraining(MobileBertPreTrainedModel):
         if sparse_mlm and labels is not None:
             keep = labels != -100
             h, labels = h[keep], labels[keep]
-        mlm = self.cls.predictions(h)
-        nsp = self.cls.seq_relationship(out.pooler_output)
+        mlm, nsp = self.head_outputs(h, out.pooler_output, input_ids.shape)
         loss = mlm_loss = nsp_loss = None
         if labels is not None:
             mlm_loss = F.cross_entropy(_up(mlm.reshape(-1, mlm.shape[-1])), labels.reshape(-1), ignore_index=-100)
@@ -125,6 +132,10 @@ class MobileBertForPreTraining(MobileBertPreTrainedModel):
             loss = nsp_loss if loss is None else loss + nsp_loss
         return _carry(out, loss=loss, mlm_loss=mlm_loss, nsp_loss=nsp_loss, prediction_logits=mlm,
                       seq_relationship_logits=nsp)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        # hidden: (B, S, H), or (num_masked, H) for sparse_mlm; MLM (..., V) and NSP (B, 2) logits.
+        return self.cls.predictions(hidden), self.cls.seq_relationship(pooled)
 
 
 class MobileBertForMaskedLM(MobileBertPreTrainedModel):
@@ -137,11 +148,14 @@ class MobileBertForMaskedLM(MobileBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
         out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.cls.predictions(out.last_hidden_state)
+        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(_up(logits.reshape(-1, logits.shape[-1])), labels.reshape(-1))
         return _carry(out, loss=loss, logits=logits)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        return (self.cls.predictions(hidden),)  # (B, S, V)
 
 
 class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
@@ -152,9 +166,12 @@ class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
         out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.cls.seq_relationship(out.pooler_output)
+        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
         loss = F.cross_entropy(_up(logits), labels.reshape(-1)) if labels is not None else None
         return _carry(out, loss=loss, logits=logits)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        return (self.cls.seq_relationship(pooled),)  # (B, 2)
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -176,7 +193,7 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
         out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
         loss = None
         if labels is not None:
             kind = self.config.problem_type
@@ -198,9 +215,13 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
                 loss = F.binary_cross_entropy_with_logits(x, labels.to(x.dtype))
         return _carry(out, loss=loss, logits=logits)
 
+    def head_outputs(self, hidden, pooled, input_shape):
+        return (self.classifier(self.dropout(pooled)),)  # (B, num_labels)
+
 
 class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
     add_pooling_layer = False
+    output_names = ("start_logits", "end_logits")
 
     def __init__(self, cfg: MobileBertConfig):
         super().__init__(cfg)
@@ -210,8 +231,7 @@ class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 start_positions=None, end_positions=None, **kw):
         out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.qa_outputs(out.last_hidden_state)  # (B, S, 2)
-        start, end = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        start, end = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
         loss = None
         if start_positions is not None and end_positions is not None:
             # Positions outside the window are clamped to S and ignored (transformers' rule).
@@ -221,6 +241,10 @@ class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
             loss = (F.cross_entropy(_up(start), sp, ignore_index=ignored)
                     + F.cross_entropy(_up(end), ep, ignore_index=ignored)) / 2
         return _carry(out, loss=loss, start_logits=start, end_logits=end)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        logits = self.qa_outputs(hidden)  # (B, S, 2)
+        return tuple(t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # start, end: (B, S)
 
 
 class MobileBertForTokenClassification(MobileBertPreTrainedModel):
@@ -235,11 +259,14 @@ class MobileBertForTokenClassification(MobileBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
         out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, S, num_labels)
+        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(_up(logits.reshape(-1, self.num_labels)), labels.reshape(-1))
         return _carry(out, loss=loss, logits=logits)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        return (self.classifier(self.dropout(hidden)),)  # (B, S, num_labels)
 
 
 class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
@@ -250,12 +277,19 @@ class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        num_choices = input_ids.shape[1]
-        flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # (B*C, S)
-        out = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), **kw)
-        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)  # (B, C)
+        out = self.encode(*map(flat_choices, (input_ids, attention_mask, token_type_ids, position_ids)), **kw)
+        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
         loss = F.cross_entropy(_up(logits), labels.reshape(-1)) if labels is not None else None
         return _carry(out, loss=loss, logits=logits)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        # pooled: (B*C, H) from the flattened choices; input_shape (B, C, S).
+        return (self.classifier(self.dropout(pooled)).view(-1, input_shape[1]),)  # (B, C)
+
+
+def flat_choices(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Multiple-choice inputs (B, C, S) as the (B*C, S) rows the encoder runs (any (..., S) works)."""
+    return None if t is None else t.reshape(-1, t.shape[-1])
 
 
 HEADS = {c.__name__: c for c in (
