@@ -389,7 +389,7 @@ class MobileBertModel(PreTrainedMixin, nn.Module):
         """The ModelOutput fields `head_outputs` returns, in order (the exported graph's outputs)."""
         return ("last_hidden_state", "pooler_output") if self.pooler is not None else ("last_hidden_state",)
 
-    def head_outputs(self, hidden, pooled, input_shape=None) -> tuple[torch.Tensor, ...]:
+    def head_outputs(self, hidden, pooled, input_shape) -> tuple[torch.Tensor, ...]:
         """The base model has no head: its outputs are the hidden states (and the pooled [CLS])."""
         return (hidden,) if pooled is None else (hidden, pooled)
 
