@@ -97,6 +97,11 @@ class MobileBertPreTrainedModel(PreTrainedMixin, nn.Module):
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kw) -> ModelOutput:
         return self.base_model(input_ids, attention_mask, token_type_ids, position_ids, **kw)
 
+    def encode_and_head(self, input_ids, attention_mask, token_type_ids, position_ids, **kw):
+        """(the base model's ModelOutput, this head's `head_outputs` on it): what a forward adds losses to."""
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        return out, self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
+
 
 def _carry(out: ModelOutput, **fields) -> ModelOutput:
     """A head's output: its own fields plus the base model's hidden states and attention maps."""
@@ -147,8 +152,7 @@ class MobileBertForMaskedLM(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
+        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(_up(logits.reshape(-1, logits.shape[-1])), labels.reshape(-1))
@@ -165,8 +169,7 @@ class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
+        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = F.cross_entropy(_up(logits), labels.reshape(-1)) if labels is not None else None
         return _carry(out, loss=loss, logits=logits)
 
@@ -192,8 +195,7 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
+        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if labels is not None:
             kind = self.config.problem_type
@@ -230,8 +232,7 @@ class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 start_positions=None, end_positions=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        start, end = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
+        out, (start, end) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if start_positions is not None and end_positions is not None:
             # Positions outside the window are clamped to S and ignored (transformers' rule).
@@ -258,8 +259,7 @@ class MobileBertForTokenClassification(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
+        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(_up(logits.reshape(-1, self.num_labels)), labels.reshape(-1))
@@ -278,7 +278,7 @@ class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
         out = self.encode(*map(flat_choices, (input_ids, attention_mask, token_type_ids, position_ids)), **kw)
-        logits, = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
+        (logits,) = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
         loss = F.cross_entropy(_up(logits), labels.reshape(-1)) if labels is not None else None
         return _carry(out, loss=loss, logits=logits)
 
