@@ -65,9 +65,15 @@ class PreTrainingHeads(nn.Module):
 
 
 class MobileBertPreTrainedModel(PreTrainedMixin, nn.Module):
-    """Base of the head models: holds the config and the base model under `mobilebert.` (or `bert.`)."""
+    """Base of the head models: holds the config and the base model under `mobilebert.` (or `bert.`).
+
+    Each head writes its forward pass once, in `head_outputs(hidden, pooled, input_shape)`: the encoder's
+    last hidden states (B, S, H) and pooled [CLS] (B, H) to the head's outputs, in the order and under the
+    ModelOutput field names of `output_names`. Its `forward` adds the losses; the export wrapper
+    (mobilebert.export.wrapper) calls the same method on its own encoder pass."""
 
     add_pooling_layer = True
+    output_names: tuple[str, ...] = ("logits",)  # heads with other outputs name them
 
     def __init__(self, cfg: MobileBertConfig):
         super().__init__()
@@ -91,6 +97,11 @@ class MobileBertPreTrainedModel(PreTrainedMixin, nn.Module):
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, **kw) -> ModelOutput:
         return self.base_model(input_ids, attention_mask, token_type_ids, position_ids, **kw)
 
+    def encode_and_head(self, input_ids, attention_mask, token_type_ids, position_ids, **kw):
+        """(the base model's ModelOutput, this head's `head_outputs` on it): what a forward adds losses to."""
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        return out, self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
+
 
 def _carry(out: ModelOutput, **fields) -> ModelOutput:
     """A head's output: its own fields plus the base model's hidden states and attention maps."""
@@ -100,6 +111,8 @@ def _carry(out: ModelOutput, **fields) -> ModelOutput:
 
 
 class MobileBertForPreTraining(MobileBertPreTrainedModel):
+    output_names = ("prediction_logits", "seq_relationship_logits")
+
     def __init__(self, cfg: MobileBertConfig):
         super().__init__(cfg)
         self.cls = PreTrainingHeads(cfg)
@@ -114,8 +127,7 @@ class MobileBertForPreTraining(MobileBertPreTrainedModel):
         if sparse_mlm and labels is not None:
             keep = labels != -100
             h, labels = h[keep], labels[keep]
-        mlm = self.cls.predictions(h)
-        nsp = self.cls.seq_relationship(out.pooler_output)
+        mlm, nsp = self.head_outputs(h, out.pooler_output, input_ids.shape)
         loss = mlm_loss = nsp_loss = None
         if labels is not None:
             mlm_loss = F.cross_entropy(_up(mlm.reshape(-1, mlm.shape[-1])), labels.reshape(-1), ignore_index=-100)
@@ -125,6 +137,10 @@ class MobileBertForPreTraining(MobileBertPreTrainedModel):
             loss = nsp_loss if loss is None else loss + nsp_loss
         return _carry(out, loss=loss, mlm_loss=mlm_loss, nsp_loss=nsp_loss, prediction_logits=mlm,
                       seq_relationship_logits=nsp)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        # hidden: (B, S, H), or (num_masked, H) for sparse_mlm; MLM (..., V) and NSP (B, 2) logits.
+        return self.cls.predictions(hidden), self.cls.seq_relationship(pooled)
 
 
 class MobileBertForMaskedLM(MobileBertPreTrainedModel):
@@ -136,12 +152,14 @@ class MobileBertForMaskedLM(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.cls.predictions(out.last_hidden_state)
+        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(_up(logits.reshape(-1, logits.shape[-1])), labels.reshape(-1))
         return _carry(out, loss=loss, logits=logits)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        return (self.cls.predictions(hidden),)  # (B, S, V)
 
 
 class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
@@ -151,10 +169,12 @@ class MobileBertForNextSentencePrediction(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.cls.seq_relationship(out.pooler_output)
+        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = F.cross_entropy(_up(logits), labels.reshape(-1)) if labels is not None else None
         return _carry(out, loss=loss, logits=logits)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        return (self.cls.seq_relationship(pooled),)  # (B, 2)
 
 
 def _up(x: torch.Tensor) -> torch.Tensor:
@@ -175,8 +195,7 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.classifier(self.dropout(out.pooler_output))  # (B, num_labels)
+        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if labels is not None:
             kind = self.config.problem_type
@@ -198,9 +217,13 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
                 loss = F.binary_cross_entropy_with_logits(x, labels.to(x.dtype))
         return _carry(out, loss=loss, logits=logits)
 
+    def head_outputs(self, hidden, pooled, input_shape):
+        return (self.classifier(self.dropout(pooled)),)  # (B, num_labels)
+
 
 class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
     add_pooling_layer = False
+    output_names = ("start_logits", "end_logits")
 
     def __init__(self, cfg: MobileBertConfig):
         super().__init__(cfg)
@@ -209,9 +232,7 @@ class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 start_positions=None, end_positions=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.qa_outputs(out.last_hidden_state)  # (B, S, 2)
-        start, end = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        out, (start, end) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if start_positions is not None and end_positions is not None:
             # Positions outside the window are clamped to S and ignored (transformers' rule).
@@ -221,6 +242,10 @@ class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):
             loss = (F.cross_entropy(_up(start), sp, ignore_index=ignored)
                     + F.cross_entropy(_up(end), ep, ignore_index=ignored)) / 2
         return _carry(out, loss=loss, start_logits=start, end_logits=end)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        logits = self.qa_outputs(hidden)  # (B, S, 2)
+        return tuple(t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))  # start, end: (B, S)
 
 
 class MobileBertForTokenClassification(MobileBertPreTrainedModel):
@@ -234,12 +259,14 @@ class MobileBertForTokenClassification(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, **kw)
-        logits = self.classifier(self.dropout(out.last_hidden_state))  # (B, S, num_labels)
+        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(_up(logits.reshape(-1, self.num_labels)), labels.reshape(-1))
         return _carry(out, loss=loss, logits=logits)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        return (self.classifier(self.dropout(hidden)),)  # (B, S, num_labels)
 
 
 class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
@@ -250,12 +277,19 @@ class MobileBertForMultipleChoice(MobileBertPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        num_choices = input_ids.shape[1]
-        flat = lambda t: None if t is None else t.reshape(-1, t.shape[-1])  # (B*C, S)
-        out = self.encode(flat(input_ids), flat(attention_mask), flat(token_type_ids), flat(position_ids), **kw)
-        logits = self.classifier(self.dropout(out.pooler_output)).view(-1, num_choices)  # (B, C)
+        out = self.encode(*map(flat_choices, (input_ids, attention_mask, token_type_ids, position_ids)), **kw)
+        (logits,) = self.head_outputs(out.last_hidden_state, out.pooler_output, input_ids.shape)
         loss = F.cross_entropy(_up(logits), labels.reshape(-1)) if labels is not None else None
         return _carry(out, loss=loss, logits=logits)
+
+    def head_outputs(self, hidden, pooled, input_shape):
+        # pooled: (B*C, H) from the flattened choices; input_shape (B, C, S).
+        return (self.classifier(self.dropout(pooled)).view(-1, input_shape[1]),)  # (B, C)
+
+
+def flat_choices(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Multiple-choice inputs (B, C, S) as the (B*C, S) rows the encoder runs (any (..., S) works)."""
+    return None if t is None else t.reshape(-1, t.shape[-1])
 
 
 HEADS = {c.__name__: c for c in (

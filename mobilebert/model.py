@@ -67,7 +67,7 @@ class ModelOutput:
 class NoNorm(nn.Module):
     """NoNorm(h) = gamma * h + beta (eq. 1): LayerNorm's affine part without the normalisation."""
 
-    def __init__(self, size: int, eps: float | None = None):
+    def __init__(self, size: int):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.bias = nn.Parameter(torch.zeros(size))
@@ -165,7 +165,6 @@ class MobileBertSelfAttention(nn.Module):
 class MobileBertSelfOutput(nn.Module):
     def __init__(self, cfg: MobileBertConfig):
         super().__init__()
-        self.use_bottleneck = cfg.use_bottleneck
         self.dense = nn.Linear(cfg.true_hidden_size, cfg.true_hidden_size)
         self.LayerNorm = make_norm(cfg, cfg.true_hidden_size, cfg.layer_norm_eps)
         self.dropout = nn.Identity() if cfg.use_bottleneck else nn.Dropout(cfg.hidden_dropout_prob)
@@ -298,6 +297,27 @@ class MobileBertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(MobileBertLayer(cfg) for _ in range(cfg.num_hidden_layers))
 
+    def forward(self, h, mask_add, want_maps: bool = False, num_layers: int | None = None,
+                checkpointing: bool = False, fp16_guard: bool = False):
+        """The layer stack on h (B, S, H), or token-major (B*S, H) as the export runs it.
+
+        Returns (last h, [embeddings h, each layer's h], per-layer maps, per-layer scores); the maps are
+        None unless want_maps. checkpointing: recompute each layer in the backward pass (saves memory).
+        fp16_guard: stop with PrecisionError when a layer's output leaves fp16's range."""
+        layers = self.layer if num_layers is None else self.layer[:num_layers]
+        hidden, probs, scores = [h], [], []
+        for i, layer in enumerate(layers):
+            if checkpointing:
+                h, p, s = checkpoint(layer, h, mask_add, want_maps, use_reentrant=False)
+            else:
+                h, p, s = layer(h, mask_add, want_maps)
+            if fp16_guard:
+                check_fp16_range(h, f"at the output of layer {i + 1} of {len(layers)}")
+            hidden.append(h)
+            probs.append(p)
+            scores.append(s)
+        return h, hidden, probs, scores
+
 
 class MobileBertPooler(nn.Module):
     def __init__(self, cfg: MobileBertConfig):
@@ -309,6 +329,12 @@ class MobileBertPooler(nn.Module):
     def forward(self, h):
         first = h[:, 0]  # (B, H): the [CLS] token
         return torch.tanh(self.dense(first)) if self.do_activate else first
+
+
+def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive key mask (B, 1, 1, S) from a (B, S) 0/1 mask: 0 where attended, the dtype's minimum where
+    padded (as transformers)."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
 
 
 def _fp16_active(x: torch.Tensor) -> bool:
@@ -358,6 +384,15 @@ class MobileBertModel(PreTrainedMixin, nn.Module):
     def base_model(self) -> "MobileBertModel":
         return self
 
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The ModelOutput fields `head_outputs` returns, in order (the exported graph's outputs)."""
+        return ("last_hidden_state", "pooler_output") if self.pooler is not None else ("last_hidden_state",)
+
+    def head_outputs(self, hidden, pooled, input_shape) -> tuple[torch.Tensor, ...]:
+        """The base model has no head: its outputs are the hidden states (and the pooled [CLS])."""
+        return (hidden,) if pooled is None else (hidden, pooled)
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
                 output_hidden_states: bool = False, output_attentions: bool = False,
                 output_attention_scores: bool = False, num_layers: int | None = None) -> ModelOutput:
@@ -366,22 +401,11 @@ class MobileBertModel(PreTrainedMixin, nn.Module):
         h = self.embeddings(input_ids, token_type_ids, position_ids)  # (B, S, H)
         mask_add = None
         if attention_mask is not None and not bool(attention_mask.all()):
-            # Additive key mask (B, 1, 1, S): 0 where attended, the dtype's minimum where padded (as transformers).
-            mask_add = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+            mask_add = additive_mask(attention_mask, h.dtype)
         want_maps = output_attentions or output_attention_scores
-        layers = self.encoder.layer if num_layers is None else self.encoder.layer[:num_layers]
-        guard = _fp16_active(h)
-        hidden, probs, scores = [h], [], []
-        for i, layer in enumerate(layers):
-            if self.gradient_checkpointing and self.training:
-                h, p, s = checkpoint(layer, h, mask_add, want_maps, use_reentrant=False)
-            else:
-                h, p, s = layer(h, mask_add, want_maps)
-            if guard:
-                check_fp16_range(h, f"at the output of layer {i + 1} of {len(layers)}")
-            hidden.append(h)
-            probs.append(p)
-            scores.append(s)
+        h, hidden, probs, scores = self.encoder(h, mask_add, want_maps, num_layers,
+                                                checkpointing=self.gradient_checkpointing and self.training,
+                                                fp16_guard=_fp16_active(h))
         return ModelOutput(
             last_hidden_state=h,
             pooler_output=self.pooler(h) if self.pooler is not None else None,

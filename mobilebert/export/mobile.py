@@ -20,9 +20,9 @@ from pathlib import Path
 
 from mobilebert import atomic
 from mobilebert.errors import UserError
-from mobilebert.export.onnx import (DEFAULT_RTOL, ParityError, ParityReport, atomic_output, compare_outputs,
-                                    metadata_for, sample_inputs)
-from mobilebert.export.wrapper import ExportWrapper, head_name, output_names, reference_outputs
+from mobilebert.export.onnx import (DEFAULT_RTOL, ParityError, ParityReport, atomic_output, check_parity,
+                                    graph_model_for, metadata_for, sample_inputs)
+from mobilebert.export.wrapper import ExportWrapper, head_name
 
 INT8_RTOL = 0.1
 
@@ -86,15 +86,8 @@ def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL
     if max_batch < 2:
         raise UserError(f"--max-batch {max_batch}: must be at least 2 (the check runs two batch sizes)")
     model = model.eval().float()
-    graph_model = model
-    if fuse:  # mobilebert.export.fuse (folds too), with the residual steps as linear + add for XNNPACK
-        from mobilebert.export.fuse import fuse_for_inference
-
-        graph_model = fuse_for_inference(model, residual_gemm=False)
-    elif fold_nonorm:
-        from mobilebert.export.fold import fold_nonorm as fold
-
-        graph_model, _ = fold(model)
+    # fuse: the residual steps as linear + add, which XNNPACK quantizes
+    graph_model = graph_model_for(model, fuse, fold_nonorm, residual_gemm=False)
     wrapper = ExportWrapper(graph_model).eval()  # (B, S, H): FusedLayer flattens per layer (token-major over
     # the whole stack made torch.export's symbolic shapes grow until sympy took minutes per layer)
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]
@@ -115,11 +108,7 @@ def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL
         session = ExecuTorchSession(tmp, check_inputs=False)
         # int8: within 10% of the output scale; its accuracy is checked on a dev set (mobilebert quantize).
         report = ParityReport(rtol=max(rtol, INT8_RTOL) if int8 else rtol, require_argmax=not int8)
-        names = output_names(model)
-        for ids, mask, types in batches:
-            want = [t.float().numpy() for t in reference_outputs(model, ids, mask, types)]
-            got = session(ids.numpy(), mask.numpy(), types.numpy())
-            compare_outputs(names, [got[n] for n in names], want, report.rtol, report)
+        check_parity(session, model, batches, report)
         if not report.ok:
             what = f"rtol {report.rtol:g}" + ("" if int8 else " and identical argmax")
             raise ParityError(f"{out}: ExecuTorch program disagrees with PyTorch ({what}): {report}; no file written")

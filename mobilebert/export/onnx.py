@@ -193,18 +193,36 @@ def _dynamic_axes(model) -> dict[str, dict[int, str]]:
     return axes
 
 
-def check_onnx_parity(onnx_path, model, batches, rtol: float = DEFAULT_RTOL) -> ParityReport:
-    """Run the ONNX file in ONNX Runtime on each batch and compare with the PyTorch model's own forward."""
-    from mobilebert.export.runtime import load_session
-
-    session = load_session(onnx_path, check_inputs=False)
-    report = ParityReport(rtol=rtol)
+def check_parity(session, model, batches, report: ParityReport) -> ParityReport:
+    """Run `session` (ONNX Runtime or ExecuTorch: arrays in, {output name: array} out) on each batch and
+    compare with the PyTorch model's own forward; the worst difference per output goes into `report`."""
     names = output_names(model)
     for ids, mask, types in batches:
         want = [t.float().numpy() for t in reference_outputs(model, ids, mask, types)]
         got = session(ids.numpy(), mask.numpy(), types.numpy())
-        compare_outputs(names, [got[n] for n in names], want, rtol, report)
+        compare_outputs(names, [got[n] for n in names], want, report.rtol, report)
     return report
+
+
+def check_onnx_parity(onnx_path, model, batches, rtol: float = DEFAULT_RTOL) -> ParityReport:
+    """Run the ONNX file in ONNX Runtime on each batch and compare with the PyTorch model's own forward."""
+    from mobilebert.export.runtime import load_session
+
+    return check_parity(load_session(onnx_path, check_inputs=False), model, batches, ParityReport(rtol=rtol))
+
+
+def graph_model_for(model, fuse: bool = False, fold_nonorm: bool = False, residual_gemm: bool = True):
+    """The model an export traces: fused (mobilebert.export.fuse, which folds too; `residual_gemm` as there),
+    NoNorm-folded (mobilebert.export.fold), or `model` itself. Parity is always checked against `model`."""
+    if fuse:
+        from mobilebert.export.fuse import fuse_for_inference
+
+        return fuse_for_inference(model, residual_gemm=residual_gemm)
+    if fold_nonorm:
+        from mobilebert.export.fold import fold_nonorm as fold
+
+        return fold(model)[0]
+    return model
 
 
 def atomic_output(out: Path):
@@ -234,16 +252,8 @@ def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol:
     if out.suffix != ".onnx":
         raise UserError(f"--out {out}: the file name must end in .onnx")
     model = model.eval().float()
-    graph_model = model
-    if fuse:  # folds too
-        from mobilebert.export.fuse import fuse_for_inference
-
-        graph_model, token_major = fuse_for_inference(model), True
-    elif fold_nonorm:
-        from mobilebert.export.fold import fold_nonorm as fold
-
-        graph_model, _ = fold(model)
-    wrapper = ExportWrapper(graph_model, token_major=token_major)
+    graph_model = graph_model_for(model, fuse, fold_nonorm)
+    wrapper = ExportWrapper(graph_model, token_major=token_major or fuse)  # the fused layers run token-major
     # Two shapes: the trace shape and another batch/sequence size, so a lost dynamic axis shows up.
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]
     if batches[1][0].shape[-1] == batches[0][0].shape[-1]:

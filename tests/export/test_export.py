@@ -23,7 +23,7 @@ pytest.importorskip("onnxruntime")
 from mobilebert.export import onnx as export_onnx_mod  # noqa: E402
 from mobilebert.export.onnx import ParityError, compare_outputs, export_onnx  # noqa: E402
 from mobilebert.export.runtime import load_session  # noqa: E402
-from mobilebert.export.wrapper import OUTPUTS, output_names, reference_outputs  # noqa: E402
+from mobilebert.export.wrapper import HEAD_NAMES, output_names, reference_outputs  # noqa: E402
 
 RTOL = 1e-4
 
@@ -72,7 +72,7 @@ def _check_dev_parity(path, model, head, dev_sample):
     return report
 
 
-@pytest.mark.parametrize("head", list(OUTPUTS))
+@pytest.mark.parametrize("head", list(HEAD_NAMES))
 def test_every_head_exports_with_parity(head, tmp_path, tokenizer, dev_sample):
     labels = 2 if head == "MobileBertForQuestionAnswering" else 3  # QA: start and end
     model = _perturbed(HEADS[head](get_config("debug-mobilebert", num_labels=labels)))
