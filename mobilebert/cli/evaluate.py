@@ -28,7 +28,7 @@ def checkpoint_settings(checkpoint: str, overrides: list[str]):
     from pathlib import Path
 
     from mobilebert.errors import CheckpointError
-    from mobilebert.recipes.finetune import FinetuneSettings
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     folder = Path(checkpoint)
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     from mobilebert.checkpoint import load_config
     from mobilebert.errors import ConfigError
-    from mobilebert.recipes.finetune import pick_device, pick_precision
+    from mobilebert.recipes.settings import pick_device, pick_precision
     from mobilebert.outpaths import check_out_dir
     from mobilebert.tasks import build_task_data, load_model_for_task, load_tokenizer
 

@@ -10,7 +10,7 @@ Examples:
     mobilebert finetune data.task=rte data.dir=glue_data model.init=student/ distill.teacher=teacher/best
     torchrun --nproc_per_node 8 -m mobilebert finetune data.task=squad ...   # DDP: batch_size is global
 
-Settings are `mobilebert.recipes.finetune.FinetuneSettings` (groups model, data, optim, train, distill). The
+Settings are `mobilebert.recipes.finetune_settings.FinetuneSettings` (groups model, data, optim, train, distill). The
 run folder gets metrics.jsonl, tensorboard/, best/ (weights, tokenizer, settings.yaml),
 dev_predictions/, submission/ (GLUE test predictions) and results.json; while it runs, checkpoints/
 (resumable with --resume; removed when the run finishes).
@@ -47,7 +47,8 @@ def split_args(items: list[str]) -> tuple[str | None, list[str]]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.finetune import finetune
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     config, overrides = split_args(args.args)

@@ -80,7 +80,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     from mobilebert.checkpoint import load_config
     from mobilebert.cli.evaluate import checkpoint_settings
     from mobilebert.errors import UserError
-    from mobilebert.recipes.finetune import pick_device, pick_precision
+    from mobilebert.recipes.settings import pick_device, pick_precision
     from mobilebert.tasks import GLUE_SEQ, TaskData, _glue_features, _squad_features, custom_task, load_model_for_task
     from mobilebert.tasks import check_vocab_fits, load_tokenizer, squad
 
@@ -88,7 +88,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     if exported:
         # An exported model (mobilebert export): config and vocabulary travel inside the file.
         from mobilebert.export.runtime import load_session
-        from mobilebert.recipes.finetune import FinetuneSettings
+        from mobilebert.recipes.finetune_settings import FinetuneSettings
 
         session = load_session(checkpoint)
         if session.tokenizer is None:

@@ -104,7 +104,8 @@ def _sweep(grid: list, config, overrides: list[str], out, log, keep: bool) -> in
     import json
     import shutil
 
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.finetune import finetune
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     done = _done(log)
@@ -154,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mobilebert.cli.finetune import split_args
-    from mobilebert.recipes.finetune import FinetuneSettings
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     config, overrides = split_args(args.args)
