@@ -34,6 +34,7 @@ from mobilebert.errors import ConfigError
 from mobilebert.recipes.finetune_settings import DistillSettings, FinetuneSettings, check_resume
 from mobilebert.recipes.settings import (check_device, check_precision, check_seq_len, dump_settings, pick_precision,
                                          seed_everything, start_device, warmup_steps)
+from mobilebert.recipes.train_state import discard_fresh_run  # the same rule for both recipes' folders
 
 
 def finetune(s: FinetuneSettings, resume: bool = False) -> dict:
@@ -65,16 +66,11 @@ class Finetune:
     def run(self) -> dict:
         """`_run`; a fresh run that stops before its first checkpoint (an error; SIGTERM/SIGINT in set-up or the
         first step) leaves no folder behind, so the corrected command is not refused."""
-        out = self.out
         try:
             return self._run()
         except BaseException:
-            if self.fresh and D.is_main() and out.is_dir() and not (out / "checkpoints" / "latest").is_file():
-                if self.existed:  # the user's empty folder: empty it again
-                    for p in list(out.iterdir()):
-                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                else:
-                    shutil.rmtree(out, ignore_errors=True)
+            if self.fresh:
+                discard_fresh_run(self.out, self.existed)
             raise
 
     def _run(self) -> dict:

@@ -393,5 +393,5 @@ def seed_everything(seed: int) -> None:
     import torch
 
     random.seed(seed)
-    np.random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy takes 32-bit seeds; train's stage seeds (run.seed * 1_000_003 + ...) exceed them
     torch.manual_seed(seed)
