@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 import signal
 import time
 import zlib
@@ -37,7 +36,6 @@ from pathlib import Path
 import torch
 import yaml
 
-from mobilebert.atomic import SPACE_ERRORS, disk_errors, write_yaml
 from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
 from mobilebert.distill import shapes as SH
@@ -159,6 +157,7 @@ class Pipeline:
 
         d = self.s.data
         self.shards = Path(d.shards) if d.shards else self.out / "data"
+        self.tokenizer, self.corpus_bytes = None, 0  # set when the corpus is still to be prepared
         if d.shards or (self.resume and (self.shards / "manifest.json").is_file()):
             manifest = load_manifest(self.shards)
             self.vocab_size = int(manifest["vocab_size"])
@@ -314,25 +313,8 @@ class Pipeline:
                 print(line, flush=True)
         if self.dry_run:
             return 0
-        fresh = not self.out.exists()
-        if main:
-            with disk_errors(self.out):
-                self.out.mkdir(parents=True, exist_ok=True)
-            # settings.yaml first: from here on the folder is this run's, and --resume can pick it up.
-            write_yaml(self.out / "settings.yaml", dataclasses.asdict(s))
-            try:
-                if s.data.corpus and not (self.shards / "manifest.json").is_file():
-                    from mobilebert.data.shards import prepare
-                    print(f"preparing {', '.join(s.data.corpus)} -> {self.shards}", flush=True)
-                    # Small corpora tokenize faster in-process than through a worker pool.
-                    workers = 1 if self.corpus_bytes < 64 << 20 else None
-                    with disk_errors(self.shards, SPACE_ERRORS):
-                        prepare(s.data.corpus, self.tokenizer, self.shards, workers=workers,
-                                skip_bad_files=s.data.skip_bad_files)
-            except BaseException:
-                if fresh:
-                    shutil.rmtree(self.out, ignore_errors=True)  # bad corpus: leave nothing behind
-                raise
+        if main:  # settings.yaml, then the corpus prepared into OUT/data (unless it is there already)
+            ST.start_run_folder(self.out, dataclasses.asdict(s), s.data, self.shards, self.tokenizer, self.corpus_bytes)
         D.barrier()
         latest, meta, first = ST.resume_point(self.out, self.resume, [st.name for st in self.stages])
         logger = MetricsLogger(self.out, enabled=main, tensorboard=s.run.tensorboard,

@@ -1,5 +1,7 @@
 """The run folder of `mobilebert train`: its checks before a run, its checkpoints, resume and exports.
 
+    start_run_folder  OUT and settings.yaml (from then on the folder is this run's), the corpus prepared into
+                      OUT/data; a bad corpus leaves nothing behind
     resume_point      where a run starts: (newest checkpoint, its meta, index of its stage), or a fresh start
     check_out         a fresh run needs an absent or empty folder; `--resume` needs the run's settings.yaml,
                       unchanged apart from RESUME_FREE
@@ -17,7 +19,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from mobilebert.atomic import atomic_dir
+from mobilebert.atomic import SPACE_ERRORS, atomic_dir, disk_errors, write_yaml
 from mobilebert.engine import checkpoint as C
 from mobilebert.engine import distributed as D
 from mobilebert.errors import CheckpointError, ConfigError
@@ -37,6 +39,28 @@ def check_out(settings, out: Path, resume: bool) -> None:
         check_unchanged(settings, run_file, RESUME_FREE)
     else:
         check_new_folder("run.out", out)
+
+
+def start_run_folder(out: Path, settings: dict, data, shards: Path, tokenizer, corpus_bytes: int) -> None:
+    """Rank 0, after every check passed: OUT/settings.yaml, then `data.corpus` tokenized into `shards` (skipped
+    when they hold a manifest already: a resumed run, or a run given data.shards)."""
+    fresh = not out.exists()
+    with disk_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    # settings.yaml first: from here on the folder is this run's, and --resume can pick it up.
+    write_yaml(out / "settings.yaml", settings)
+    try:
+        if data.corpus and not (shards / "manifest.json").is_file():
+            from mobilebert.data.shards import prepare
+            print(f"preparing {', '.join(data.corpus)} -> {shards}", flush=True)
+            # Small corpora tokenize faster in-process than through a worker pool.
+            workers = 1 if corpus_bytes < 64 << 20 else None
+            with disk_errors(shards, SPACE_ERRORS):
+                prepare(data.corpus, tokenizer, shards, workers=workers, skip_bad_files=data.skip_bad_files)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(out, ignore_errors=True)  # bad corpus: leave nothing behind
+        raise
 
 
 def resume_point(out: Path, resume: bool, stage_names: list[str]) -> tuple[Path | None, dict | None, int]:
