@@ -39,7 +39,8 @@ def minilm_dir() -> str:
 
 
 def finetune_minilm(glue: str, out: Path, examples: int, epochs: float) -> Path:
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.finetune import finetune
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
 
     s = FinetuneSettings()
     s.out = str(out / "finetune")

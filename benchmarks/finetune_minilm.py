@@ -48,7 +48,8 @@ def default_glue() -> Path:
 
 
 def run_task(task: str, args) -> dict:
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.finetune import finetune
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     recipe = RECIPES[task]

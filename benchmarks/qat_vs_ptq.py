@@ -34,7 +34,8 @@ def default_glue() -> Path:
 
 
 def finetune(out: Path, init: str, args, epochs: float, lr: float, qat: bool) -> dict:
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune as run
+    from mobilebert.recipes.finetune import finetune as run
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     overrides = [f"out={out}", f"data.task={args.task}", f"data.dir={args.glue}", f"model.init={init}",

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 import mobilebert as mb
@@ -17,7 +16,7 @@ from mobilebert import atomic
 from mobilebert.cli import main
 from mobilebert.engine import checkpoint as C
 from mobilebert.engine.logging import MetricsLogger
-from mobilebert.recipes.finetune import FinetuneSettings
+from mobilebert.recipes.finetune_settings import FinetuneSettings
 from mobilebert.recipes.settings import dump_settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,9 +4,10 @@
     TransferLoss      layer-wise knowledge transfer (PKT stage l, JKT; AKT adds the PD terms)
     DistillationLoss  pre-training distillation: alpha*MLM + (1-alpha)*KD + NSP  (eq. 4)
 
-Each has `denominators(batch)` (masked positions, sequences, tokens, attention rows in the micro-batch);
-the engine sums them over the global batch and passes the totals back, so a loss is the same whatever
-the gradient accumulation and the number of ranks.
+Each is an `engine.loop.LossStep` in its global-normalised form: `denominators(batch)` gives the masked
+positions, sequences, tokens and attention rows of the micro-batch; the engine sums them over the global
+batch and calls `loss(model, batch, totals)`, so a loss is the same whatever the gradient accumulation and
+the number of ranks.
 
 `Forward` is the module DDP wraps: the trained model plus the one forward every loss needs, and, when the
 two models' widths differ, the learned projections of the student's feature maps (distill/shapes.py), so

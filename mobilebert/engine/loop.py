@@ -1,17 +1,20 @@
 """THE training loop shared by every job (teacher pre-training, KT stages, PD, GLUE/SQuAD fine-tuning).
 
-A job supplies a model, `loss_fn(model, batch) -> (loss, logs)` and a batch source; the loop does the
-rest in nanoGPT's order: micro-steps (gradient accumulation, DDP `no_sync` on all but the last, autocast
-for the forward only) -> global-norm clip -> optimizer and scheduler step -> log -> eval -> checkpoint.
+A job supplies a model, a `LossStep` (below) and a batch source; the loop does the rest in nanoGPT's
+order: micro-steps (gradient accumulation, DDP `no_sync` on all but the last, autocast for the forward
+only) -> global-norm clip -> optimizer and scheduler step -> log -> eval -> checkpoint.
 
-Two loss conventions:
-  * mean (default): `loss` is the mean over the micro-batch; the loop backpropagates `loss / grad_accum`
-    and DDP averages over ranks. Exact when every micro-batch has the same number of loss items.
-  * global-normalised: when `loss_fn` also has `denominators(batch) -> dict[str, float]` (e.g. the
-    number of masked tokens and of sequences in a micro-batch), the loop sums those over the step's
-    micro-batches and all ranks and calls `loss_fn(model, batch, totals)`; the loss_fn divides its
-    *sums* by `totals`, so the accumulated gradient equals the one of a single big batch exactly, for
-    any accumulation or world size (MLM positions vary per sequence; this is why it exists).
+The loop calls every loss one way (the `LossStep` protocol): `loss_fn.denominators(micro_batch)` for each
+micro-batch of the step, then `loss_fn(model, micro_batch, totals) -> (loss, logs)`. Two normalisations:
+  * global-normalised: `denominators(batch) -> dict[str, float]` gives the counts the loss divides by
+    (e.g. the number of masked tokens and of sequences in a micro-batch); the loop sums them over the
+    step's micro-batches and all ranks into `totals`, and the loss divides its *sums* by them, so the
+    accumulated gradient equals the one of a single big batch exactly, for any accumulation or world size
+    (MLM positions vary per sequence; this is why it exists). The distill/steps.py stage losses.
+  * mean: `denominators` returns {} (and `totals` is {}): `loss` is the mean over the micro-batch; the loop
+    backpropagates `loss / grad_accum` and DDP averages over ranks. Exact when every micro-batch has the
+    same number of loss items. The fine-tuning losses (recipes/finetune.py); `MeanLoss(fn)` adapts a plain
+    `fn(model, batch) -> (loss, logs)`.
 Logged values are averaged over the steps since the last log (and over ranks), and the window sums are
 part of `loop_state`, which `checkpoint_fn` receives and `train_loop(loop_state=...)` accepts, so a
 resumed run logs the same numbers as an uninterrupted one.
@@ -23,6 +26,8 @@ KeyboardInterrupt at once: there is nothing new to save then).
 API:
     LoopConfig(max_steps, grad_accum=1, clip_grad_norm=1.0, log_every=10, eval_every=0, save_every=0,
                precision="fp32", stage="", progress=True, save_at_end=True, tokens_per_batch=None)
+    LossStep (protocol): denominators(batch) -> dict[str, float]; __call__(model, batch, totals) -> (loss, logs)
+    MeanLoss(fn): a LossStep for a mean loss `fn(model, batch) -> (loss, logs)`
     train_loop(model, loss_fn, batches, optimizer, scheduler, cfg, *, logger=None, start_step=0,
                on_step_end=None, eval_fn=None, checkpoint_fn=None, desc="", loop_state=None) -> dict
         batches: callable `step -> batch` (a dict is split into grad_accum micro-batches along dim 0; a
@@ -39,7 +44,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -63,6 +68,32 @@ class LoopConfig:
     progress: bool = True                  # tqdm bar on rank 0
     save_at_end: bool = True               # call checkpoint_fn after the last step
     tokens_per_batch: Callable[[dict], int] | None = None  # default: attention_mask.sum() (or input_ids.numel())
+
+
+class LossStep(Protocol):
+    """What `train_loop` calls each micro-step (the module docstring gives the two normalisations)."""
+
+    def denominators(self, batch: dict) -> dict[str, float]:
+        """The counts this micro-batch adds to the step's normalisers, read on the host copy (no device
+        sync); {} for a loss that is a mean over its micro-batch."""
+        ...
+
+    def __call__(self, model, batch: dict, totals: dict[str, float]) -> tuple[torch.Tensor, dict]:
+        """(loss, logs) of one micro-batch; `totals`: the step's summed denominators ({} for a mean loss)."""
+        ...
+
+
+class MeanLoss:
+    """A `LossStep` for a loss that is already the mean over its micro-batch: `fn(model, batch) -> (loss, logs)`."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def denominators(self, batch: dict) -> dict[str, float]:
+        return {}
+
+    def __call__(self, model, batch: dict, totals: dict[str, float]) -> tuple[torch.Tensor, dict]:
+        return self.fn(model, batch)
 
 
 class _StopFlag:
@@ -129,7 +160,7 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def train_loop(model, loss_fn, batches, optimizer, scheduler, cfg: LoopConfig, *, logger=None,
+def train_loop(model, loss_fn: LossStep, batches, optimizer, scheduler, cfg: LoopConfig, *, logger=None,
                start_step: int = 0, on_step_end=None, eval_fn=None, checkpoint_fn=None, desc: str = "",
                loop_state: dict | None = None) -> dict:
     """Run steps `start_step .. cfg.max_steps-1`; see the module docstring. Returns a summary dict."""
@@ -140,7 +171,6 @@ def train_loop(model, loss_fn, batches, optimizer, scheduler, cfg: LoopConfig, *
     if cfg.precision == "fp16" and device.type != "cuda":
         raise ConfigError("precision: fp16 needs a GPU; use bf16 or fp32 on CPU")
     scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" else None
-    normalized = callable(getattr(loss_fn, "denominators", None))
     count_tokens = cfg.tokens_per_batch or _default_tokens
     world = D.world_size()
 
@@ -167,9 +197,9 @@ def train_loop(model, loss_fn, batches, optimizer, scheduler, cfg: LoopConfig, *
             if micro is None:
                 break  # iterator exhausted
             step_tokens = sum(count_tokens(b) for b in micro) * world
-            totals = None
+            dens = [loss_fn.denominators(b) for b in micro]  # on the host copy: no device sync
+            normalized, totals = bool(dens[0]), {}
             if normalized:
-                dens = [loss_fn.denominators(b) for b in micro]  # on the host copy: no device sync
                 keys = sorted(dens[0])
                 vec = torch.tensor([sum(float(d[k]) for d in dens) for k in keys], dtype=torch.float64, device=device)
                 D.all_reduce_sum(vec)
@@ -179,7 +209,7 @@ def train_loop(model, loss_fn, batches, optimizer, scheduler, cfg: LoopConfig, *
             for i, b in enumerate(micro):
                 with D.no_sync(model, enabled=i < len(micro) - 1):
                     with _autocast(device, cfg.precision):
-                        loss, logs = loss_fn(model, b, totals) if normalized else loss_fn(model, b)
+                        loss, logs = loss_fn(model, b, totals)
                     # normalised: per-rank shares sum to the global mean; DDP divides by world, undo it.
                     scaled = loss * world if normalized else loss / len(micro)
                     (scaler.scale(scaled) if scaler else scaled).backward()

@@ -26,7 +26,7 @@ from mobilebert.errors import (
 
 def checkpoint_settings(checkpoint: str, overrides: list[str]):
     """The checkpoint's resolved settings (if any) + overrides, with model.init pointing at the checkpoint."""
-    from mobilebert.recipes.finetune import FinetuneSettings
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     folder = Path(checkpoint)
@@ -42,7 +42,7 @@ def evaluate(checkpoint: str, overrides: list[str], out_dir: str | None = None, 
     eval_results.json there. Prints and returns the metrics."""
     from mobilebert.checkpoint import load_config
     from mobilebert.outpaths import check_out_dir
-    from mobilebert.recipes.finetune import pick_device, pick_precision
+    from mobilebert.recipes.settings import pick_device, pick_precision
     from mobilebert.tasks import load_model_for_task, load_tokenizer
     from mobilebert.tasks.data import build_task_data
 
@@ -130,7 +130,7 @@ def is_qa(checkpoint: str) -> bool:
 def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: int = 64) -> list[dict]:
     """Predictions for (text_a, text_b) pairs, or (question, context) pairs for a QA checkpoint."""
     from mobilebert.checkpoint import load_config
-    from mobilebert.recipes.finetune import pick_device, pick_precision
+    from mobilebert.recipes.settings import pick_device, pick_precision
     from mobilebert.tasks import load_model_for_task, load_tokenizer
     from mobilebert.tasks.base import check_vocab_fits
     from mobilebert.tasks.data import TaskData

@@ -4,6 +4,12 @@ Every job (train, finetune, ...) declares its settings as nested dataclasses. `l
 YAML file onto them, applies dotted command-line overrides (`optim.lr=3e-4 data.seq_len=128`) and
 checks every key and type, so a typo fails at parse time with a message naming the key. `dump_settings`
 writes the resolved settings back to YAML next to every checkpoint.
+
+The run vocabulary both recipes share (device, precision, warm-up, seed) is picked at the end:
+`start_device`, `pick_device`, `pick_precision`, `warmup_steps`, `seed_everything`. The keys still differ
+between the recipes for compatibility with existing config files: train's `run.device`, `run.precision`
+(fp32/bf16/fp16), `*.optim.warmup_steps` (steps), `run.seed`; finetune's `train.device`, `train.precision`
+(auto/fp32/bf16), `optim.warmup` (a fraction of the steps), `train.seed`.
 """
 
 from __future__ import annotations
@@ -229,7 +235,7 @@ def load_settings(cls: type[T], path: str | Path | None = None, overrides: list[
 
 # ----------------------------------------------------------------------------- shared value checks
 # One rule and one message per concept, used by `train` (mobilebert.recipes.train_settings) and `finetune`
-# (mobilebert.recipes.finetune): a learning rate, a warm-up, a batch, a step count, a sequence length, a device.
+# (mobilebert.recipes.finetune_settings): a learning rate, a warm-up, a batch, a step count, a sequence length, a device.
 
 def check_positive_int(key: str, value) -> None:
     """Batch sizes, step counts, grad_accum, epochs as integers: >= 1."""
@@ -345,3 +351,47 @@ def dump_settings(obj: Any, path: str | Path) -> None:
     from mobilebert.atomic import write_yaml  # crash-safe; a full disk is one line naming the file
 
     write_yaml(path, to_dict(obj))
+
+
+# ---------------------------------------------------------------- the run vocabulary of both recipes
+
+def start_device(setting: str):
+    """This process's device for a training run (auto, cpu, cuda, cuda:N); joins torchrun's process group."""
+    from mobilebert.engine import distributed as D
+
+    return D.init(None if setting == "auto" else setting)
+
+
+def pick_device(setting: str):
+    """The device of a single-process job (evaluate, predict): auto is CUDA when available."""
+    import torch
+
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def pick_precision(setting: str, device) -> str:
+    """fp32, bf16 or fp16 as set; `auto` (finetune): bf16 autocast on a GPU that supports it, else fp32."""
+    if setting != "auto":
+        return setting
+    import torch
+
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def warmup_steps(value: float, total_steps: int, fraction: bool) -> int:
+    """Warm-up steps from a fraction of the run's steps (finetune) or a number of steps (train); see check_warmup."""
+    return int(value * total_steps) if fraction else int(value)
+
+
+def seed_everything(seed: int) -> None:
+    """Python, NumPy and torch generators (each recipe also draws its batches from its own seeded stream)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # NumPy takes 32-bit seeds; train's stage seeds (run.seed * 1_000_003 + ...) exceed them
+    torch.manual_seed(seed)

@@ -32,7 +32,7 @@ def sweep(config: str | None, overrides: list[str], out, batch_sizes: list[int],
     """Fine-tune every grid point not yet recorded in OUT/sweep.jsonl, then write the summary.
 
     Returns the exit status: 0 done, 130 when SIGTERM/SIGINT stopped a run (it resumes next time)."""
-    from mobilebert.recipes.finetune import FinetuneSettings
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     grid = [(bs, lr, ep, seed) for bs in batch_sizes for lr in lrs for ep in epochs for seed in seeds]
@@ -71,7 +71,8 @@ def run_name(bs: int, lr: float, ep: float, seed: int) -> str:
 
 def _run_grid(grid: list, config, overrides: list[str], out: Path, log: Path, keep: bool) -> int:
     """Run every grid point not yet in `log`; 130 when one was stopped by SIGTERM/SIGINT (it resumes next time)."""
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.finetune import finetune
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
     done = _done(log)

@@ -12,101 +12,56 @@ its end, and resumes mid-stage (`--resume`) from OUT/checkpoints/latest. Each st
 its own deterministic data stream (seed + stage index), and a fresh stage re-seeds torch, so a resumed
 run repeats the uninterrupted run bit for bit on CPU.
 
-Run folder: settings.yaml, data/ (prepared from data.corpus), teacher/, student/ (HF layout + vocab),
-checkpoints/, metrics.jsonl, tensorboard/, loss_curves.png, summary.json.
+The job, top to bottom, in the same shape as `mobilebert finetune` (recipes/finetune.py):
+    settings in   `TrainSettings` (recipes/train_settings.py); `Pipeline(settings, resume)` checks the data,
+                  the models, the plan and the memory before anything is written
+    setup         the run folder, the corpus prepared into shards; per stage: the models, the optimizer
+                  and its LR plan, the resumed state
+    run           per stage, its loss step (recipes/train_stages.py, distill/steps.py) handed to the one
+                  engine loop (`engine.loop.train_loop`)
+    files         settings.yaml, data/ (prepared from data.corpus), teacher/, student/ (HF layout + vocab),
+                  checkpoints/, metrics.jsonl, tensorboard/, loss_curves.png, summary.json
+                  (recipes/train_state.py: checkpoints, resume, exports; train_report.py: the report)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import shutil
 import signal
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import yaml
 
-from mobilebert.atomic import SPACE_ERRORS, atomic_dir, disk_errors, write_yaml
 from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
-from mobilebert.recipes import train_bridge as B
-from mobilebert.recipes import estimate as E
 from mobilebert.distill import shapes as SH
 from mobilebert.distill import steps as S
-from mobilebert.recipes import train_teacher as TK
 from mobilebert.distill import transfer as T
-from mobilebert.recipes.train_settings import (StageSettings, TrainSettings, build_model_config, check_models, kt_schedule,
-                                        split_steps)
 from mobilebert.engine import checkpoint as C
 from mobilebert.engine import distributed as D
 from mobilebert.engine.logging import MetricsLogger
 from mobilebert.engine.loop import LoopConfig, train_loop
 from mobilebert.engine.optim import build_optimizer, build_schedule
-from mobilebert.errors import CheckpointError, ConfigError, DataError
+from mobilebert.errors import ConfigError, DataError
 from mobilebert.heads import MobileBertForPreTraining
-from mobilebert.recipes.settings import check_device, check_new_folder, check_precision, check_seq_len, check_unchanged
+from mobilebert.recipes import estimate as E
+from mobilebert.recipes import train_bridge as B
+from mobilebert.recipes import train_state as ST
+from mobilebert.recipes import train_teacher as TK
+from mobilebert.recipes.settings import (check_device, check_precision, check_seq_len, pick_precision, seed_everything,
+                                         start_device, warmup_steps)
+from mobilebert.recipes.train_settings import TrainSettings, build_model_config, check_models
+from mobilebert.recipes.train_stages import (Stage, check_stage_batches, format_plan, plan, stage_loss,
+                                             stage_lr_scales)
 
-# Settings that may change between a run and its --resume (they do not change the numbers).
-RESUME_FREE = {"run.progress", "run.tensorboard", "run.threads", "run.save_every", "run.keep_checkpoints",
-               "data.workers", "run.compile", "run.allow_large", "data.sts_dev"}
 # The settings a too-large stage names: (batch, accumulation, model), by stage kind.
 MEMORY_HINTS = {"teacher": ("teacher.train.batch_size", "teacher.train.grad_accum", "teacher.preset"),
                 "pd": ("pd.batch_size", "pd.grad_accum", "student.preset"),
                 **{k: ("kt.batch_size", "kt.grad_accum", "student.preset") for k in ("pkt", "jkt", "akt", "bare")}}
-
-
-@dataclass
-class Stage:
-    name: str                 # teacher | emb | pkt-<l> | jkt | akt | bare | pd
-    kind: str                 # teacher | emb | pkt | jkt | akt | bare | pd
-    train: StageSettings
-    index: int
-    layer: int | None = None  # PKT: 1-based layer this stage trains (emb: 0, the embedding output)
-    teacher_layer: int | None = None  # the teacher layer it learns from (the layer map's m_l)
-
-
-def plan(s: TrainSettings, num_layers: int, emb: bool = False) -> list[Stage]:
-    """The stages of the run. KT stages get `kt.steps` in total whatever the strategy (equal compute): PKT's
-    layer stages split it evenly, and an `emb` stage (a teacher whose embeddings cannot be copied) takes one
-    share more of it; the KT schedule `auto` is resolved here (`kt_schedule`)."""
-    out: list[Stage] = []
-    add = lambda name, kind, train, layer=None: out.append(Stage(name, kind, train, len(out), layer))
-    if "teacher" in s.run.stages:
-        add("teacher", "teacher", s.teacher.train)
-    if "kt" in s.run.stages:
-        optim = dataclasses.replace(s.kt.optim, schedule=kt_schedule(s.kt))
-        # the emb stage's share of the total: the same as one PKT layer stage, for every strategy
-        shares = split_steps(s.kt.steps, num_layers + 1) if emb else None
-        if emb:
-            add("emb", "emb", dataclasses.replace(s.kt, steps=shares[0], optim=optim), 0)
-        kt_steps = s.kt.steps - shares[0] if emb else s.kt.steps
-        if s.kt.strategy == "pkt":
-            for l, steps in enumerate(split_steps(kt_steps, num_layers), 1):
-                add(f"pkt-{l}", "pkt", dataclasses.replace(s.kt, steps=steps, optim=optim), l)
-        else:
-            add(s.kt.strategy, s.kt.strategy, dataclasses.replace(s.kt, steps=kt_steps, optim=optim))
-    if "pd" in s.run.stages:
-        add("pd", "pd", s.pd)
-    return out
-
-
-def format_plan(stages: list[Stage]) -> str:
-    """One line per run of equal stages, e.g. `pkt-1 .. pkt-24: 10,000 steps each (240,000), pkt_official`."""
-    lines, i = ["plan:"], 0
-    while i < len(stages):
-        st, j = stages[i], i + 1
-        while (j < len(stages) and stages[j].kind == st.kind and stages[j].train.steps == st.train.steps
-               and st.kind == "pkt"):
-            j += 1
-        name = st.name if j == i + 1 else f"{st.name} .. {stages[j - 1].name}"
-        each = f"{st.train.steps:,} steps" + (f" each ({st.train.steps * (j - i):,})" if j > i + 1 else "")
-        lines.append(f"  {name:<20} {each}, batch {st.train.batch_size}, {st.train.optim.schedule} schedule")
-        i = j
-    return "\n".join(lines)
 
 
 class Pipeline:
@@ -117,10 +72,11 @@ class Pipeline:
         self.out = Path(settings.run.out)
         check_device("run.device", settings.run.device)
         check_precision("run.precision", settings.run.precision, "run.device", settings.run.device)
-        self.device = D.init(None if settings.run.device == "auto" else settings.run.device)
+        self.device = start_device(settings.run.device)
+        self.precision = pick_precision(settings.run.precision, self.device)
         if settings.run.threads:
             torch.set_num_threads(settings.run.threads)
-        self._check_out()
+        ST.check_out(settings, self.out, resume)
         try:
             self._check_data()
         except DataError as e:
@@ -161,12 +117,7 @@ class Pipeline:
         for st in self.stages:
             if st.kind in ("emb", "pkt"):
                 st.teacher_layer = self.bridge.layer_map[st.layer - 1] if st.layer else 0
-        world = D.world_size()
-        for st in self.stages:
-            if st.train.batch_size % (world * st.train.grad_accum):
-                key = "teacher.train" if st.kind == "teacher" else ("pd" if st.kind == "pd" else "kt")
-                raise ConfigError(f"{key}.batch_size: {st.train.batch_size} is not divisible by world size "
-                                  f"{world} x grad_accum {st.train.grad_accum}")
+        check_stage_batches(self.stages, D.world_size())
         self._check_memory()
         # Weights given by student.init / teacher.init are read now (a damaged file is refused before anything
         # is written) and kept for the stage that needs them.
@@ -185,20 +136,11 @@ class Pipeline:
         D.barrier()  # every rank has checked the run folder before rank 0 writes into it
 
     # ------------------------------------------------------------------ checks (nothing written)
-    def _check_out(self) -> None:
-        out, run_file = self.out, self.out / "settings.yaml"
-        if self.resume:
-            if not run_file.is_file():
-                raise ConfigError(f"run.out: {out} holds no run to resume (no settings.yaml)")
-            check_unchanged(self.s, run_file, RESUME_FREE)
-        else:
-            check_new_folder("run.out", out)
-
     def _check_memory(self) -> None:
         """Refuse a run whose largest stage needs more memory than this machine has (unless run.allow_large)."""
         s = self.s
         self.memory = E.memory_estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
-                                        s.data.max_predictions, s.run.precision, D.world_size())
+                                        s.data.max_predictions, self.precision, D.world_size())
         if s.run.allow_large:
             return
         try:
@@ -215,6 +157,7 @@ class Pipeline:
 
         d = self.s.data
         self.shards = Path(d.shards) if d.shards else self.out / "data"
+        self.tokenizer, self.corpus_bytes = None, 0  # set when the corpus is still to be prepared
         if d.shards or (self.resume and (self.shards / "manifest.json").is_file()):
             manifest = load_manifest(self.shards)
             self.vocab_size = int(manifest["vocab_size"])
@@ -254,18 +197,6 @@ class Pipeline:
         model = load_pretrained(MobileBertForPreTraining, init) if init else MobileBertForPreTraining(cfg)
         return model.to(self.device)
 
-    def _export(self, model, name: str) -> Path:
-        """OUT/<name> in HF layout (+ vocab), written beside and renamed into place."""
-        final = self.out / name
-        if D.is_main():
-            with atomic_dir(final) as tmp:
-                D.unwrap(model).save_pretrained(tmp)
-                for f in ("vocab.txt", "tokenizer.json"):
-                    if (self.shards / f).is_file():
-                        shutil.copy(self.shards / f, tmp / f)
-        D.barrier()
-        return final
-
     def _load_teacher(self) -> None:
         src = self.out / "teacher" if "teacher" in self.s.run.stages else TK.resolve_folder(self.s.teacher.init)
         self.teacher = T.freeze(self._new_model(self.teacher_cfg, str(src)).eval())
@@ -288,9 +219,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ one stage
     def _run_stage(self, stage: Stage, logger, start: int = 0, ckpt: Path | None = None) -> dict:
+        """One stage: its models, optimizer and loss step, (resumed from `ckpt`,) through the engine loop."""
         s, L = self.s, self.student_cfg.num_hidden_layers
         if ckpt is None:
-            torch.manual_seed(self._stage_seed(stage.name))  # a fresh stage does not depend on history
+            seed_everything(self._stage_seed(stage.name))  # a fresh stage does not depend on history
         if stage.kind == "teacher":
             if self.teacher is None:
                 init = str(TK.resolve_folder(s.teacher.init)) if s.teacher.init else None
@@ -302,19 +234,15 @@ class Pipeline:
             self._setup_student(stage)
             # GR builds the student with is_training=False under a teacher: no dropout in KT and PD.
             model = self.student.train(stage.kind == "bare")
-        scale = T.stage_plan(stage.kind, L, stage.layer, s.kt.lower_layers, s.kt.active_lr_scale, s.kt.lower_lr_scale)
         # The trained module: the model, plus the width projections in student stages (optimizer, DDP, checkpoints).
         proj = self.proj if stage.kind != "teacher" else None
         trained = S.Forward(model, proj)
-        bridge = self.bridge
-        kt_maps = bool(s.kt.fmt.weight or s.kt.mean_var.beta or s.kt.mean_var.gamma)
-        proj_scales = (T.projection_scales(stage.kind, L, stage.layer, s.kt.active_lr_scale, bridge.pd_fmt_weight > 0,
-                                           kt_maps) if proj is not None else {})
-        scale = T.forward_plan(scale, proj_scales)
+        scale = stage_lr_scales(stage, s, L, proj is not None, self.bridge.pd_fmt_weight > 0)
         trainable, total = T.apply_plan(trained, scale)
         o = stage.train.optim
         opt = build_optimizer(trained, o.name, o.lr, o.weight_decay, eps=o.eps, lr_scale=scale)
-        sched = build_schedule(opt, o.schedule, o.warmup_steps, stage.train.steps, o.end_lr_ratio)
+        sched = build_schedule(opt, o.schedule, warmup_steps(o.warmup_steps, stage.train.steps, fraction=False),
+                               stage.train.steps, o.end_lr_ratio)
         loop_state = None
         if ckpt is not None:
             state = C.load_checkpoint(ckpt, model=model, optimizer=opt, scheduler=sched)
@@ -327,20 +255,7 @@ class Pipeline:
             fwd = torch.compile(fwd)
             if teacher is not None and teacher is not model:
                 teacher = torch.compile(teacher)
-        logits = bridge.teacher_heads["mlm"]
-        if stage.kind in ("teacher", "bare"):
-            loss_fn = S.MlmNspLoss()
-        elif stage.kind == "pd":
-            loss_fn = S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits,
-                                         fmt_weight=bridge.pd_fmt_weight, fmt_layers=(L, bridge.layer_map[-1]),
-                                         fmt_standardize=s.kt.fmt.standardize, fmt_mask_padding=s.kt.fmt.mask_padding)
-        else:
-            pd = (S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits)
-                  if stage.kind == "akt" else None)
-            layers = [stage.layer] if stage.kind in ("pkt", "emb") else list(range(1, L + 1))
-            depth = stage.layer if stage.kind in ("pkt", "emb") else None
-            loss_fn = S.TransferLoss(teacher, s.kt, layers, L, depth, pd, layer_map=bridge.layer_map,
-                                     student_heads=self.student_cfg.num_attention_heads)
+        loss_fn = stage_loss(stage, s, teacher, self.bridge, L, self.student_cfg.num_attention_heads)
         data = self._data(self._stage_seed(stage.name))
         bs, rank, world = stage.train.batch_size, D.rank(), D.world_size()
         # this rank's slice of the global batch of `step`; built ahead in worker processes when data.workers > 0
@@ -351,19 +266,12 @@ class Pipeline:
 
             batches = StepPrefetcher(batch_fn, start, stage.train.steps, s.data.workers,
                                      pin_memory=self.device.type == "cuda")
-        settings_dict = dataclasses.asdict(s)
-
-        def checkpoint_fn(step: int, state: dict) -> None:
-            extra = {"loop": state}
-            if proj is not None:  # in the training checkpoint only: the exported student never holds them
-                extra["kt_projections"] = {k: v.detach().cpu() for k, v in proj.state_dict().items()}
-            C.save_checkpoint(self.out, C.checkpoint_name(stage.name, step), model=model, optimizer=opt,
-                              scheduler=sched, step=step, stage=stage.name, data_position=step * bs,
-                              settings=settings_dict, extra=extra, keep=s.run.keep_checkpoints)
-
+        checkpoint_fn = functools.partial(ST.save_stage, self.out, stage.name, model=model, optimizer=opt,
+                                          scheduler=sched, proj=proj, settings=dataclasses.asdict(s), batch_size=bs,
+                                          keep=s.run.keep_checkpoints)
         cfg = LoopConfig(max_steps=stage.train.steps, grad_accum=stage.train.grad_accum,
                          clip_grad_norm=o.clip_grad_norm or None, log_every=s.run.log_every,
-                         save_every=s.run.save_every, precision=s.run.precision, stage=stage.name,
+                         save_every=s.run.save_every, precision=self.precision, stage=stage.name,
                          progress=s.run.progress)
         if logger is not None:
             logger.log_event("stage_start", stage=stage.name, step=start, trainable=trainable, params=total,
@@ -387,12 +295,8 @@ class Pipeline:
         try:
             return self._run()
         except BaseException:
-            if fresh and D.is_main() and self.out.is_dir() and not (self.out / "checkpoints" / "latest").is_file():
-                if existed:  # the user's empty folder: empty it again
-                    for p in list(self.out.iterdir()):
-                        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-                else:
-                    shutil.rmtree(self.out, ignore_errors=True)
+            if fresh:
+                ST.discard_fresh_run(self.out, existed)
             raise
 
     def _run(self) -> int:
@@ -409,32 +313,12 @@ class Pipeline:
                 print(line, flush=True)
         if self.dry_run:
             return 0
-        fresh = not self.out.exists()
-        if main:
-            with disk_errors(self.out):
-                self.out.mkdir(parents=True, exist_ok=True)
-            # settings.yaml first: from here on the folder is this run's, and --resume can pick it up.
-            write_yaml(self.out / "settings.yaml", dataclasses.asdict(s))
-            try:
-                if s.data.corpus and not (self.shards / "manifest.json").is_file():
-                    from mobilebert.data.shards import prepare
-                    print(f"preparing {', '.join(s.data.corpus)} -> {self.shards}", flush=True)
-                    # Small corpora tokenize faster in-process than through a worker pool.
-                    workers = 1 if self.corpus_bytes < 64 << 20 else None
-                    with disk_errors(self.shards, SPACE_ERRORS):
-                        prepare(s.data.corpus, self.tokenizer, self.shards, workers=workers,
-                                skip_bad_files=s.data.skip_bad_files)
-            except BaseException:
-                if fresh:
-                    shutil.rmtree(self.out, ignore_errors=True)  # bad corpus: leave nothing behind
-                raise
+        if main:  # settings.yaml, then the corpus prepared into OUT/data (unless it is there already)
+            ST.start_run_folder(self.out, dataclasses.asdict(s), s.data, self.shards, self.tokenizer, self.corpus_bytes)
         D.barrier()
-        latest = C.latest_checkpoint(self.out) if self.resume else None
-        meta = C.read_meta(latest) if latest else None
+        latest, meta, first = ST.resume_point(self.out, self.resume, [st.name for st in self.stages])
         logger = MetricsLogger(self.out, enabled=main, tensorboard=s.run.tensorboard,
                                resume_from=(meta["stage"], meta["step"]) if meta else None)
-        names = [st.name for st in self.stages]
-        first = names.index(meta["stage"]) if meta else 0
         t0 = time.time()
         try:
             for st in self.stages[first:]:
@@ -452,10 +336,10 @@ class Pipeline:
                                   f"continue with: mobilebert train CONFIG --resume --out {self.out}", flush=True)
                         return 128 + summ["interrupted"]
                 if st.kind == "teacher":
-                    self._export(self.teacher, "teacher")
+                    ST.export_model(self.teacher, self.out, "teacher", self.shards)
                     self._load_teacher()  # later stages read the exported teacher, as a resumed run does
             if self.student is not None:
-                self._export(self.student, "student")
+                ST.export_model(self.student, self.out, "student", self.shards)
             if main:
                 from mobilebert.recipes.train_report import write_report
                 write_report(self, time.time() - t0)
@@ -477,13 +361,8 @@ class Pipeline:
             self._load_projections(C.load_checkpoint(ckpt, restore_rng=False), ckpt)
 
     def _load_projections(self, state: dict, ckpt: Path) -> None:
-        if self.proj is None:
-            return
-        saved = state["extra"].get("kt_projections")
-        if saved is None:
-            raise CheckpointError(f"{ckpt}: holds no kt_projections, but this run projects feature maps "
-                                    f"({self.student_cfg.hidden_size} -> {self.teacher_cfg.hidden_size})")
-        self.proj.load_state_dict(saved)
+        if self.proj is not None:
+            ST.load_projections(self.proj, state, ckpt, (self.student_cfg.hidden_size, self.teacher_cfg.hidden_size))
 
 
 def train_from_config(config: str | None, overrides: list[str], out: str | None = None, resume: bool = False,

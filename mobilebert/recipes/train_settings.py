@@ -28,7 +28,8 @@ class OptimSettings:
     lr: float = 1.5e-3
     weight_decay: float = 0.01
     schedule: Literal["linear", "constant", "pkt_official"] = "linear"
-    warmup_steps: int = 0
+    warmup_steps: int = 0             # a step count (finetune's `optim.warmup` is a fraction; both kept for
+                                      # compatibility, resolved by settings.warmup_steps)
     end_lr_ratio: float = 1e-4        # linear decay ends at lr * end_lr_ratio (GR default)
     clip_grad_norm: float = 1.0       # global-norm clipping (GR: 1.0); 0 disables
     eps: float = 1e-6
@@ -185,6 +186,8 @@ class DataSettings:
 class RunSettings:
     out: str = "runs/mobilebert"
     stages: list[str] = field(default_factory=lambda: ["teacher", "kt", "pd"])
+    # seed, device and precision live under `run.` here and under `train.` in finetune (which also has
+    # precision `auto`), kept for compatibility; both are picked by settings.seed_everything, start_device, pick_precision
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"

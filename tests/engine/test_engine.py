@@ -10,7 +10,7 @@ from torch import nn
 
 from mobilebert.engine import checkpoint as C
 from mobilebert.engine.logging import MetricsLogger, plot_losses, read_metrics
-from mobilebert.engine.loop import LoopConfig, train_loop
+from mobilebert.engine.loop import LoopConfig, MeanLoss, train_loop
 from mobilebert.engine.optim import Lamb, build_optimizer, build_schedule, linear_schedule, param_groups
 from mobilebert.errors import CheckpointError, ConfigError, UserError
 
@@ -276,7 +276,7 @@ def test_sigterm_saves_and_resume_logs_identical_values():
                 os.kill(os.getpid(), signal.SIGTERM)
 
         cfg = LoopConfig(max_steps=10, log_every=4, progress=False, stage="s")
-        out = train_loop(model, _mean_loss, batches, opt, None, cfg, logger=logger, start_step=start,
+        out = train_loop(model, MeanLoss(_mean_loss), batches, opt, None, cfg, logger=logger, start_step=start,
                          loop_state=state, on_step_end=on_step_end,
                          checkpoint_fn=lambda step, st: saved.append((step, st)))
         return out, logger.records, saved
@@ -328,5 +328,5 @@ def test_nan_loss_is_a_clear_error():
     opt = build_optimizer(model, "adamw", 0.01)
     nan_loss = lambda m, b: ((m(b["x"]) * float("nan")).mean(), {})
     with pytest.raises(UserError, match="loss is nan at step 1"):
-        train_loop(model, nan_loss, lambda step: {"x": torch.ones(2, 3)}, opt, None,
+        train_loop(model, MeanLoss(nan_loss), lambda step: {"x": torch.ones(2, 3)}, opt, None,
                    LoopConfig(max_steps=3, log_every=1, progress=False, stage="s"))

@@ -24,7 +24,8 @@ from mobilebert.recipes.quantize import quantize_checkpoint  # noqa: E402
 @pytest.fixture(scope="module")
 def sst2_model(tmp_path_factory, data_dir, vocab_file):
     """debug-mobilebert fine-tuned on 3,000 SST-2 training sentences (about 190 steps)."""
-    from mobilebert.recipes.finetune import FinetuneSettings, finetune
+    from mobilebert.recipes.finetune import finetune
+    from mobilebert.recipes.finetune_settings import FinetuneSettings
 
     s = FinetuneSettings()
     s.out = str(tmp_path_factory.mktemp("sst2"))

@@ -9,7 +9,7 @@ import torch
 
 from mobilebert.cli import main
 from mobilebert.data import MaskingConfig, PretrainingData, prepare
-from mobilebert.recipes.train import format_plan, plan
+from mobilebert.recipes.train_stages import format_plan, plan
 from mobilebert.recipes.train_settings import TrainSettings, kt_schedule, split_steps
 from mobilebert.engine.optim import build_schedule
 from mobilebert.errors import ConfigError

@@ -12,7 +12,8 @@ from sklearn import metrics as skm
 
 from mobilebert.cli import main
 from mobilebert.engine.logging import read_metrics
-from mobilebert.recipes.finetune import DistillSettings, make_loss_fn
+from mobilebert.recipes.finetune import make_loss_fn
+from mobilebert.recipes.finetune_settings import DistillSettings
 from mobilebert.tasks.glue import get_task, read_examples
 
 from helpers import squad_json

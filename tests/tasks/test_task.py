@@ -13,7 +13,7 @@ from helpers import squad_json
 from scipy import stats
 from sklearn import metrics as skm
 
-from mobilebert.recipes.finetune import DataSettings
+from mobilebert.recipes.finetune_settings import FinetuneDataSettings
 from mobilebert.recipes.score import score_glue
 from mobilebert.tasks import load_model_for_task
 from mobilebert.tasks.base import is_squad, positive_index, task_key
@@ -33,7 +33,7 @@ def tok(vocab_file):
 
 
 def _glue(data_dir, tok, name, **kw):
-    ds = DataSettings(task=name, dir=str(data_dir / "glue"), max_eval_examples=N, max_seq_length=64, **kw)
+    ds = FinetuneDataSettings(task=name, dir=str(data_dir / "glue"), max_eval_examples=N, max_seq_length=64, **kw)
     return build_task_data(ds, tok, splits=("dev",))
 
 
@@ -101,7 +101,7 @@ def test_custom_jsonl_task_scores_f1_for_its_positive_label(data_dir, tok, tmp_p
     rows = [{"review": s, "sentiment": "pos" if y == "1" else "neg"} for s, y in (ln.split("\t") for ln in sst)]
     path = tmp_path / "reviews.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    ds = DataSettings(task="custom", train_file=str(path), dev_file=str(path), text_a="review", label="sentiment",
+    ds = FinetuneDataSettings(task="custom", train_file=str(path), dev_file=str(path), text_a="review", label="sentiment",
                       max_seq_length=64)
     data = build_task_data(ds, tok, splits=("train", "dev"))
     task, split = data.task, data.dev["dev"]
