@@ -180,7 +180,8 @@ class Finetune:
         if s.train.compile:
             # Batches are padded to their longest example, so shapes vary: compile for dynamic shapes.
             self.train_model = torch.compile(self.train_model, dynamic=True)
-        self.loss_fn = make_loss_fn(data.task.kind, data.task.is_regression, teacher, s.distill)
+        task = data.task
+        self.loss_fn = FinetuneLoss(task.target_keys, task.output_keys, task.is_regression, teacher, s.distill)
 
     # ------------------------------------------------------------------ what the loop calls
     def _batches(self, step: int) -> list[dict]:
@@ -258,8 +259,12 @@ class FinetuneLoss:
 
     INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
-    def __init__(self, kind: str, is_regression: bool, teacher, distill: DistillSettings):
-        self.kind, self.is_regression, self.teacher = kind, is_regression, teacher
+    def __init__(self, target_keys: tuple[str, ...], output_keys: tuple[str, ...], is_regression: bool, teacher,
+                 distill: DistillSettings):
+        # target_keys: the batch's targets, passed to the head (labels; SQuAD's start/end positions);
+        # output_keys: the head's outputs the teacher's soft targets match (logits; start/end logits)
+        self.target_keys, self.output_keys = target_keys, output_keys
+        self.is_regression, self.teacher = is_regression, teacher
         self.T, self.alpha = distill.temperature, distill.alpha
 
     def denominators(self, batch: dict) -> dict:
@@ -273,25 +278,26 @@ class FinetuneLoss:
 
     def __call__(self, model, batch: dict, totals: dict | None = None) -> tuple[torch.Tensor, dict]:
         x = {k: batch[k] for k in self.INPUTS}
-        if self.kind == "squad":
-            out = model(**x, start_positions=batch["start_positions"], end_positions=batch["end_positions"])
-        else:
-            out = model(**x, labels=batch["labels"])
+        out = model(**x, **{k: batch[k] for k in self.target_keys})
         if self.teacher is None:
             return out.loss, {}
         with torch.no_grad():
             t_out = self.teacher(**x)
-        if self.kind == "squad":
-            s_loss = (self.soft(out.start_logits, t_out.start_logits) + self.soft(out.end_logits, t_out.end_logits)) / 2
-        else:
-            s_loss = self.soft(out.logits, t_out.logits)
+        # the mean over the outputs (SQuAD: start and end, as the official distillation averages them)
+        s_loss = sum(self.soft(getattr(out, k), getattr(t_out, k)) for k in self.output_keys) / len(self.output_keys)
         alpha = self.alpha
         return alpha * s_loss + (1 - alpha) * out.loss, {"hard_loss": out.loss.detach(), "soft_loss": s_loss.detach()}
 
 
 def make_loss_fn(kind: str, is_regression: bool, teacher, distill: DistillSettings) -> FinetuneLoss:
-    """The loss step of a task of this kind ("squad" or a sentence task) for `engine.train_loop`."""
-    return FinetuneLoss(kind, is_regression, teacher, distill)
+    """The loss step of a task of this kind (a task name or kind: "squad", "glue", "sst-2" ...) for
+    `engine.train_loop`; the targets and outputs are the task class's own (tasks/base.py)."""
+    from mobilebert.tasks.base import is_squad
+    from mobilebert.tasks.qa import SquadTask
+    from mobilebert.tasks.sentence import SentenceTask
+
+    task = SquadTask if is_squad(kind) else SentenceTask
+    return FinetuneLoss(task.target_keys, task.output_keys, is_regression, teacher, distill)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
