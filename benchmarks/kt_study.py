@@ -24,6 +24,9 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
     python benchmarks/kt_study.py --time          # the step timings the budget below comes from
     python benchmarks/kt_study.py --smoke --state DIR   # seconds: tiny IB-BERT teacher and student (the tests)
 
+Two processes may work on one study at once (each claims a cell before running it; on 2 cores give each one
+thread, e.g. `OMP_NUM_THREADS=1 python benchmarks/kt_study.py --only teacher --only bare &` beside the plain run).
+
 Every cell (a pre-training run, a zero-shot score, one fine-tuning run, a latency run) is written atomically to
 the results file (docs/kt-study.json; STATE/results.json with --state or --smoke) as soon as it ends, with machine, versions, tokens and wall time; `mobilebert train` runs are
 resumed mid-run (`--resume`) if the script was stopped. Real mode writes docs/kt-study.md and docs/kt-study.png.
@@ -112,25 +115,67 @@ def minilm_dir() -> Path:
 
 # ------------------------------------------------------------------------------------------ results file
 class Results:
-    """STATE/results.json: {"mode", "cells": {key: record}}; rewritten atomically after every cell."""
+    """STATE/results.json: {"mode", "cells": {key: record}}; rewritten atomically after every cell. Several
+    processes may share it (two on 2 cores finish the study sooner): every read refreshes from the file and every
+    write re-reads, adds its cell and replaces the file under an exclusive lock, so no process drops another's."""
 
     def __init__(self, path: Path, mode: str):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.is_file() else {"mode": mode, "cells": {}}
+        self.path, self.mode = path, mode
+        self.data = self._read()
         if self.data.get("mode") != mode:
             sys.exit(f"kt_study: {path} holds a {self.data.get('mode')} study; use another --state for {mode}")
 
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {"mode": self.mode, "cells": {}}
+
+    @contextlib.contextmanager
+    def _locked(self):
+        import fcntl
+
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     def __contains__(self, key: str) -> bool:
+        self.data["cells"].update(self._read()["cells"])
         return key in self.data["cells"]
 
     def get(self, key: str) -> dict | None:
         return self.data["cells"].get(key)
 
     def put(self, key: str, record: dict) -> None:
-        self.data["cells"][key] = record
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        with self._locked():
+            on_disk = self._read()
+            self.data = {**self.data, "cells": {**self.data["cells"], **on_disk["cells"], key: record}}
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.data, indent=1) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
+def claim(folder: Path, key: str) -> int | None:
+    """Claim a cell for this process (STATE/claims/KEY.pid); returns the pid of another live process that holds
+    it, else None (a claim left by a dead process is taken over)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / (key.replace("/", "__") + ".pid")
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text() or 0)
+                os.kill(pid, 0)
+            except (ValueError, ProcessLookupError, FileNotFoundError):
+                path.unlink(missing_ok=True)  # its process died: take the cell over
+                continue
+            except PermissionError:
+                return pid
+            return None if pid == os.getpid() else pid
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
 
 
 def environment() -> dict:
@@ -189,8 +234,15 @@ class Study:
             self.sts_dev = self.state / "sts-b-dev-sample.tsv"
             self.sts_dev.write_text("".join([lines[0], *lines[1::37]]), encoding="utf-8")
 
-    def run_cell(self, key: str, fn) -> dict:
+    def run_cell(self, key: str, fn) -> dict | None:
+        """The cell's record: from the results file, else run now; None while another process runs it."""
         if key in self.results:
+            return self.results.get(key)
+        other = claim(self.state / "claims", key)
+        if other is not None:
+            print(f"--- {key}: running in process {other}, skipped here", flush=True)
+            return None
+        if key in self.results:  # finished by another process between the check and the claim
             return self.results.get(key)
         print(f"--- {key}", flush=True)
         t0 = time.time()
@@ -198,6 +250,7 @@ class Study:
         record.update(wall_s=round(time.time() - t0, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                       env=environment())
         self.results.put(key, record)
+        (self.state / "claims" / (key.replace("/", "__") + ".pid")).unlink(missing_ok=True)
         return record
 
     # ------------------------------------------------------------------ pre-training
@@ -285,16 +338,15 @@ class Study:
                 sys.exit(f"kt_study: row {row}: `mobilebert train --dry-run` rejects its settings "
                          f"({str(e).split(': error: ', 1)[-1]})")
 
-    def model_dir(self, row: str) -> Path:
+    def model_dir(self, row: str) -> Path | None:
+        """The row's model folder, pre-training it first if needed; None while another process pre-trains it."""
         if row == "teacher":
             return self.teacher_dir()
         if row == "random":
             out = self.state / "random-student"
-            self.run_cell("pretrain/random", lambda: self.random_student(out))
-            return out
+            return out if self.run_cell("pretrain/random", lambda: self.random_student(out)) else None
         out = self.state / "pretrain" / row
-        self.run_cell(f"pretrain/{row}", lambda: self.pretrain(row, out))
-        return out / "student"
+        return out / "student" if self.run_cell(f"pretrain/{row}", lambda: self.pretrain(row, out)) else None
 
     def random_student(self, out: Path) -> dict:
         """The student as `mobilebert train` would build it, random weights, saved with the vocabulary."""
@@ -369,7 +421,8 @@ class Study:
         if not self.smoke:
             self.check_real_mode()
         for row in rows:
-            self.model_dir(row)  # its pre-training cell first, so that no cell's wall time holds another's
+            if self.model_dir(row) is None:  # its pre-training first, so that no cell's wall time holds another's
+                continue  # another process is pre-training it
             self.run_cell(f"zeroshot/{row}", lambda: self.zero_shot(row))
             for task in tasks:
                 for seed in self.b["seeds"]:

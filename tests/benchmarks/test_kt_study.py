@@ -84,3 +84,33 @@ def test_real_rows_pass_train_dry_run(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "every row's settings pass" in proc.stdout
     assert not (tmp_path / "pretrain").exists()
+
+
+def _script_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kt_study_under_test", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_two_processes_share_one_results_file_and_claim_cells(tmp_path):
+    ks = _script_module()
+    a, b = ks.Results(tmp_path / "r.json", "smoke"), ks.Results(tmp_path / "r.json", "smoke")
+    a.put("finetune/x/1", {"score": 1})
+    b.put("finetune/y/1", {"score": 2})  # b never read x itself: its write must keep it
+    assert set(json.loads((tmp_path / "r.json").read_text())["cells"]) == {"finetune/x/1", "finetune/y/1"}
+    assert "finetune/y/1" in a  # a sees b's cell
+    claims = tmp_path / "claims"
+    assert ks.claim(claims, "finetune/z/1") is None  # claimed by this process
+    assert ks.claim(claims, "finetune/z/1") is None  # its own claim again
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (claims / "finetune__w__1.pid").write_text(str(live.pid))
+        assert ks.claim(claims, "finetune/w/1") == live.pid  # held by a live process: skipped here
+    finally:
+        live.kill()
+        live.wait()
+    assert ks.claim(claims, "finetune/w/1") is None  # its process died: taken over
+    assert (claims / "finetune__w__1.pid").read_text() == str(__import__("os").getpid())
