@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from mobilebert.atomic import write_text
 from mobilebert.errors import (
     CheckpointError,
@@ -185,16 +183,7 @@ def predict(checkpoint: str, inputs: list[tuple[str, str | None]], batch_size: i
     model = _SessionModel(session) if exported else \
         load_model_for_task(checkpoint, task, tokenizer, fine_tuned=True).to(device)
     outs = TaskData(task, tokenizer.pad_id).run(model, feats, batch_size, device, precision)
-    if task.kind == "squad":
-        preds, _, nbest = task.predict(examples, feats, outs)
-        return [{"answer": preds[e.qid], "probability": next((x["probability"] for x in nbest[e.qid]
-                                                              if x["text"] == preds[e.qid]), 0.0)} for e in examples]
-    logits = np.stack(outs)
-    if task.is_regression:
-        return [{"score": float(x)} for x in logits[:, 0]]
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    return [{"label": task.spec.labels[int(p.argmax())], "probability": float(p.max())} for p in probs]
+    return task.answers(examples, feats, outs)
 
 
 class _SessionModel:

@@ -120,6 +120,11 @@ class Task(ABC):
         """Per-feature outputs -> the task's predictions for `examples`."""
 
     @abstractmethod
+    def answers(self, examples: list, features: list[dict], outputs: list) -> list[dict]:
+        """What `mobilebert predict` reports per example: {"label", "probability"}, {"score"} or
+        {"answer", "probability"}."""
+
+    @abstractmethod
     def score(self, gold, predictions) -> dict:
         """Exact GLUE/SQuAD metrics of `predictions` against a split's gold."""
 

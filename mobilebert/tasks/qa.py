@@ -48,6 +48,11 @@ class SquadTask(Task):
         e = model_output.end_logits.float().cpu().numpy()
         return [(s[j, :n], e[j, :n]) for j, n in enumerate(lengths)]
 
+    def answers(self, examples, features, outputs) -> list[dict]:
+        preds, _, nbest = self.predict(examples, features, outputs)
+        return [{"answer": preds[e.qid], "probability": next((x["probability"] for x in nbest[e.qid]
+                                                              if x["text"] == preds[e.qid]), 0.0)} for e in examples]
+
     def predict(self, examples, features, outputs):
         """(predictions qid -> text, null_odds qid -> score diff (v2.0), nbest qid -> list)."""
         return squad.postprocess(examples, [f["squad"] for f in features], [o[0] for o in outputs],

@@ -57,6 +57,14 @@ class SentenceTask(Task):
         logits = model_output.logits.float().cpu().numpy()   # (B, num_labels)
         return list(logits)
 
+    def answers(self, examples, features, outputs) -> list[dict]:
+        logits = np.stack(outputs)
+        if self.is_regression:
+            return [{"score": float(x)} for x in logits[:, 0]]
+        probs = np.exp(logits - logits.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        return [{"label": self.spec.labels[int(p.argmax())], "probability": float(p.max())} for p in probs]
+
     def predict(self, examples, features, outputs) -> np.ndarray:
         """Logits (N, L) -> class ids (argmax) or scores (regression)."""
         logits = np.stack(outputs)
