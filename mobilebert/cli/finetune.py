@@ -10,8 +10,8 @@ Examples:
     mobilebert finetune data.task=rte data.dir=glue_data model.init=student/ distill.teacher=teacher/best
     torchrun --nproc_per_node 8 -m mobilebert finetune data.task=squad ...   # DDP: batch_size is global
 
-Settings are `mobilebert.recipes.finetune.FinetuneSettings` (groups model, data, optim, train, distill). The
-run folder gets metrics.jsonl, tensorboard/, best/ (weights, tokenizer, settings.yaml),
+Settings are `mobilebert.recipes.finetune_settings.FinetuneSettings` (groups model, data, optim, train,
+distill). The run folder gets metrics.jsonl, tensorboard/, best/ (weights, tokenizer, settings.yaml),
 dev_predictions/, submission/ (GLUE test predictions) and results.json; while it runs, checkpoints/
 (resumable with --resume; removed when the run finishes).
 Exit status: 0 done, 2 bad input or a run too large for this machine (nothing written; `train.allow_large=true`
