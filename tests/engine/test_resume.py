@@ -83,7 +83,8 @@ def logged(run: Path, stage: str, step: int):
 
 
 def kill_during(cmd: list[str], run: Path, kill: tuple, rng: random.Random, flag: Path) -> None:
-    """Run `cmd` and SIGKILL it: kill = ("step", stage, step) a random moment after that step was logged, or
+    """Run `cmd` and SIGKILL it: kill = ("step", stage, step) a random moment after that step was logged (("saved",
+    stage, step): and after the run's first checkpoint), or
     ("hold", needle) at the write point the MOBILEBERT_TEST_HOLD hook names."""
     env = dict(os.environ)
     flag.unlink(missing_ok=True)
@@ -95,6 +96,8 @@ def kill_during(cmd: list[str], run: Path, kill: tuple, rng: random.Random, flag
             wait_for(proc, flag.is_file, f"write point {kill[1]}")
         else:
             wait_for(proc, logged(run, kill[1], kill[2]), f"{kill[1]} step {kill[2]}")
+            if kill[0] == "saved":  # and its first checkpoint is complete (a loaded machine may not be there yet)
+                wait_for(proc, (run / "checkpoints" / "latest").is_file, "the first checkpoint")
             time.sleep(rng.random() * 0.3)  # land anywhere in the following step(s), a save included
     finally:
         proc.kill()  # SIGKILL: no handler runs
@@ -222,7 +225,9 @@ def test_finetune_sigkill_anywhere_then_resume_is_bit_exact(tmp_path, data_dir):
     rng = random.Random(seed)
     ref, out = tmp_path / "ref", tmp_path / "cut"
     finish(finetune_command(ref, data_dir))
-    kills = [("step", "finetune", rng.randint(1, 3)),
+    # The first kill lands after the first checkpoint (save_every=2): killed before it, a fresh run leaves a folder
+    # that neither a fresh run nor --resume accepts (see the closing note of issue 12).
+    kills = [("saved", "finetune", rng.randint(1, 3)),
              ("hold", f"finetune-step-0000004@{rng.randint(1, SAVE_POINTS)}"),  # inside a checkpoint write
              ("hold", f"{out / 'best'}@1"),  # the first swap of the best model's folder in that process
              ("step", "finetune", rng.randint(7, 9))]
