@@ -83,8 +83,6 @@ def save_stage(out: Path, stage_name: str, step: int, loop_state: dict, *, model
 
 def load_projections(proj, state: dict, ckpt: Path, widths: tuple[int, int]) -> None:
     """The width projections saved with the checkpoint `state` (read from `ckpt`); widths: (student, teacher)."""
-    if proj is None:
-        return
     saved = state["extra"].get("kt_projections")
     if saved is None:
         raise CheckpointError(f"{ckpt}: holds no kt_projections, but this run projects feature maps "
