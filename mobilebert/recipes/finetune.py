@@ -174,6 +174,8 @@ class Finetune:
             self.best.update(state["extra"].get("best", {}))
             if main:
                 print(f"resuming {out} from step {self.start} of {total}", flush=True)
+        elif self.resume and main:
+            print(f"{out}: no checkpoint yet; starting the run over from step 0", flush=True)
         self.logger = MetricsLogger(out, enabled=main,
                                     resume_from=("finetune", self.start) if latest is not None else None)
         self.train_model = D.wrap_ddp(model)  # DDP broadcasts rank 0's weights (the new head) to every rank

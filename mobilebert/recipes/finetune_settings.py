@@ -136,7 +136,10 @@ RESUME_FREE = ("train.progress", "train.log_every", "train.save_every", "train.d
 
 
 def check_resume(s: FinetuneSettings, out: Path, resume: bool):
-    """The checkpoint to resume from (None for a fresh run); refuses mismatched or ambiguous folders."""
+    """The checkpoint to resume from (None: start from step 0); refuses mismatched or ambiguous folders.
+
+    --resume on a run killed before its first checkpoint starts it over (as `train --resume` does), so no
+    folder is left that neither a fresh run nor --resume accepts."""
     from mobilebert.engine import checkpoint as C
     from mobilebert.outpaths import check_out_dir
 
@@ -148,7 +151,9 @@ def check_resume(s: FinetuneSettings, out: Path, resume: bool):
                               "continue it, or choose another out")
         check_new_folder("out", out)  # a finished run (best/, results.json) is not overwritten
         return None
-    if latest is None:
-        raise ConfigError(f"out: {out} holds no fine-tuning checkpoint to resume (no checkpoints/latest)")
+    if latest is None and (out / "results.json").is_file():
+        raise ConfigError(f"out: {out} holds a finished fine-tuning run (results.json); nothing to resume")
+    if not (out / "settings.yaml").is_file():
+        raise ConfigError(f"out: {out} holds no fine-tuning run to resume (no settings.yaml)")
     check_unchanged(s, out / "settings.yaml", RESUME_FREE)
-    return latest
+    return latest  # None: stopped (SIGKILL, power loss) before its first checkpoint; the same run, from step 0

@@ -83,8 +83,7 @@ def logged(run: Path, stage: str, step: int):
 
 
 def kill_during(cmd: list[str], run: Path, kill: tuple, rng: random.Random, flag: Path) -> None:
-    """Run `cmd` and SIGKILL it: kill = ("step", stage, step) a random moment after that step was logged (("saved",
-    stage, step): and after the run's first checkpoint), or
+    """Run `cmd` and SIGKILL it: kill = ("step", stage, step) a random moment after that step was logged, or
     ("hold", needle) at the write point the MOBILEBERT_TEST_HOLD hook names."""
     env = dict(os.environ)
     flag.unlink(missing_ok=True)
@@ -96,8 +95,6 @@ def kill_during(cmd: list[str], run: Path, kill: tuple, rng: random.Random, flag
             wait_for(proc, flag.is_file, f"write point {kill[1]}")
         else:
             wait_for(proc, logged(run, kill[1], kill[2]), f"{kill[1]} step {kill[2]}")
-            if kill[0] == "saved":  # and its first checkpoint is complete (a loaded machine may not be there yet)
-                wait_for(proc, (run / "checkpoints" / "latest").is_file, "the first checkpoint")
             time.sleep(rng.random() * 0.3)  # land anywhere in the following step(s), a save included
     finally:
         proc.kill()  # SIGKILL: no handler runs
@@ -223,21 +220,34 @@ def finetune_command(out: Path, data_dir: Path, resume: bool = False) -> list[st
 def test_finetune_sigkill_anywhere_then_resume_is_bit_exact(tmp_path, data_dir):
     seed = int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
+    # Exact write points first, in the order the run reaches them (save_every=2, eval_every=3), so no kill can
+    # be overtaken by the run before it: inside the FIRST checkpoint write (killed before any checkpoint exists,
+    # --resume starts the run over), the first swap of the best model's folder (step 3), inside the step-6 write;
+    # then a random moment near the end.
+    kills = [("hold", f"finetune-step-0000002@{rng.randint(1, SAVE_POINTS)}"),
+             ("hold", f"{tmp_path / 'cut' / 'best'}@1"),
+             ("hold", f"finetune-step-0000006@{rng.randint(1, SAVE_POINTS)}"),
+             ("step", "finetune", rng.randint(7, 9))]
+    finetune_kill_and_resume(tmp_path, data_dir, kills, rng, f"kills {kills} (seed {seed})")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [*range(1, SAVE_POINTS + 1), "latest"])
+def test_finetune_sigkill_inside_its_first_checkpoint_then_resume_is_bit_exact(tmp_path, data_dir, point):
+    """Every point of the first checkpoint write: before it completes no checkpoint exists, and --resume starts
+    the run over from step 0 (it used to refuse the folder, as a fresh run does)."""
+    hold = "latest <- finetune-step-0000002@1" if point == "latest" else f"finetune-step-0000002@{point}"
+    finetune_kill_and_resume(tmp_path, data_dir, [("hold", hold)], random.Random(0), hold)
+
+
+def finetune_kill_and_resume(tmp_path, data_dir, kills: list[tuple], rng, what: str) -> None:
     ref, out = tmp_path / "ref", tmp_path / "cut"
     finish(finetune_command(ref, data_dir))
-    # The first kill lands after the first checkpoint (save_every=2): killed before it, a fresh run leaves a folder
-    # that neither a fresh run nor --resume accepts (see the closing note of issue 12).
-    kills = [("saved", "finetune", rng.randint(1, 3)),
-             ("hold", f"finetune-step-0000004@{rng.randint(1, SAVE_POINTS)}"),  # inside a checkpoint write
-             ("hold", f"{out / 'best'}@1"),  # the first swap of the best model's folder in that process
-             ("step", "finetune", rng.randint(7, 9))]
-    for kill in kills:  # --resume once there is a checkpoint (finetune refuses --resume without one)
-        resume = (out / "checkpoints" / "latest").is_file()
-        kill_during(finetune_command(out, data_dir, resume=resume), out, kill, rng, tmp_path / "held")
+    for i, kill in enumerate(kills):
+        kill_during(finetune_command(out, data_dir, resume=i > 0), out, kill, rng, tmp_path / "held")
     # On a fast machine the last run can reach its end (and remove its checkpoints) before the kill lands.
     if (out / "checkpoints" / "latest").is_file() or not (out / "results.json").is_file():
         finish(finetune_command(out, data_dir, resume=True))
-    what = f"kills {kills} (seed {seed})"
     a, b = json.loads((ref / "results.json").read_text()), json.loads((out / "results.json").read_text())
     for key in ("final_loss", "best", "best_step", "history", "steps"):
         assert a[key] == b[key], f"{key}: {what}"

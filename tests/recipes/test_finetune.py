@@ -322,6 +322,10 @@ def test_resume_after_sigterm_is_bit_exact(tmp_path, capsys, monkeypatch, data_d
     assert not (out / "checkpoints").exists()  # finished runs keep best/ only
     steps = [r["step"] for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     assert steps == sorted(set(steps))  # the resumed log continues, no duplicated steps
+    assert main(["finetune", f"out={out}", *QUICK, *args, "--resume"]) == 2  # finished: nothing to resume
+    assert "holds a finished fine-tuning run (results.json)" in capsys.readouterr().err
+    assert main(["finetune", f"out={tmp_path / 'none'}", *QUICK, *args, "--resume"]) == 2
+    assert "no settings.yaml" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
 @pytest.mark.slow
