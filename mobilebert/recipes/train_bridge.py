@@ -66,7 +66,7 @@ def describe(b: Bridge, s, t: MobileBertConfig | None, st: MobileBertConfig) -> 
     lines = [f"teacher: {t.model_type}, {t.num_hidden_layers} layers, hidden {t.hidden_size}, "
              f"{t.num_attention_heads} heads ({src}); student: {st.num_hidden_layers} layers, hidden "
              f"{st.hidden_size}, {st.num_attention_heads} heads",
-             TK.heads_line(b.teacher_heads, b.pd_fmt_weight, pd="pd" in s.run.stages)]
+             TK.heads_line(b.teacher_heads, b.pd_fmt_weight, pd="pd" in s.run.stages, alpha=s.pd.alpha)]
     if "kt" not in s.run.stages or s.kt.strategy == "bare":
         return lines
     lines.append("layer map (student<-teacher): " + ", ".join(f"{l}<-{m}" for l, m in enumerate(b.layer_map, 1)))

@@ -96,19 +96,21 @@ def checkpoint_heads(folder: str | Path) -> dict[str, bool]:
     return {"mlm": "mlm" in held, "nsp": "nsp" in held}
 
 
-def heads_line(heads: dict[str, bool], fmt_weight: float = 0.0, pd: bool = True) -> str:
-    """'teacher heads: ...' and what follows for the final (PD) stage (`pd`: the run has one)."""
+def heads_line(heads: dict[str, bool], fmt_weight: float = 0.0, pd: bool = True, alpha: float = 0.5) -> str:
+    """'teacher heads: ...' and what follows for the final (PD) stage (`pd`: the run has one; `alpha`: its MLM
+    weight, eq. 4)."""
     names = [n for n, key in (("MLM", "mlm"), ("NSP", "nsp")) if heads[key]]
     text = f"teacher heads: {' + '.join(names) if names else 'none'}"
     fmt = f"last-layer feature maps x{fmt_weight:g}"
+    mlm = "MLM" if alpha > 0 else "no MLM (pd.alpha=0)"
     if heads["mlm"]:
         text += " (logit distillation on the MLM head" + (f"; pd also transfers {fmt})" if pd and fmt_weight else ")")
     elif not pd:
         text += " (no MLM head: no logit distillation)"
     elif fmt_weight:
-        text += f" (no MLM head: no logit distillation; the final stage trains MLM + {fmt})"
+        text += f" (no MLM head: no logit distillation; the final stage trains {mlm} + {fmt})"
     else:
-        text += " (no MLM head: no logit distillation; the final stage trains MLM + NSP only, pd.fmt_weight=0)"
+        text += f" (no MLM head: no logit distillation; the final stage trains {mlm} + NSP only, pd.fmt_weight=0)"
     if not heads["nsp"]:
         text += "; NSP trains on the ground-truth labels only"
     return text

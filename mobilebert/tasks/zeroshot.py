@@ -29,8 +29,11 @@ def read_sts_pairs(dev_tsv_path: str | Path) -> tuple[list[str], list[str], np.n
     return [e.text_a for e in ex], [e.text_b for e in ex], np.array([float(e.label) for e in ex])
 
 
-def mean_pooled(model, tokenizer, sentences: list[str], max_length: int = 128, batch_size: int = 64):
-    """(N, hidden) float32 tensor: each sentence's last-layer states averaged over its real tokens."""
+def mean_pooled(model, tokenizer, sentences: list[str], max_length: int = 128, batch_size: int = 64,
+                every_layer: bool = False):
+    """(N, hidden) float32 tensor: each sentence's last-layer states averaged over its real tokens.
+
+    every_layer: (L + 1, N, hidden) instead, the embedding output then each layer's output, pooled alike."""
     import torch
 
     base = getattr(model, "base_model", model)
@@ -45,14 +48,17 @@ def mean_pooled(model, tokenizer, sentences: list[str], max_length: int = 128, b
                 idx = order[i:i + batch_size]
                 enc = tokenizer([sentences[j] for j in idx], max_length=max_length, padding="longest")
                 enc = {k: v.to(device) for k, v in enc.items()}
-                h = base(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state  # (B, S, H)
-                m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)                                     # (B, S, 1)
-                pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)                                       # (B, H)
-                for j, v in zip(idx, pooled.float().cpu()):
+                res = base(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
+                           output_hidden_states=every_layer)
+                h = torch.stack(res.hidden_states) if every_layer else res.last_hidden_state[None]  # (K, B, S, H)
+                m = enc["attention_mask"][None, :, :, None].to(h.dtype)                            # (1, B, S, 1)
+                pooled = (h * m).sum(2) / m.sum(2).clamp_min(1.0)                                  # (K, B, H)
+                for j, v in zip(idx, pooled.float().cpu().unbind(1)):
                     out[j] = v
     finally:
         base.train(was)
-    return torch.stack(out)
+    emb = torch.stack(out, 1)  # (K, N, H)
+    return emb if every_layer else emb[0]
 
 
 def zero_shot_sts(model, tokenizer, dev_tsv_path, max_length: int = 128, batch_size: int = 64) -> float:
@@ -70,3 +76,12 @@ def zero_shot_sts(model, tokenizer, dev_tsv_path, max_length: int = 128, batch_s
     emb = mean_pooled(model, tokenizer, a + b, max_length, batch_size)  # (2N, H)
     cos = F.cosine_similarity(emb[:len(a)], emb[len(a):], dim=-1)       # (N,)
     return float(M.spearman(cos.numpy().astype(np.float64), gold))
+
+
+def pair_cosines_by_layer(model, tokenizer, a: list[str], b: list[str], max_length: int = 128,
+                          batch_size: int = 64) -> np.ndarray:
+    """(L + 1, N) cosine similarity of each pair's mean-pooled states at the embedding output and every layer."""
+    import torch.nn.functional as F
+
+    emb = mean_pooled(model, tokenizer, a + b, max_length, batch_size, every_layer=True)   # (L + 1, 2N, H)
+    return F.cosine_similarity(emb[:, :len(a)], emb[:, len(a):], dim=-1).numpy().astype(np.float64)

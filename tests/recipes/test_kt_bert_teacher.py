@@ -138,6 +138,9 @@ def test_teacher_folder_kinds(tiny_bert, tmp_path):
     assert json.loads((pre / "config.json").read_text())["architectures"] == ["BertForPreTraining"]
     assert TK.checkpoint_heads(pre) == {"mlm": True, "nsp": True}
     assert TK.heads_line({"mlm": True, "nsp": True}).startswith("teacher heads: MLM + NSP (logit distillation")
+    none = {"mlm": False, "nsp": False}
+    assert "the final stage trains MLM + last-layer feature maps x100" in TK.heads_line(none, 100.0)
+    assert "trains no MLM (pd.alpha=0) + last-layer feature maps x100" in TK.heads_line(none, 100.0, alpha=0.0)
 
 
 def test_tiny_bert_teacher_of_other_shape_end_to_end_and_exact_resume(tmp_path, tiny_bert, data_dir):

@@ -9,7 +9,8 @@ from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.errors import DataError
 from mobilebert.heads import MobileBertForPreTraining
 from mobilebert.model import MobileBertModel
-from mobilebert.tasks.zeroshot import read_sts_pairs, zero_shot_sts
+from mobilebert.tasks import metrics as M
+from mobilebert.tasks.zeroshot import pair_cosines_by_layer, read_sts_pairs, zero_shot_sts
 from mobilebert.tokenizer import Tokenizer
 
 
@@ -61,6 +62,17 @@ def test_heads_and_base_model_give_the_same_score(tokenizer, dev_sample):
     full.train()
     zero_shot_sts(full, tokenizer, dev_sample, max_length=16)
     assert full.training and base.training  # the mode it found is restored
+
+
+def test_every_layer_pooling_ends_with_the_last_layer_score(minilm_dir, tokenizer, dev_sample):
+    """pair_cosines_by_layer (the per-layer diagnosis of benchmarks/kt_layers.py): one row per hidden state, the
+    last one the same cosines zero_shot_sts scores; each row differs from the next (not one layer repeated)."""
+    model = load_pretrained(MobileBertModel, minilm_dir)
+    a, b, gold = read_sts_pairs(dev_sample)
+    cos = pair_cosines_by_layer(model, tokenizer, a, b, batch_size=37)
+    assert cos.shape == (model.config.num_hidden_layers + 1, len(a))
+    assert M.spearman(cos[-1], gold) == pytest.approx(zero_shot_sts(model, tokenizer, dev_sample), abs=1e-6)
+    assert all(abs(cos[i] - cos[i + 1]).max() > 1e-2 for i in range(len(cos) - 1))
 
 
 def test_bad_file_is_one_data_error(tmp_path):
