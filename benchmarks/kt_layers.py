@@ -11,7 +11,11 @@ two numbers:
              from (the study's students have the teacher's depth, so the same index): how closely the student
              reproduces the teacher's similarity judgements, whatever their quality
 
-    python benchmarks/kt_layers.py [--state runs/kt-study] [--out docs/kt-layers.md] [--pairs N]
+A second table asks whether the fine-tuning recipe can reach what a model knows: a linear probe on frozen
+last-layer features, [CLS] state against mean-pooled states. Pair features (|u - v|, u * v), ridge regression
+fitted on STS-B train (the penalty picked on its last 10 %), Spearman on dev. The recipe's head reads [CLS].
+
+    python benchmarks/kt_layers.py [--state runs/kt-study] [--out docs/kt-layers.md] [--pairs N] [--no-probe]
 
 Costs seconds per model on 1 thread (1,500 pairs, 6 layers); writes a Markdown table with machine, versions, date.
 """
@@ -52,6 +56,91 @@ def measure(folder: Path, a: list[str], b: list[str], vocab: Path | None = None)
     return pair_cosines_by_layer(model, Tokenizer.from_file(vocab or folder), a, b)
 
 
+def cls_and_mean(folder: Path, sentences: list[str], batch_size: int = 64):
+    """(N, H) [CLS] states and (N, H) mean-pooled states of the last layer, as float64 arrays."""
+    import torch
+
+    from mobilebert.checkpoint import load_pretrained
+    from mobilebert.model import MobileBertModel
+    from mobilebert.tokenizer import Tokenizer
+
+    model, tok = load_pretrained(MobileBertModel, folder).eval(), Tokenizer.from_file(folder)
+    cls, mean = [], []
+    with torch.no_grad():
+        for i in range(0, len(sentences), batch_size):
+            enc = tok(sentences[i:i + batch_size], max_length=128, padding="longest")
+            h = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state  # (B, S, H)
+            m = enc["attention_mask"][..., None].to(h.dtype)                                              # (B, S, 1)
+            cls.append(h[:, 0])
+            mean.append((h * m).sum(1) / m.sum(1))
+    return torch.cat(cls).double().numpy(), torch.cat(mean).double().numpy()
+
+
+def cls_variation(folder: Path, sentences: list[str]) -> list[float]:
+    """Per hidden state (embeddings, layer 1..L): the share of the [CLS] state's energy that varies between
+    sentences, sum of per-channel variances / mean squared norm (0: the same vector for every sentence)."""
+    import numpy as np
+    import torch
+
+    from mobilebert.checkpoint import load_pretrained
+    from mobilebert.model import MobileBertModel
+    from mobilebert.tokenizer import Tokenizer
+
+    model, tok = load_pretrained(MobileBertModel, folder).eval(), Tokenizer.from_file(folder)
+    enc = tok(sentences, max_length=128, padding="longest")
+    with torch.no_grad():
+        states = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
+                       output_hidden_states=True).hidden_states
+    out = []
+    for h in states:
+        c = h[:, 0].double().numpy()                                                     # (N, H)
+        out.append(float(c.var(0).sum() / (np.linalg.norm(c, axis=1) ** 2).mean()))
+    return out
+
+
+def ridge_probe(train: tuple, dev: tuple) -> float:
+    """Dev Spearman of a ridge regression on pair features (|u - v|, u * v); train/dev = (u, v, gold)."""
+    import numpy as np
+
+    from mobilebert.tasks.metrics import spearman
+
+    def feats(u, v):
+        return np.concatenate([np.abs(u - v), u * v], 1)  # (N, 2H)
+
+    x, y = feats(*train[:2]), train[2]
+    mu, sd = x.mean(0), x.std(0) + 1e-8
+    x = (x - mu) / sd
+    cut = int(0.9 * len(y))
+
+    def fit(xs, ys, lam):
+        a = xs.T @ xs + lam * np.eye(xs.shape[1])
+        return np.linalg.solve(a, xs.T @ (ys - ys.mean())), ys.mean()
+
+    lams = [0.1, 1, 10, 100, 1000, 10000]
+    best = max(lams, key=lambda lam: spearman(x[cut:] @ fit(x[:cut], y[:cut], lam)[0], y[cut:]))
+    w, b = fit(x, y, best)
+    return float(spearman(((feats(*dev[:2]) - mu) / sd) @ w + b, dev[2]))
+
+
+def probe_table(models: dict[str, Path], glue: Path) -> list[str]:
+    """Markdown rows: per model, the probe's dev Spearman on [CLS] and on mean-pooled states."""
+    from mobilebert.tasks.zeroshot import read_sts_pairs
+
+    tr, dv = read_sts_pairs(glue / "STS-B" / "train.tsv"), read_sts_pairs(glue / "STS-B" / "dev.tsv")
+    lines = ["| model | [CLS] state | mean-pooled states |", "|---|---:|---:|"]
+    for row, folder in models.items():
+        t0 = time.time()
+        feats = [cls_and_mean(folder, a + b) for a, b, _ in (tr, dv)]
+        scores = []
+        for k in (0, 1):  # 0: [CLS], 1: mean
+            (xt, xd) = feats[0][k], feats[1][k]
+            nt, nd = len(tr[0]), len(dv[0])
+            scores.append(ridge_probe((xt[:nt], xt[nt:], tr[2]), (xd[:nd], xd[nd:], dv[2])))
+        print(f"probe {row}: {time.time() - t0:.1f} s", flush=True)
+        lines.append(f"| {LABELS.get(row, row)} | {scores[0]:.3f} | {scores[1]:.3f} |")
+    return lines
+
+
 def table(cos: dict, gold) -> list[str]:
     """Markdown rows: per model, gold / teacher Spearman at layers 0 (embeddings) .. L."""
     from mobilebert.tasks.metrics import spearman
@@ -69,7 +158,7 @@ def table(cos: dict, gold) -> list[str]:
             g = spearman(c[i], gold)
             t = "" if row == "teacher" or i >= len(teacher) else f" / {spearman(c[i], teacher[i]):.3f}"
             cells.append(f"{g:.3f}{t}")
-        lines.append(f"| {LABELS[row]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -78,6 +167,9 @@ def main() -> int:
     p.add_argument("--state", default=str(REPO / "runs" / "kt-study"), help="the study's folder (its models)")
     p.add_argument("--out", default=str(REPO / "docs" / "kt-layers.md"))
     p.add_argument("--pairs", type=int, default=0, help="only the first N dev pairs (0: all 1,500)")
+    p.add_argument("--no-probe", action="store_true", help="skip the linear-probe table (encodes STS-B train)")
+    p.add_argument("--extra", action="append", default=[], metavar="LABEL=FOLDER",
+                   help="another model folder to measure beside the study's (repeatable)")
     args = p.parse_args()
     from mobilebert.tasks.zeroshot import read_sts_pairs
 
@@ -86,7 +178,13 @@ def main() -> int:
     if args.pairs:
         a, b, gold = a[:args.pairs], b[:args.pairs], gold[:args.pairs]
     cos, seconds = {}, {}
-    for row, folder in model_dirs(Path(args.state)).items():
+    models = model_dirs(Path(args.state))
+    for extra in args.extra:
+        label, sep, folder = extra.rpartition("=")  # the label may hold "=" itself
+        if not sep or not (Path(folder) / "config.json").is_file():
+            p.error(f"--extra {extra}: expected LABEL=FOLDER with a config.json in FOLDER")
+        models[label] = Path(folder)
+    for row, folder in models.items():
         t0 = time.time()
         cos[row] = measure(folder, a, b)
         seconds[row] = time.time() - t0
@@ -100,6 +198,22 @@ def main() -> int:
             f"STS-B dev, {len(a)} pairs. Each cell: Spearman of the pair cosines of mean-pooled states with the gold "
             "scores / with the teacher's pair cosines at the same layer. The last column is the study's zero-shot "
             "column.", "", *table(cos, gold), ""]
+    depth = max(len(c) for c in cos.values())
+    text += ["## How much the [CLS] state varies between sentences", "",
+             "Share of the [CLS] state's energy that varies between sentences (sum of per-channel variances / "
+             "mean squared norm) over the first 300 STS-B dev first sentences, per hidden state. 0: the same "
+             "vector for every sentence, so a head that reads [CLS] (the fine-tuning recipe's) has nothing to use.",
+             "", "| model | " + " | ".join(["embeddings", *[f"layer {i}" for i in range(1, depth)]]) + " |",
+             "|---|" + "---:|" * depth]
+    for row, folder in models.items():
+        text.append(f"| {LABELS.get(row, row)} | " + " | ".join(f"{v:.2f}" for v in cls_variation(folder, a[:300]))
+                    + " |")
+    text.append("")
+    if not args.no_probe:
+        text += ["## Linear probe on frozen last-layer features: [CLS] against mean pooling", "",
+                 "Ridge regression on pair features (|u - v|, u * v) of frozen last-layer features, fitted on STS-B "
+                 "train (5,749 pairs; penalty picked on its last 10 %), dev Spearman. The fine-tuning recipe's head "
+                 "reads the [CLS] state.", "", *probe_table(models, data_root() / "glue"), ""]
     out = Path(args.out)
     out.write_text("\n".join(text), encoding="utf-8")
     print(f"wrote {out}")
