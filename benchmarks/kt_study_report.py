@@ -151,6 +151,10 @@ def markdown(results: dict, budget: dict) -> str:
     lines += ["", "## Goals (issue 11) and the paper's orderings", "", "| check | measured | verdict |", "|---|---|---|"]
     for name, measured, verdict in goals(rows, bench, seeds) + orderings(rows):
         lines.append(f"| {name} | {measured} | **{verdict}** |")
+    if results["mode"] == "real":
+        lines += ["", "Why the missed goals are missed, layer by layer ([CLS] against mean pooling, and how far each "
+                  "student's states are from the teacher's): `docs/kt-layers.md` (`python benchmarks/kt_layers.py`) "
+                  "and the study's section in `docs/benchmarks.md`."]
     lines += ["", "## Cells: machine, versions, tokens, wall time", "",
               "| cell | wall | tokens / examples | finished | load avg | machine and versions |", "|---|---:|---:|---|---:|---|"]
     for key, rec in cells.items():
