@@ -114,3 +114,17 @@ def test_two_processes_share_one_results_file_and_claim_cells(tmp_path):
         live.wait()
     assert ks.claim(claims, "finetune/w/1") is None  # its process died: taken over
     assert (claims / "finetune__w__1.pid").read_text() == str(__import__("os").getpid())
+
+
+def test_orderings_are_reported_on_the_fine_tuned_average_and_on_zero_shot():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from kt_study_report import orderings
+
+    rows = {r: {"avg": None, "zero_shot": None} for r in ROWS}
+    rows.update({"pkt-fmt-at": {"avg": (0.60, 0.01), "zero_shot": 0.61}, "pkt-fmt": {"avg": None, "zero_shot": 0.62},
+                 "bare": {"avg": (0.50, 0.01), "zero_shot": 0.20}})
+    got = {name: (measured, verdict) for name, measured, verdict in orderings(rows)}
+    assert got["Table 9: + attention > + feature maps (+ distillation) > bare"] == ("–", "pending")
+    assert got["Table 9 on zero-shot STS-B (one pre-training seed)"] == (
+        "pkt-fmt-at 0.610 > pkt-fmt 0.620 > bare 0.200", "not held")
+    assert got["Table 8 on zero-shot STS-B (one pre-training seed)"][1] == "pending"
