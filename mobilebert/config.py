@@ -23,6 +23,7 @@ from mobilebert.errors import ConfigError
 
 ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_new", "tanh")
 NORMALIZATIONS = ("no_norm", "layer_norm")
+POOLINGS = ("cls", "mean")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # Generic keys transformers writes into every config.json; they carry no architecture information.
@@ -78,6 +79,10 @@ class MobileBertConfig:
     normalization_type: str = "no_norm"
     classifier_activation: bool = True  # pooler = tanh(dense(h[CLS])); False: pooler = raw h[CLS]
     classifier_dropout: float | None = None
+    # What the pooler reads: "cls" the [CLS] state (BERT, transformers), "mean" the mean of the last-layer states
+    # over real tokens (sentence-transformers' pooling; the key and values of ModernBERT's config). transformers'
+    # MobileBERT and BERT classes ignore the key and always pool [CLS]; written to config.json only when "mean".
+    classifier_pooling: str = "cls"
     model_type: str = "mobilebert"  # "mobilebert" or "bert" (parameter names and layout of transformers' BERT)
     # Task-head settings, stored in config.json as transformers does.
     num_labels: int = 2
@@ -119,6 +124,8 @@ class MobileBertConfig:
             bad("normalization_type", f"{self.normalization_type!r} is not one of {', '.join(NORMALIZATIONS)}")
         if self.model_type not in ("mobilebert", "bert"):
             bad("model_type", f"{self.model_type!r} is not 'mobilebert' or 'bert'")
+        if self.classifier_pooling not in POOLINGS:
+            bad("classifier_pooling", f"{self.classifier_pooling!r} is not one of {', '.join(POOLINGS)}")
         if self.problem_type not in PROBLEM_TYPES:
             bad("problem_type", f"{self.problem_type!r} is not one of {PROBLEM_TYPES[1:]}")
         if self.true_hidden_size % self.num_attention_heads:
@@ -174,6 +181,8 @@ class MobileBertConfig:
             d.pop("architectures")
         if d["problem_type"] is None:
             d.pop("problem_type")
+        if d["classifier_pooling"] == "cls":
+            d.pop("classifier_pooling")  # the default: config.json stays what transformers writes
         return d
 
     @classmethod

@@ -323,12 +323,27 @@ class MobileBertPooler(nn.Module):
     def __init__(self, cfg: MobileBertConfig):
         super().__init__()
         self.do_activate = cfg.classifier_activation
+        self.mean = cfg.classifier_pooling == "mean"
         if self.do_activate:
             self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
 
-    def forward(self, h):
-        first = h[:, 0]  # (B, H): the [CLS] token
-        return torch.tanh(self.dense(first)) if self.do_activate else first
+    def forward(self, h, attention_mask=None):
+        """h: (B, S, H) last-layer states; attention_mask (B, S) 0/1 or None (every token real) -> (B, H)."""
+        if self.mean:
+            pooled = masked_mean(h, attention_mask)
+        else:
+            pooled = h[:, 0]  # (B, H): the [CLS] token
+        return torch.tanh(self.dense(pooled)) if self.do_activate else pooled
+
+
+def masked_mean(h: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(..., S, H) states averaged over the real tokens of a (..., S) 0/1 mask (all of them if None) -> (..., H).
+
+    Pad tokens weigh nothing, so a sentence pools to the same vector however far its batch is padded."""
+    if attention_mask is None:
+        return h.mean(-2)
+    m = attention_mask[..., None].to(h.dtype)  # (..., S, 1)
+    return (h * m).sum(-2) / m.sum(-2).clamp_min(1.0)
 
 
 def additive_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -408,7 +423,7 @@ class MobileBertModel(PreTrainedMixin, nn.Module):
                                                 fp16_guard=_fp16_active(h))
         return ModelOutput(
             last_hidden_state=h,
-            pooler_output=self.pooler(h) if self.pooler is not None else None,
+            pooler_output=self.pooler(h, attention_mask) if self.pooler is not None else None,
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(probs) if output_attentions else None,
             attention_scores=tuple(scores) if output_attention_scores else None,

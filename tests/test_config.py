@@ -61,7 +61,21 @@ def test_transformers_reads_our_config(tmp_path):
     assert theirs.true_hidden_size == 128
 
 
+def test_classifier_pooling_is_written_only_when_mean(tmp_path):
+    """The default ([CLS]) keeps config.json exactly what transformers writes; "mean" round-trips, and
+    transformers still reads the file (it keeps the key as an attribute it does not use)."""
+    get_config("mobilebert").save(tmp_path / "config.json")
+    assert "classifier_pooling" not in json.loads((tmp_path / "config.json").read_text())
+    cfg = get_config("mobilebert", classifier_pooling="mean")
+    (tmp_path / "mean").mkdir()
+    cfg.save(tmp_path / "mean" / "config.json")
+    assert json.loads((tmp_path / "mean" / "config.json").read_text())["classifier_pooling"] == "mean"
+    assert MobileBertConfig.from_json_file(tmp_path / "mean") == cfg
+    assert hf.AutoConfig.from_pretrained(tmp_path / "mean").classifier_pooling == "mean"
+
+
 @pytest.mark.parametrize("changes,key", [
+    ({"classifier_pooling": "max"}, "classifier_pooling"),
     ({"num_attention_heads": 5}, "num_attention_heads"),
     ({"use_bottleneck_attention": True}, "key_query_shared_bottleneck"),
     ({"use_bottleneck": False}, "key_query_shared_bottleneck"),

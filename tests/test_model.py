@@ -87,6 +87,37 @@ def test_pooler_with_and_without_activation():
     assert tanh(**batch(cfg)).pooler_output.abs().max() <= 1
 
 
+@pytest.mark.parametrize("preset", ["debug-mobilebert", "debug-bert"])
+def test_mean_pooling_reads_only_real_tokens(preset):
+    """classifier_pooling="mean": the pooler averages the last-layer states over real tokens, so a sentence pools
+    alike however far it is padded, and the loss reaches every real token's state and no pad's."""
+    cfg = mb.get_config(preset).replace(classifier_pooling="mean")
+    torch.manual_seed(0)
+    model = mb.MobileBertForSequenceClassification(cfg).eval()
+    b = batch(cfg)
+    b["input_ids"] = b["input_ids"].masked_fill(b["attention_mask"] == 0, cfg.pad_token_id)  # as a tokenizer pads
+    out = model(**b)
+    h, m = out.last_hidden_state, b["attention_mask"]
+    want = torch.stack([h[i, m[i].bool()].mean(0) for i in range(len(h))])  # (B, H), row by row
+    want = torch.tanh(model.base_model.pooler.dense(want)) if cfg.classifier_activation else want
+    torch.testing.assert_close(out.pooler_output, want)
+    # The first sentence alone, without its pads: the same pooled vector (the trigram convolution sees the pad
+    # id's zero embedding as the zeros past a sequence's end).
+    real = int(m[0].sum())
+    alone = model(input_ids=b["input_ids"][:1, :real])
+    torch.testing.assert_close(alone.pooler_output, out.pooler_output[:1], rtol=1e-5, atol=1e-5)
+    # Gradients: every real position of h gets one, the pads none.
+    h_leaf = out.last_hidden_state.detach().requires_grad_(True)
+    (logits,) = model.head_outputs(h_leaf, model.base_model.pooler(h_leaf, m), b["input_ids"].shape)
+    logits.sum().backward()
+    per_token = h_leaf.grad.abs().sum(-1)  # (B, S)
+    assert bool((per_token[m.bool()] > 0).all()) and bool((per_token[~m.bool()] == 0).all())
+    # [CLS] pooling on the same weights reads position 0 only.
+    cls = mb.MobileBertForSequenceClassification(cfg.replace(classifier_pooling="cls"))
+    cls.load_state_dict(model.state_dict())
+    assert not torch.allclose(cls.eval()(**b).logits, out.logits)
+
+
 def test_sparse_mlm_equals_dense_loss():
     cfg = mb.get_config("debug-mobilebert")
     model = mb.MobileBertForPreTraining(cfg).eval()

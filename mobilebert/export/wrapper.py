@@ -50,7 +50,7 @@ def encode(base: nn.Module, input_ids, attention_mask, token_type_ids, token_maj
     if token_major:
         h = h.reshape(-1, H)  # (B*S, H); attention recovers S from mask_add
     h = base.encoder(h, mask_add)[0].view(B, S, H)
-    pooled = base.pooler(h) if base.pooler is not None else None
+    pooled = base.pooler(h, attention_mask) if base.pooler is not None else None
     return h, pooled
 
 

@@ -122,7 +122,11 @@ class Finetune:
         if not data.train:
             raise ConfigError("data: no training file (set data.dir or data.train_file)")
         model = load_model_for_task(s.model.init, data.task, tokenizer, dropout=s.model.dropout,
-                                    classifier_dropout=s.model.classifier_dropout)
+                                    classifier_dropout=s.model.classifier_dropout, pooling=s.model.pooling)
+        if model.config.classifier_pooling == "mean" and main:
+            print("model.pooling=mean: the classifier reads the mean of the last-layer states; transformers' "
+                  "MobileBERT/BERT classes ignore classifier_pooling and read [CLS], so serve this checkpoint with "
+                  "mobilebert or its ONNX export")
         if s.model.qat:
             from mobilebert.quant.qat import prepare_qat
 

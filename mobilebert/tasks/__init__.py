@@ -56,7 +56,8 @@ def _check_head(path: str, cfg, task) -> None:
 
 
 def load_model_for_task(init: str, task, tokenizer, dropout: float | None = None,
-                        classifier_dropout: float | None = None, fine_tuned: bool = False):
+                        classifier_dropout: float | None = None, fine_tuned: bool = False,
+                        pooling: str | None = None):
     """Sequence-classification or QA model from a preset (random init) or a checkpoint folder.
 
     fine_tuned: the checkpoint must hold a trained head for the task (evaluate, predict): a pre-trained or
@@ -70,6 +71,11 @@ def load_model_for_task(init: str, task, tokenizer, dropout: float | None = None
         overrides["hidden_dropout_prob"] = dropout
     if classifier_dropout is not None and task.head == "classifier":
         overrides["classifier_dropout"] = classifier_dropout
+    if pooling is not None:
+        if task.head != "classifier":
+            raise ConfigError(f"model.pooling: {task.name} has a {task.head} head, which reads every token's state; "
+                              "only sequence classification pools (leave model.pooling unset)")
+        overrides["classifier_pooling"] = pooling
     if init in PRESETS:
         model = cls(get_config(init, **overrides))
     elif Path(init).is_dir():

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mobilebert.tasks import metrics as M
 from mobilebert.errors import DataError
+from mobilebert.model import masked_mean
+from mobilebert.tasks import metrics as M
 
 
 def read_sts_pairs(dev_tsv_path: str | Path) -> tuple[list[str], list[str], np.ndarray]:
@@ -51,8 +52,7 @@ def mean_pooled(model, tokenizer, sentences: list[str], max_length: int = 128, b
                 res = base(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"],
                            output_hidden_states=every_layer)
                 h = torch.stack(res.hidden_states) if every_layer else res.last_hidden_state[None]  # (K, B, S, H)
-                m = enc["attention_mask"][None, :, :, None].to(h.dtype)                            # (1, B, S, 1)
-                pooled = (h * m).sum(2) / m.sum(2).clamp_min(1.0)                                  # (K, B, H)
+                pooled = masked_mean(h, enc["attention_mask"][None])                               # (K, B, H)
                 for j, v in zip(idx, pooled.float().cpu().unbind(1)):
                     out[j] = v
     finally:

@@ -85,6 +85,17 @@ def test_every_head_exports_with_parity(head, tmp_path, tokenizer, dev_sample):
     assert list(tmp_path.iterdir()) == [out]  # no temporary files left
 
 
+@pytest.mark.parametrize("preset", ["debug-mobilebert", "debug-bert"])
+def test_mean_pooled_classifier_exports_with_parity(preset, tmp_path, tokenizer, dev_sample):
+    """classifier_pooling="mean" on padded real sentences: the graph pools over the mask as PyTorch does."""
+    head = "MobileBertForSequenceClassification"
+    model = _perturbed(HEADS[head](get_config(preset, classifier_pooling="mean")))
+    out = tmp_path / "mean.onnx"
+    export_onnx(model, out, tokenizer=tokenizer)
+    assert int(dev_sample[1].sum()) < dev_sample[1].numel()  # the sample is padded
+    _check_dev_parity(out, model, head, dev_sample)
+
+
 @pytest.mark.parametrize("head", ["MobileBertForSequenceClassification", "MobileBertForQuestionAnswering"])
 def test_bert_layout_exports(head, tmp_path, tokenizer, dev_sample):
     model = _perturbed(HEADS[head](get_config("debug-bert")))

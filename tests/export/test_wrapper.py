@@ -87,3 +87,18 @@ def test_pretraining_head_outputs_serve_the_sparse_mlm_path():
 def test_a_module_that_is_not_a_head_is_refused():
     with pytest.raises(UserError, match="cannot export a Linear: supported heads are MobileBertModel"):
         ExportWrapper(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("preset", ["debug-mobilebert", "debug-bert"])
+@pytest.mark.parametrize("head", ["MobileBertForSequenceClassification", "MobileBertForMultipleChoice"])
+def test_wrapper_pools_the_mean_as_the_model_does(head, preset):
+    """classifier_pooling="mean" needs the mask in the pooler: the wrapper passes it, padded or not."""
+    model = _model(head, preset)
+    model.config.classifier_pooling = "mean"
+    model.base_model.pooler.mean = True
+    for padded in (True, False):
+        x = _inputs(head, model.config, padded)
+        want = reference_outputs(model, *x)
+        with torch.no_grad():
+            got = ExportWrapper(model, token_major=True)(*x)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)

@@ -232,6 +232,31 @@ def test_wrong_head_is_a_clear_error(rte_run, tmp_path, capsys, data_dir):
     assert "model.tokenizer" in capsys.readouterr().err
 
 
+def test_mean_pooling_option(tmp_path, capsys, data_dir, vocab):
+    """model.pooling=mean: the run says what it means, the checkpoint keeps it, `evaluate` reproduces the dev
+    score from it; a QA task (no pooler) is refused before anything is written."""
+    glue = f"data.dir={data_dir / 'glue'}"
+    rc = main(["finetune", f"out={tmp_path / 'run'}", *QUICK, "data.task=sts-b", glue, f"model.tokenizer={vocab}",
+               "model.pooling=mean"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "model.pooling=mean: the classifier reads the mean of the last-layer states" in captured.out
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    cfg = json.loads((tmp_path / "run" / "best" / "config.json").read_text())
+    assert cfg["classifier_pooling"] == "mean"
+    assert main(["evaluate", str(tmp_path / "run" / "best")]) == 0
+    assert json.loads(capsys.readouterr().out)["spearmanr"] == pytest.approx(res["best"]["spearmanr"])
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(squad_json()))
+    rc = main(["finetune", f"out={tmp_path / 'qa'}", *QUICK, "data.task=squad", f"data.train_file={train}",
+               f"model.tokenizer={vocab}", "data.max_seq_length=64", "data.max_query_length=16",
+               "model.pooling=mean"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model.pooling:" in err and err.count("\n") == 1 and not (tmp_path / "qa").exists()
+    assert main(["finetune", f"out={tmp_path / 'bad'}", "model.pooling=max"]) == 2
+    assert "model.pooling" in capsys.readouterr().err
+
+
 def test_distillation_from_teacher(rte_run, tmp_path, capsys, data_dir, vocab):
     res = _ft(capsys, tmp_path, "data.task=rte", f"data.dir={data_dir / 'glue'}", f"model.tokenizer={vocab}",
               f"distill.teacher={rte_run / 'best'}", "distill.temperature=2", "distill.alpha=0.7",
