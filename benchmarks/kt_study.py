@@ -20,6 +20,8 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
 
     python benchmarks/kt_study.py                 # the whole study, resumable: a rerun skips finished cells
     python benchmarks/kt_study.py --only pkt-fmt-at   # one row (its pre-training, zero-shot, fine-tuning)
+    python benchmarks/kt_study.py --pooling mean  # the same fine-tuning cells with model.pooling=mean (a second
+                                                  # table: the classifier reads mean-pooled states, not [CLS])
     python benchmarks/kt_study.py --report        # re-render docs/kt-study.md and .png from the results file
     python benchmarks/kt_study.py --time          # the step timings the budget below comes from
     python benchmarks/kt_study.py --smoke --state DIR   # seconds: tiny IB-BERT teacher and student (the tests)
@@ -216,6 +218,7 @@ def cli(args: list[str]) -> None:
 class Study:
     def __init__(self, args):
         self.smoke, self.b = args.smoke, (SMOKE if args.smoke else REAL)
+        self.pooling = getattr(args, "pooling", "cls")  # fine-tuning cells: "finetune/..." or "finetune-mean/..."
         self.state = Path(args.state or (REPO / "runs" / ("kt-study-smoke" if args.smoke else "kt-study")))
         self.state.mkdir(parents=True, exist_ok=True)
         # The real study's results file lives in docs/ beside its table (committed); runs stay in the state folder.
@@ -385,8 +388,9 @@ class Study:
     def finetune(self, row: str, task: str, seed: int) -> dict:
         import shutil
 
-        b, out = self.b, self.state / "finetune" / row / task / str(seed)
-        args = ["finetune", f"--out={out}", f"data.task={task}", f"data.dir={self.glue}",
+        b, out = self.b, self.state / self.finetune_kind / row / task / str(seed)
+        pooling = [] if self.pooling == "cls" else [f"model.pooling={self.pooling}"]
+        args = ["finetune", f"--out={out}", f"data.task={task}", f"data.dir={self.glue}", *pooling,
                 f"model.init={self.model_dir(row)}", f"train.seed={seed}", "train.device=cpu", "train.progress=false",
                 "train.save_best=false", "data.predict_test=false", f"data.max_train_examples={b['caps'][task]}",
                 f"data.max_eval_examples={b['eval_cap']}", "train.log_every=50", *b["finetune"]]
@@ -416,6 +420,11 @@ class Study:
         lat = {f"{r.model[3:]}/{r.runtime}": {"p50_ms": r.p50_ms, "p90_ms": r.p90_ms} for r in report.results}
         return {"seq": seq, "threads": 1, "latency": lat, "machine": report.machine}
 
+    @property
+    def finetune_kind(self) -> str:
+        """The fine-tuning cells' key prefix and run folder: one per classifier pooling."""
+        return "finetune" if self.pooling == "cls" else f"finetune-{self.pooling}"
+
     # ------------------------------------------------------------------ all of it
     def run(self, rows, tasks) -> None:
         if not self.smoke:
@@ -426,7 +435,7 @@ class Study:
             self.run_cell(f"zeroshot/{row}", lambda: self.zero_shot(row))
             for task in tasks:
                 for seed in self.b["seeds"]:
-                    self.run_cell(f"finetune/{row}/{task}/{seed}", lambda: self.finetune(row, task, seed))
+                    self.run_cell(f"{self.finetune_kind}/{row}/{task}/{seed}", lambda: self.finetune(row, task, seed))
         self.run_cell("bench", self.bench)
 
 
@@ -437,6 +446,9 @@ def main() -> int:
                                    "results.json instead of docs/kt-study.json")
     p.add_argument("--only", action="append", choices=ROWS, help="only this row (repeatable)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"fine-tuning tasks (default {','.join(TASKS)})")
+    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
+                   help="the fine-tuning cells' classifier pooling (model.pooling); mean: a second set of cells "
+                        "and table, the [CLS] ones untouched")
     p.add_argument("--report", action="store_true", help="only re-render the table and plot from results.json")
     p.add_argument("--time", action="store_true", help="time KT/PD/fine-tuning steps of the MiniLM-shaped student")
     p.add_argument("--check", action="store_true", help="only check every real row's settings (train --dry-run)")

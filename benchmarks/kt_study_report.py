@@ -17,12 +17,15 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
 METRIC = {"sst-2": "acc", "mrpc": "F1", "sts-b": "Spearman", "rte": "acc"}
 
 
-def _scores(cells: dict, row: str, task: str) -> dict[int, float]:
-    """seed -> dev score of the finished fine-tuning runs of (row, task)."""
+KINDS = {"finetune": "[CLS] pooling (the checkpoints' own)", "finetune-mean": "mean pooling (model.pooling=mean)"}
+
+
+def _scores(cells: dict, row: str, task: str, kind: str = "finetune") -> dict[int, float]:
+    """seed -> dev score of the finished fine-tuning runs of (row, task); kind: the cells' key prefix."""
     out = {}
     for key, rec in cells.items():
         parts = key.split("/")
-        if parts[0] == "finetune" and parts[1] == row and parts[2] == task and rec.get("score") is not None:
+        if parts[0] == kind and parts[1] == row and parts[2] == task and rec.get("score") is not None:
             out[int(parts[3])] = float(rec["score"])
     return out
 
@@ -41,17 +44,17 @@ def _fmt(ms, n_planned: int) -> str:
     return text if ms[2] >= n_planned else f"{text} (n={ms[2]})"
 
 
-def summarise(cells: dict, seeds) -> dict:
+def summarise(cells: dict, seeds, kind: str = "finetune") -> dict:
     """Per row: task -> (mean, std, n); 'avg' over tasks per seed (seeds with all four tasks) -> (mean, std, n)."""
     rows = {}
     for row in ROWS:
         r = {}
         for task in TASKS:
-            ms = _mean_std(_scores(cells, row, task).values())
-            r[task] = None if ms is None else (*ms, len(_scores(cells, row, task)))
+            ms = _mean_std(_scores(cells, row, task, kind).values())
+            r[task] = None if ms is None else (*ms, len(_scores(cells, row, task, kind)))
         per_seed = []
         for seed in seeds:
-            vals = [_scores(cells, row, t).get(seed) for t in TASKS]
+            vals = [_scores(cells, row, t, kind).get(seed) for t in TASKS]
             if all(v is not None for v in vals):
                 per_seed.append(statistics.fmean(vals))
         ms = _mean_std(per_seed)
@@ -116,32 +119,57 @@ def orderings(rows: dict) -> list[tuple[str, str, str]]:
             chain("Table 9 on zero-shot STS-B (one pre-training seed)", t9, zero, ".3f")]
 
 
-def markdown(results: dict, budget: dict) -> str:
-    cells, seeds = results["cells"], budget["seeds"]
-    rows, bench = summarise(cells, seeds), cells.get("bench")
-    # data, bench, the random student, the pre-trained rows (+ the smoke teacher), zero-shot and fine-tuning cells
-    planned = 3 + (len(ROWS) - 2) + (results["mode"] == "smoke") + len(ROWS) * (1 + len(TASKS) * len(seeds))
-    z_t = rows["teacher"]["zero_shot"]
-    lines = [f"# Knowledge-transfer study ({results['mode']} run)", "",
-             "Produced by `python benchmarks/kt_study.py` (see its docstring for the setup, the budget and how it was "
-             f"chosen). {len(cells)} of {planned} cells finished. Scores are dev-set x 100, mean ± std "
-             f"over {len(seeds)} fine-tuning seed(s); zero-shot = STS-B dev Spearman of mean-pooled last-layer states, "
-             "no fine-tuning.", "",
-             f"Pre-training per row: {budget['steps']} steps (rows with a final stage: {budget['kt_share']:.0%} KT, "
-             f"the rest PD), batch {budget['batch']}, sequence length {budget['seq']}, LAMB lr {budget['lr']}. "
-             f"Fine-tuning (one recipe): {' '.join(budget['finetune'])}; training sets capped at "
-             f"{budget['caps']} (0 = all, seeded subset); dev sets "
-             f"{'whole' if not budget['eval_cap'] else 'first ' + str(budget['eval_cap'])}.", "",
-             "| row | params | zero-shot STS-B | " + " | ".join(f"{t.upper()} ({METRIC[t]})" for t in TASKS)
+def _table(rows: dict, seeds, mode: str, z_t) -> list[str]:
+    lines = ["| row | params | zero-shot STS-B | " + " | ".join(f"{t.upper()} ({METRIC[t]})" for t in TASKS)
              + " | average |", "|---|---:|---:|" + "---:|" * (len(TASKS) + 1)]
     for row in ROWS:
         r = rows[row]
         z = "–" if r["zero_shot"] is None else f"{r['zero_shot']:.3f}" + (
             f" ({r['zero_shot'] / z_t:.2f}x)" if z_t and row != "teacher" else "")
         p = "–" if r["params"] is None else f"{r['params'] / 1e6:.1f}M"
-        label = LABELS[row] if results["mode"] == "real" or row != "teacher" else "teacher (debug IB-BERT, smoke)"
+        label = LABELS[row] if mode == "real" or row != "teacher" else "teacher (debug IB-BERT, smoke)"
         lines.append(f"| {label} | {p} | {z} | " + " | ".join(_fmt(r[t], len(seeds)) for t in TASKS)
                      + f" | {_fmt(r['avg'], len(seeds))} |")
+    return lines
+
+
+def _mean_pooling_section(cells: dict, seeds, mode: str, z_t, bench) -> list[str]:
+    """The same fine-tuning cells with model.pooling=mean (`kt_study.py --pooling mean`), when any has run."""
+    n = sum(key.startswith("finetune-mean/") for key in cells)
+    if not n:
+        return []
+    rows = summarise(cells, seeds, "finetune-mean")
+    lines = ["", f"## {KINDS['finetune-mean'].capitalize()}", "",
+             f"`python benchmarks/kt_study.py --pooling mean`: the same pre-trained rows and fine-tuning recipe, but the "
+             "classifier reads the mean of the last-layer states over the real tokens instead of [CLS]. "
+             f"{n} of {len(ROWS) * len(TASKS) * len(seeds)} cells finished.", ""]
+    lines += _table(rows, seeds, mode, z_t)
+    lines += ["", "| check (mean pooling) | measured | verdict |", "|---|---|---|"]
+    checks = goals(rows, bench, seeds)
+    for name, measured, verdict in [checks[0], checks[2]] + orderings(rows)[:2]:
+        lines.append(f"| {name} | {measured} | **{verdict}** |")
+    return lines
+
+
+def markdown(results: dict, budget: dict) -> str:
+    cells, seeds = results["cells"], budget["seeds"]
+    rows, bench = summarise(cells, seeds), cells.get("bench")
+    # data, bench, the random student, the pre-trained rows (+ the smoke teacher), zero-shot and fine-tuning cells
+    planned = 3 + (len(ROWS) - 2) + (results["mode"] == "smoke") + len(ROWS) * (1 + len(TASKS) * len(seeds))
+    done = sum(not key.startswith("finetune-") for key in cells)
+    z_t = rows["teacher"]["zero_shot"]
+    lines = [f"# Knowledge-transfer study ({results['mode']} run)", "",
+             "Produced by `python benchmarks/kt_study.py` (see its docstring for the setup, the budget and how it was "
+             f"chosen). {done} of {planned} cells finished. Scores are dev-set x 100, mean ± std "
+             f"over {len(seeds)} fine-tuning seed(s); zero-shot = STS-B dev Spearman of mean-pooled last-layer states, "
+             "no fine-tuning. Fine-tuned with the checkpoints' own [CLS] pooling; a second table below, where it has "
+             "run, fine-tunes with mean pooling.", "",
+             f"Pre-training per row: {budget['steps']} steps (rows with a final stage: {budget['kt_share']:.0%} KT, "
+             f"the rest PD), batch {budget['batch']}, sequence length {budget['seq']}, LAMB lr {budget['lr']}. "
+             f"Fine-tuning (one recipe): {' '.join(budget['finetune'])}; training sets capped at "
+             f"{budget['caps']} (0 = all, seeded subset); dev sets "
+             f"{'whole' if not budget['eval_cap'] else 'first ' + str(budget['eval_cap'])}.", ""]
+    lines += _table(rows, seeds, results["mode"], z_t)
     lines += ["", "## Latency (ONNX Runtime, batch 1, 1 thread, seq 128, p50 / p90 ms)", ""]
     if bench:
         lat = bench["latency"]
@@ -155,6 +183,7 @@ def markdown(results: dict, budget: dict) -> str:
     lines += ["", "## Goals (issue 11) and the paper's orderings", "", "| check | measured | verdict |", "|---|---|---|"]
     for name, measured, verdict in goals(rows, bench, seeds) + orderings(rows):
         lines.append(f"| {name} | {measured} | **{verdict}** |")
+    lines += _mean_pooling_section(cells, seeds, results["mode"], z_t, bench)
     if results["mode"] == "real":
         lines += ["", "Why the missed goals are missed, layer by layer ([CLS] against mean pooling, and how far each "
                   "student's states are from the teacher's): `docs/kt-layers.md` (`python benchmarks/kt_layers.py`) "

@@ -128,3 +128,23 @@ def test_orderings_are_reported_on_the_fine_tuned_average_and_on_zero_shot():
     assert got["Table 9 on zero-shot STS-B (one pre-training seed)"] == (
         "pkt-fmt-at 0.610 > pkt-fmt 0.620 > bare 0.200", "not held")
     assert got["Table 8 on zero-shot STS-B (one pre-training seed)"][1] == "pending"
+
+
+def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
+    """--pooling mean fine-tunes the same rows with model.pooling=mean into finetune-mean/ cells; the [CLS] cells
+    stay as they are, and the report adds a table and the goal checks for mean pooling."""
+    state, _ = smoke
+    path = state / "results.json"
+    before = json.loads(path.read_text())["cells"]
+    proc = study("--smoke", "--state", state, "--pooling", "mean", "--only", "bare", "--tasks", "sts-b")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = [line[4:] for line in proc.stdout.splitlines() if line.startswith("--- ")]
+    assert ran == ["finetune-mean/bare/sts-b/1"]
+    cells = json.loads(path.read_text())["cells"]
+    assert {k: v for k, v in cells.items() if k in before} == before
+    assert cells["finetune-mean/bare/sts-b/1"]["metric"] == "spearmanr"
+    settings = (state / "finetune-mean" / "bare" / "sts-b" / "1" / "settings.yaml").read_text()
+    assert "pooling: mean" in settings
+    md = (state / "kt-study.md").read_text()
+    assert "## Mean pooling (model.pooling=mean)" in md and "1 of 28 cells finished" in md
+    assert "| PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std | – | **pending** |" in md
