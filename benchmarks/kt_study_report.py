@@ -210,7 +210,11 @@ def plot(results: dict, budget: dict, path: Path) -> Path | None:
     except ImportError:
         return None
     rows = summarise(results["cells"], budget["seeds"])
-    fig, (ax, az) = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [4, 1]})
+    mean_rows = summarise(results["cells"], budget["seeds"], "finetune-mean")
+    with_mean = any(mean_rows[r][t] for r in ROWS for t in TASKS)
+    ratios = [4, 1, 1.6] if with_mean else [4, 1]
+    fig, axes = plt.subplots(1, len(ratios), figsize=(13 + 3 * with_mean, 4.5), gridspec_kw={"width_ratios": ratios})
+    ax, az = axes[0], axes[1]
     cols = list(TASKS) + ["avg"]
     width = 0.8 / len(ROWS)
     for i, row in enumerate(ROWS):
@@ -219,12 +223,21 @@ def plot(results: dict, budget: dict, path: Path) -> Path | None:
                yerr=[100 * v[1] if v else 0 for v in vals], label=row, capsize=2)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], [c.upper() for c in cols])
     ax.set_ylabel("dev score x 100 (mean ± std over seeds)")
-    ax.set_title(f"Fine-tuned ({results['mode']} run)")
+    ax.set_title(f"Fine-tuned, [CLS] pooling ({results['mode']} run)")
     ax.legend(fontsize=8, ncol=2)
     z = [rows[r]["zero_shot"] or 0 for r in ROWS]
     az.barh(list(ROWS), z, color=[f"C{i}" for i in range(len(ROWS))])
     az.invert_yaxis()
     az.set_title("zero-shot STS-B (Spearman)")
+    if with_mean:  # per task, [CLS] against mean pooling, for the rows that have both
+        am = axes[2]
+        for i, (kind, rs) in enumerate((("[CLS]", rows), ("mean", mean_rows))):
+            for j, task in enumerate(TASKS):
+                pts = [(k, 100 * rs[r][task][0]) for k, r in enumerate(ROWS) if rs[r][task]]
+                am.scatter([j + (i - 0.5) * 0.3] * len(pts), [v for _, v in pts], s=18, marker="o" if i else "x",
+                           c=[f"C{k}" for k, _ in pts], label=kind if j == 0 else None)
+        am.set_xticks(range(len(TASKS)), [t.upper() for t in TASKS])
+        am.set_title("fine-tuned: [CLS] (x) vs mean pooling (o)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
