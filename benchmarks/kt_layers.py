@@ -63,7 +63,7 @@ def cls_and_mean(folder: Path, sentences: list[str], batch_size: int = 64):
     import torch
 
     from mobilebert.checkpoint import load_pretrained
-    from mobilebert.model import MobileBertModel
+    from mobilebert.model import MobileBertModel, masked_mean
     from mobilebert.tokenizer import Tokenizer
 
     model, tok = load_pretrained(MobileBertModel, folder).eval(), Tokenizer.from_file(folder)
@@ -72,9 +72,8 @@ def cls_and_mean(folder: Path, sentences: list[str], batch_size: int = 64):
         for i in range(0, len(sentences), batch_size):
             enc = tok(sentences[i:i + batch_size], max_length=128, padding="longest")
             h = model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]).last_hidden_state  # (B, S, H)
-            m = enc["attention_mask"][..., None].to(h.dtype)                                              # (B, S, 1)
             cls.append(h[:, 0])
-            mean.append((h * m).sum(1) / m.sum(1))
+            mean.append(masked_mean(h, enc["attention_mask"]))
     return torch.cat(cls).double().numpy(), torch.cat(mean).double().numpy()
 
 

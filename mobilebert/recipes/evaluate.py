@@ -24,6 +24,7 @@ from mobilebert.errors import (
 
 def checkpoint_settings(checkpoint: str, overrides: list[str]):
     """The checkpoint's resolved settings (if any) + overrides, with model.init pointing at the checkpoint."""
+    from mobilebert.checkpoint import load_config
     from mobilebert.recipes.finetune_settings import FinetuneSettings
     from mobilebert.recipes.settings import load_settings
 
@@ -31,8 +32,13 @@ def checkpoint_settings(checkpoint: str, overrides: list[str]):
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{folder}: not a checkpoint folder (no config.json)")
     saved = folder / "settings.yaml"
-    return load_settings(FinetuneSettings, saved if saved.is_file() else None,
-                         list(overrides) + [f"model.init={folder}", "model.tokenizer=null", "distill.teacher=null"])
+    s = load_settings(FinetuneSettings, saved if saved.is_file() else None,
+                      list(overrides) + [f"model.init={folder}", "model.tokenizer=null", "distill.teacher=null"])
+    trained = load_config(folder).classifier_pooling
+    if s.model.pooling not in (None, trained):
+        raise ConfigError(f"model.pooling: {folder}'s classifier was trained on {trained} pooling, which it keeps; "
+                          "leave model.pooling unset")
+    return s
 
 
 def evaluate(checkpoint: str, overrides: list[str], out_dir: str | None = None, test: bool = False) -> dict:

@@ -34,10 +34,10 @@ def _inputs(head: str, cfg, padded: bool):
     return ids, mask, types
 
 
-def _model(head: str, preset: str):
+def _model(head: str, preset: str, **config):
     torch.manual_seed(0)
     labels = 2 if head == "MobileBertForQuestionAnswering" else 3
-    model = HEADS[head](get_config(preset, num_labels=labels, vocab_size=600))  # small V: fast in float64
+    model = HEADS[head](get_config(preset, num_labels=labels, vocab_size=600, **config))  # small V: fast in float64
     with torch.no_grad():  # non-trivial norms, so a skipped or reordered one would show
         for name, p in model.named_parameters():
             if "LayerNorm" in name:
@@ -93,9 +93,7 @@ def test_a_module_that_is_not_a_head_is_refused():
 @pytest.mark.parametrize("head", ["MobileBertForSequenceClassification", "MobileBertForMultipleChoice"])
 def test_wrapper_pools_the_mean_as_the_model_does(head, preset):
     """classifier_pooling="mean" needs the mask in the pooler: the wrapper passes it, padded or not."""
-    model = _model(head, preset)
-    model.config.classifier_pooling = "mean"
-    model.base_model.pooler.mean = True
+    model = _model(head, preset, classifier_pooling="mean")
     for padded in (True, False):
         x = _inputs(head, model.config, padded)
         want = reference_outputs(model, *x)

@@ -246,6 +246,8 @@ def test_mean_pooling_option(tmp_path, capsys, data_dir, vocab):
     assert cfg["classifier_pooling"] == "mean"
     assert main(["evaluate", str(tmp_path / "run" / "best")]) == 0
     assert json.loads(capsys.readouterr().out)["spearmanr"] == pytest.approx(res["best"]["spearmanr"])
+    assert main(["evaluate", str(tmp_path / "run" / "best"), "model.pooling=cls"]) == 2  # not silently ignored
+    assert "trained on mean pooling" in capsys.readouterr().err
     train = tmp_path / "train.json"
     train.write_text(json.dumps(squad_json()))
     rc = main(["finetune", f"out={tmp_path / 'qa'}", *QUICK, "data.task=squad", f"data.train_file={train}",
