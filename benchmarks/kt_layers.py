@@ -15,7 +15,9 @@ A second table asks whether the fine-tuning recipe can reach what a model knows:
 last-layer features, [CLS] state against mean-pooled states. Pair features (|u - v|, u * v), ridge regression
 fitted on STS-B train (the penalty picked on its last 10 %), Spearman on dev. The recipe's head reads [CLS].
 A third table probes the recipe's own input, the pair in one pass: its [CLS], its mean, and its two sentences'
-token means compared.
+token means compared. Where the study's prepared corpus exists (STATE/shards), a fourth gives each student's
+feature-map distance from the teacher layer by layer on MLM-masked text (what transfer reads with kt.input=masked)
+and on the same text clean (what zero-shot use and fine-tuning read).
 
     python benchmarks/kt_layers.py [--state runs/kt-study] [--out docs/kt-layers.md] [--pairs N] [--no-probe]
 
@@ -97,6 +99,57 @@ def cls_variation(folder: Path, sentences: list[str]) -> list[float]:
         c = h[:, 0].double().numpy()                                                     # (N, H)
         out.append(float(c.var(0).sum() / (np.linalg.norm(c, axis=1) ** 2).mean()))
     return out
+
+
+def masked_and_clean(shards: Path, n: int = 32, step: int = 1000) -> tuple[dict, dict]:
+    """n segments of the study's prepared corpus drawn as its pre-training batches are (step 1000: past the 500
+    steps it trained), MLM-masked as transfer saw them, and with their original tokens restored."""
+    from mobilebert.data.pretraining import PretrainingData
+    from mobilebert.distill.steps import unmasked
+
+    batch = PretrainingData(shards, seq_len=128, seed=0).batch(step, n)
+    return batch, unmasked(batch)
+
+
+def map_distances(folder: Path, teacher: Path, batches) -> list[str]:
+    """Per hidden state, "masked / clean": the transfer loss's distance of the student's feature maps from the
+    teacher's (MSE of non-affine LayerNorm'd maps over the real tokens; 0 = equal, 2 = uncorrelated); "–" where
+    the widths differ. Student hidden state l is compared with the teacher's l (the study's equal depths)."""
+    import torch
+
+    from mobilebert.checkpoint import load_pretrained
+    from mobilebert.distill.losses import feature_map_loss
+    from mobilebert.model import MobileBertModel
+
+    models = [load_pretrained(MobileBertModel, f).eval() for f in (teacher, folder)]
+    per = []
+    with torch.no_grad():
+        for b in batches:
+            t, s = (m(b["input_ids"], b["attention_mask"], b["token_type_ids"], output_hidden_states=True).hidden_states
+                    for m in models)
+            # other widths have no common space outside training (its projections are not exported): None
+            per.append([feature_map_loss(x, y, b["attention_mask"], standardize_maps=True).item()
+                        if x.shape[-1] == y.shape[-1] else None for x, y in zip(t, s)])
+    return ["–" if None in pair else " / ".join(f"{v:.2f}" for v in pair) for pair in zip(*per)]
+
+
+def distance_table(models: dict[str, Path], shards: Path) -> list[str]:
+    """Markdown: every student's feature-map distance from the teacher per hidden state, masked / clean text."""
+    batches = masked_and_clean(shards)
+    depth = max(load_config_depth(f) for f in models.values()) + 1
+    lines = ["| model | " + " | ".join(["embeddings", *[f"layer {i}" for i in range(1, depth)]]) + " |",
+             "|---|" + "---:|" * depth]
+    for row, folder in models.items():
+        if row != "teacher":
+            cells = map_distances(folder, models["teacher"], batches)
+            lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells + ["–"] * (depth - len(cells))) + " |")
+    return lines
+
+
+def load_config_depth(folder: Path) -> int:
+    from mobilebert.checkpoint import load_config
+
+    return load_config(folder).num_hidden_layers
 
 
 def joint_features(folder: Path, a: list[str], b: list[str], batch_size: int = 32):
@@ -257,6 +310,15 @@ def main() -> int:
         shares = [f"{v:.2f}" for v in cls_variation(folder, a[:300])]
         text.append(f"| {LABELS.get(row, row)} | " + " | ".join(shares + ["–"] * (depth - len(shares))) + " |")
     text.append("")
+    shards = Path(args.state) / "shards"
+    if (shards / "manifest.json").is_file():
+        text += ["## Feature maps on masked and on clean text", "",
+                 "The transfer loss's distance of each student's feature maps from the teacher's (MSE of non-affine "
+                 "LayerNorm'd maps, GR's FMT without its x100; 0 = equal, 2 = uncorrelated), over the real tokens of "
+                 "32 segments of the study's corpus drawn as its pre-training batches are, past the steps it trained. "
+                 "Each cell: masked (15 % of the tokens corrupted for MLM, the input transfer reads with "
+                 "`kt.input=masked`) / clean (the same segments with their tokens restored: the input of zero-shot "
+                 "use and fine-tuning).", "", *distance_table(models, shards), ""]
     if not args.no_probe:
         text += ["## Linear probe on frozen last-layer features: [CLS] against mean pooling", "",
                  "Ridge regression on pair features (|u - v|, u * v) of frozen last-layer features, fitted on STS-B "

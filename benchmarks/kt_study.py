@@ -13,6 +13,7 @@ Rows (the pre-training ones all get the same steps, batch and sequence length; t
     pkt-fmt-at   PKT with feature maps and attention, then the final stage
     jkt          JKT, then the final stage
     akt          AKT (its loss already holds the final stage's terms)
+    pkt-clean    pkt-fmt-at with every transfer term on the original tokens (kt.input=clean), MLM on the masked
 
 Columns: zero-shot STS-B dev Spearman (mobilebert.tasks.zeroshot), dev scores after `mobilebert finetune` with one
 recipe for all rows on SST-2, MRPC (F1), STS-B (Spearman) and RTE over 3 seeds (mean ± std), parameters, and
@@ -75,7 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kt_study_cells import CliError, Results, claim, cli, environment  # noqa: E402
 
-ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt")
+ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean")
 PRETRAINED = ROWS[2:]
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 # Per row: kt settings and the stages it runs. "final" = a pd stage after KT (kt.steps + pd.steps = the budget).
@@ -85,6 +86,7 @@ ROW_SETTINGS = {
     "pkt-fmt-at": (["kt.strategy=pkt"], True),
     "jkt": (["kt.strategy=jkt"], True),
     "akt": (["kt.strategy=akt"], False),
+    "pkt-clean": (["kt.strategy=pkt", "kt.input=clean"], True),
 }
 # The budget of each mode: pre-training steps (total per row; rows with a final stage split it kt_share : rest),
 # batch, sequence length, LR; fine-tuning recipe (one for all rows) and training-set caps (seeded subsets).

@@ -14,6 +14,12 @@ two models' widths differ, the learned projections of the student's feature maps
 they train, synchronise and checkpoint with the step. The MLM head runs only on the masked positions
 ((M, V) logits rather than (B, S, V)). `num_layers=l` runs the first l layers only: a PKT stage costs in
 proportion to its depth, for the teacher too (which runs m_l layers deep, m the layer map).
+
+Transfer input (`kt.input`). GR computes every transfer term on the MLM-corrupted batch the MLM loss reads.
+`clean` computes them on the original tokens instead (TinyBERT's and MiniLM's distillation input): a teacher
+that never saw [MASK] (a sentence-transformers BERT) then teaches its behaviour on real text, the text that
+zero-shot use and fine-tuning feed. Where a step also has the MLM loss (AKT, the final stage's feature maps),
+the student runs once on `doubled(batch)`: the masked rows for MLM and NSP, then the clean rows for transfer.
 """
 
 from __future__ import annotations
@@ -64,6 +70,29 @@ def _projected(out: dict, i: int) -> torch.Tensor:
     return out.get("projected", {}).get(i, out["hidden_states"][i])
 
 
+def unmasked(batch: dict) -> dict:
+    """The batch with the original tokens back where MLM masked them, and no MLM labels."""
+    labels = batch["labels"]
+    keep = labels != -100                                                     # (B, S) masked positions
+    return {**batch, "input_ids": torch.where(keep, labels, batch["input_ids"]),
+            "labels": torch.full_like(labels, -100)}
+
+
+def doubled(batch: dict) -> dict:
+    """(2B, ...): the masked batch, then `unmasked(batch)`; MLM logits come from the first B rows only."""
+    clean = unmasked(batch)
+    return {k: torch.cat([v, clean[k]]) for k, v in batch.items()}
+
+
+def transfer_input(batch: dict, clean: bool, with_mlm: bool) -> tuple[dict, slice]:
+    """(the batch the models run on, the rows of it the transfer terms read) for `kt.input` clean or masked."""
+    if not clean:
+        return batch, slice(None)
+    if not with_mlm:
+        return unmasked(batch), slice(None)
+    return doubled(batch), slice(batch["input_ids"].shape[0], None)
+
+
 def _mlm_nsp_denominators(batch: dict) -> dict:
     return {"mlm": float((batch["labels"] != -100).sum()), "seq": float(batch["input_ids"].shape[0])}
 
@@ -99,8 +128,9 @@ class DistillationLoss:
 
     def __init__(self, teacher: nn.Module | None, alpha: float, temperature: float = 1.0, *,
                  teacher_logits: bool = True, fmt_weight: float = 0.0, fmt_layers: tuple[int, int] | None = None,
-                 fmt_standardize: bool = True, fmt_mask_padding: bool = False):
+                 fmt_standardize: bool = True, fmt_mask_padding: bool = False, clean_input: bool = False):
         self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
+        self.clean_input = clean_input  # the feature maps on the original tokens (kt.input=clean)
         self.teacher_logits = teacher_logits
         self.fmt_weight, self.fmt_layers = (fmt_weight, fmt_layers) if teacher is not None else (0.0, None)
         self.fmt_standardize, self.fmt_mask_padding = fmt_standardize, fmt_mask_padding
@@ -128,7 +158,8 @@ class DistillationLoss:
             t_logits = t_out["mlm_logits"]
         mlm, kd = L.mlm_kd_loss(s_out["mlm_logits"], t_logits, batch["labels"], temperature=self.temperature,
                                 normalizer=totals["mlm"])
-        nsp = L.nsp_loss(s_out["nsp_logits"], batch["next_sentence_label"], normalizer=totals["seq"])
+        nsp_logits = s_out["nsp_logits"][:batch["input_ids"].shape[0]]  # (B, 2): a doubled batch's masked rows
+        nsp = L.nsp_loss(nsp_logits, batch["next_sentence_label"], normalizer=totals["seq"])
         kd = kd if kd is not None else torch.zeros_like(mlm)
         loss = L.pretraining_distillation_loss(mlm, kd, nsp, self.alpha)
         logs = {"mlm": mlm.detach(), "kd": kd.detach(), "nsp": nsp.detach(),
@@ -139,13 +170,15 @@ class DistillationLoss:
         if not self.fmt_weight:
             return self.terms(model(batch, heads=True), batch, totals)
         ls, lt = self.fmt_layers
+        run_on, rows = transfer_input(batch, self.clean_input, with_mlm=True)
         with torch.no_grad():  # logits need the whole teacher; feature maps only its first lt layers
             logits = self.uses_teacher_logits
-            t_out = run_model(self.teacher, batch, heads=logits, num_layers=None if logits else lt, hidden=True)
-        s_out = model(batch, heads=True, hidden=True, project=[ls])
+            t_out = run_model(self.teacher, run_on, heads=logits, num_layers=None if logits else lt, hidden=True)
+        s_out = model(run_on, heads=True, hidden=True, project=[ls])
         loss, logs = self.terms(s_out, batch, totals, t_out=t_out)
         mask = batch["attention_mask"] if self.fmt_mask_padding else None
-        fmt = self.fmt_weight * L.feature_map_loss(t_out["hidden_states"][lt], _projected(s_out, ls), mask,
+        th, sh = t_out["hidden_states"][lt][rows], _projected(s_out, ls)[rows]
+        fmt = self.fmt_weight * L.feature_map_loss(th, sh, mask,
                                                    standardize_maps=self.fmt_standardize, normalizer=totals["tok_fmt"])
         logs["fmt"] = fmt.detach()
         return loss + fmt, logs
@@ -201,27 +234,28 @@ class TransferLoss:
 
     def __call__(self, model, batch, totals):
         kt = self.kt
+        run_on, rows = transfer_input(batch, kt.input == "clean", with_mlm=self.pd is not None)
         with torch.no_grad():
-            t = run_model(self.teacher, batch, heads=self.t_logits, num_layers=self.t_depth, hidden=True,
+            t = run_model(self.teacher, run_on, heads=self.t_logits, num_layers=self.t_depth, hidden=True,
                           scores=self.want_scores)
-        s = model(batch, heads=self.pd is not None, num_layers=self.depth, hidden=True, scores=self.want_scores,
+        s = model(run_on, heads=self.pd is not None, num_layers=self.depth, hidden=True, scores=self.want_scores,
                   project=self.layers)
         mask = batch["attention_mask"]
         fmt_mask = mask if kt.fmt.mask_padding else None
         at_mask = mask if kt.at.mask_padding else None
         at_fn = L.attention_kl_loss if kt.at.kind == "kl" else L.attention_ce_loss
-        stack = torch.stack(t["hidden_states"]) if self.all_layer_stats else None  # (Lt+1, B, S, Nt)
+        stack = torch.stack(t["hidden_states"])[:, rows] if self.all_layer_stats else None  # (Lt+1, B, S, Nt)
         zero = s["hidden_states"][0].new_zeros((), dtype=torch.float32)
         fmt = at = beta = gamma = zero
         s_heads = None
         for l in self.layers:
             m = self.map[l]
-            th, sh = t["hidden_states"][m], _projected(s, l)  # layer outputs (index 0 = embeddings), (B, S, Nt)
+            th, sh = t["hidden_states"][m][rows], _projected(s, l)[rows]  # layer outputs (0 = embeddings), (B, S, Nt)
             if kt.fmt.weight:
                 fmt = fmt + L.feature_map_loss(th, sh, fmt_mask, standardize_maps=kt.fmt.standardize,
                                                normalizer=totals["tok_fmt"])
             if kt.at.weight and l > 0:
-                ts, ss = t["attention_scores"][m - 1], s["attention_scores"][l - 1]  # (B, Ht, S, S), (B, Hs, S, S)
+                ts, ss = t["attention_scores"][m - 1][rows], s["attention_scores"][l - 1][rows]  # (B, H, S, S)
                 s_heads = ss.shape[1]
                 at = at + at_fn(self._attention(ts, self.t_heads), self._attention(ss, s_heads), at_mask,
                                 normalizer=totals["rows_at"])

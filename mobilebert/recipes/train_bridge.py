@@ -67,6 +67,9 @@ def describe(b: Bridge, s, t: MobileBertConfig | None, st: MobileBertConfig) -> 
              f"{t.num_attention_heads} heads ({src}); student: {st.num_hidden_layers} layers, hidden "
              f"{st.hidden_size}, {st.num_attention_heads} heads",
              TK.heads_line(b.teacher_heads, b.pd_fmt_weight, pd="pd" in s.run.stages, alpha=s.pd.alpha)]
+    if ("kt" in s.run.stages and s.kt.strategy != "bare") or b.pd_fmt_weight > 0:
+        lines.append("transfer input: " + ("the original tokens (kt.input=clean; MLM and NSP read the masked batch)"
+                                           if s.kt.input == "clean" else "the MLM-masked batch (kt.input=masked, GR)"))
     if "kt" not in s.run.stages or s.kt.strategy == "bare":
         return lines
     lines.append("layer map (student<-teacher): " + ", ".join(f"{l}<-{m}" for l, m in enumerate(b.layer_map, 1)))

@@ -118,6 +118,9 @@ class KtSettings(StageSettings):
     copy_from_teacher: bool = True    # embeddings and heads copied from the teacher, frozen in KT
     layer_map: list[int] | None = None  # student layer l learns teacher layer m_l (1-based); null: uniform
     embedding_stage: bool | Literal["auto"] = "auto"  # a first `emb` stage; auto: when embeddings cannot be copied
+    # The tokens the transfer terms (and the final stage's feature maps) read: GR's MLM-masked batch, or the
+    # original text (TinyBERT, MiniLM): for a teacher that never saw [MASK], e.g. a sentence-transformers BERT.
+    input: Literal["masked", "clean"] = "masked"
     fmt: FmtSettings = field(default_factory=FmtSettings)
     at: AtSettings = field(default_factory=AtSettings)
     mean_var: MeanVarSettings = field(default_factory=MeanVarSettings)

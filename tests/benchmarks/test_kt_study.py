@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
-ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt")
+ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -44,10 +44,14 @@ def test_smoke_runs_every_cell(smoke):
     stages = {r: [s["stage"] for s in cells[f"pretrain/{r}"]["stages"]] for r in ROWS[2:]}
     assert stages["bare"] == ["bare"] and stages["akt"] == ["akt"] and stages["jkt"] == ["jkt", "pd"]
     assert stages["pkt-fmt-at"][-1] == "pd" and stages["pkt-fmt-at"][0] == "pkt-1"
+    assert stages["pkt-clean"] == stages["pkt-fmt-at"]  # the same run but for the transfer input
+    assert "input: clean" in (state / "pretrain" / "pkt-clean" / "settings.yaml").read_text()
+    assert "input: masked" in (state / "pretrain" / "pkt-fmt-at" / "settings.yaml").read_text()
     lat = cells["bench"]["latency"]
     assert set(lat) == {"teacher/ort-fp32", "teacher/ort-int8", "student/ort-fp32", "student/ort-int8"}
     md = (state / "kt-study.md").read_text()
     assert "| PKT, feature maps + attention + final stage |" in md and "Table 8: PKT > JKT > AKT" in md
+    assert "| PKT (fmt + at, kt.input=clean) zero-shot STS-B >= 0.9 x the teacher's |" in md
     assert (state / "kt-study.png").is_file()
 
 
@@ -146,5 +150,5 @@ def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
     settings = (state / "finetune-mean" / "bare" / "sts-b" / "1" / "settings.yaml").read_text()
     assert "pooling: mean" in settings
     md = (state / "kt-study.md").read_text()
-    assert "## Mean pooling (model.pooling=mean)" in md and "1 of 28 cells finished" in md
+    assert "## Mean pooling (model.pooling=mean)" in md and "1 of 32 cells finished" in md
     assert "| PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std | – | **pending** |" in md
