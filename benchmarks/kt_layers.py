@@ -79,9 +79,10 @@ def cls_and_mean(folder: Path, sentences: list[str], batch_size: int = 64):
     return torch.cat(cls).double().numpy(), torch.cat(mean).double().numpy()
 
 
-def cls_variation(folder: Path, sentences: list[str]) -> list[float]:
+def cls_variation(folder: Path, sentences: list[str]) -> tuple[list[float], tuple[float, int, float, float]]:
     """Per hidden state (embeddings, layer 1..L): the share of the [CLS] state's energy that varies between
-    sentences, sum of per-channel variances / mean squared norm (0: the same vector for every sentence)."""
+    sentences, sum of per-channel variances / mean squared norm (0: the same vector for every sentence); and of
+    the last layer's [CLS] (mean norm, its largest channel on average, that channel's mean, the tokens' mean norm)."""
     import numpy as np
     import torch
 
@@ -98,7 +99,12 @@ def cls_variation(folder: Path, sentences: list[str]) -> list[float]:
     for h in states:
         c = h[:, 0].double().numpy()                                                     # (N, H)
         out.append(float(c.var(0).sum() / (np.linalg.norm(c, axis=1) ** 2).mean()))
-    return out
+    mean = c.mean(0)                                                                     # (H,) last layer's [CLS]
+    top = int(np.abs(mean).argmax())
+    real = enc["attention_mask"].bool()
+    real[:, 0] = False                                                                   # the other tokens
+    tokens = float(states[-1][real].norm(dim=-1).mean())
+    return out, (float(np.linalg.norm(c, axis=1).mean()), top, float(mean[top]), tokens)
 
 
 def masked_and_clean(shards: Path, n: int = 32, step: int = 1000) -> tuple[dict, dict]:
@@ -306,10 +312,15 @@ def main() -> int:
              "vector for every sentence, so a head that reads [CLS] (the fine-tuning recipe's) has nothing to use.",
              "", "| model | " + " | ".join(["embeddings", *[f"layer {i}" for i in range(1, depth)]]) + " |",
              "|---|" + "---:|" * depth]
+    last = ["", "The last layer's [CLS] state itself, over the same sentences: its mean norm, its largest channel "
+            "on average and that channel's mean, beside the mean norm of the other tokens' states.", "",
+            "| model | [CLS] norm | largest channel: mean | other tokens' norm |", "|---|---:|---:|---:|"]
     for row, folder in models.items():
-        shares = [f"{v:.2f}" for v in cls_variation(folder, a[:300])]
+        shares, (norm, top, value, tokens) = cls_variation(folder, a[:300])
+        shares = [f"{v:.2f}" for v in shares]
         text.append(f"| {LABELS.get(row, row)} | " + " | ".join(shares + ["–"] * (depth - len(shares))) + " |")
-    text.append("")
+        last.append(f"| {LABELS.get(row, row)} | {norm:.1f} | {top}: {value:+.1f} | {tokens:.1f} |")
+    text += last + [""]
     shards = Path(args.state) / "shards"
     if (shards / "manifest.json").is_file():
         text += ["## Feature maps on masked and on clean text", "",

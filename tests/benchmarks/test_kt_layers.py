@@ -85,13 +85,15 @@ def test_every_table_for_the_teacher_and_a_student_folder(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| teacher") or line.startswith("| tiny (x=1)")]
-    # three tables (layers, [CLS] variation, feature maps masked / clean): the teacher is not in the third
-    assert len(rows) == 5, text
+    # four tables (layers, [CLS] variation, last-layer [CLS], feature maps masked / clean): no teacher in the 4th
+    assert len(rows) == 7, text
     assert "30 pairs" in text and "Linear probe" not in text and "masked and on clean text" in text
     assert rows[0].count("|") == 9  # teacher: embeddings + 6 layers
     assert rows[1].count("–") == rows[3].count("–") == 2  # the 4-layer student has no layers 5 and 6
     assert rows[1].split("|")[2].strip().count("/") == 1  # gold / agreement with the teacher
-    assert rows[4].count("–") == 7  # width 64 against 384: no common space, so no distance
+    assert rows[6].count("–") == 7  # width 64 against 384: no common space, so no distance
+    norm, channel, tokens = (c.strip() for c in rows[4].split("|")[2:5])  # the teacher's last-layer [CLS]
+    assert float(norm) > 0 and ": " in channel and float(tokens) > 0
 
 
 def shards(data_dir, out: Path) -> Path:
