@@ -60,8 +60,10 @@ def measure_matmul_flops(device: torch.device, seconds: float = 0.3) -> float:
 
 
 def estimate(stages, teacher: MobileBertConfig | None, student: MobileBertConfig, seq_len: int,
-             mlm_fraction: float, flops_per_s: float, world_size: int = 1, device_type: str = "cpu") -> list[dict]:
-    """One row per stage: steps, tokens, PFLOPs and estimated hours on this machine x world_size."""
+             mlm_fraction: float, flops_per_s: float, world_size: int = 1, device_type: str = "cpu",
+             doubled: frozenset = frozenset()) -> list[dict]:
+    """One row per stage: steps, tokens, PFLOPs and estimated hours on this machine x world_size. Stages whose
+    kind is in `doubled` run both models on the masked and the clean batch (kt.input=clean with MLM in the step)."""
     rows = []
     rate = flops_per_s * UTILISATION.get(device_type, 0.35) * world_size
     for st in stages:
@@ -75,7 +77,7 @@ def estimate(stages, teacher: MobileBertConfig | None, student: MobileBertConfig
             if st.kind != "bare" and teacher is not None:
                 t_depth = getattr(st, "teacher_layer", None)  # the layer map's m_l (different depths)
                 per_tok += forward_flops_per_token(teacher, seq_len, depth if t_depth is None else t_depth, heads)
-        flops = per_tok * tokens
+        flops = per_tok * tokens * (2 if st.kind in doubled else 1)
         rows.append({"stage": st.name, "steps": st.train.steps, "tokens": tokens, "pflops": flops / 1e15,
                      "hours": flops / rate / 3600})
     return rows
@@ -234,8 +236,10 @@ def stage_key(kind: str) -> str:
 
 
 def memory_estimate(stages, teacher: MobileBertConfig | None, student: MobileBertConfig, seq_len: int,
-                    max_predictions: int, precision: str = "fp32", world_size: int = 1) -> list[dict]:
-    """One row per stage: bytes per process of weights+gradients+optimizer, teacher, activations, total."""
+                    max_predictions: int, precision: str = "fp32", world_size: int = 1,
+                    doubled: frozenset = frozenset()) -> list[dict]:
+    """One row per stage: bytes per process of weights+gradients+optimizer, teacher, activations, total.
+    Stages whose kind is in `doubled` run on twice the micro-batch (the masked rows, then the clean ones)."""
     probes = {}
 
     def probe(name: str, cfg: MobileBertConfig, hidden: bool) -> dict:
@@ -247,23 +251,24 @@ def memory_estimate(stages, teacher: MobileBertConfig | None, student: MobileBer
     rows = []
     for st in stages:
         micro = max(1, st.train.batch_size // world_size // st.train.grad_accum)
+        rows_run = micro * (2 if st.kind in doubled else 1)  # the sequences the models run on
         kt = st.kind in ("pkt", "jkt", "akt")
         uses_teacher = st.kind not in ("teacher", "bare") and teacher is not None
         cfg = teacher if st.kind == "teacher" else student
         depth = st.layer if st.kind == "pkt" else cfg.num_hidden_layers
-        params, act = _at(probe("teacher" if st.kind == "teacher" else "student", cfg, kt), depth, micro)
+        params, act = _at(probe("teacher" if st.kind == "teacher" else "student", cfg, kt), depth, rows_run)
         logits = 4 * micro * max_predictions * cfg.vocab_size  # (M, V) fp32 MLM logits of the micro-batch
         act += 2 * logits  # the backward's gradients of the log-softmax and of the logits, alive together
         teacher_bytes = 0
         if uses_teacher:
             t = probe("teacher", teacher, False)
-            t_params, one_layer = _at(t, 1, micro)
+            t_params, one_layer = _at(t, 1, rows_run)
             teacher_bytes = 4 * t_params
             act += one_layer  # the no-grad teacher forward: about one layer's tensors alive at a time
             if st.kind in ("pd", "akt"):  # its MLM logits, kept for the distillation loss
                 act += 4 * micro * max_predictions * teacher.vocab_size
             if kt:  # its feature maps and attention scores, kept for the layer losses (fp32)
-                act += 4 * micro * seq_len * depth * (teacher.hidden_size + teacher.num_attention_heads * seq_len)
+                act += 4 * rows_run * seq_len * depth * (teacher.hidden_size + teacher.num_attention_heads * seq_len)
         weights = BYTES_PER_TRAINED_PARAM * params
         rows.append({"stage": st.name, "kind": st.kind, "micro_batch": micro, "weights": weights,
                      "teacher": teacher_bytes, "activations": act,

@@ -135,12 +135,19 @@ class Pipeline:
         self.summaries: list[dict] = []
         D.barrier()  # every rank has checked the run folder before rank 0 writes into it
 
+    def doubled(self) -> frozenset:
+        """Stage kinds that run on the masked and the clean batch together (kt.input=clean where MLM is in the step:
+        AKT, and the final stage when it transfers feature maps)."""
+        if self.s.kt.input != "clean":
+            return frozenset()
+        return frozenset({"akt"} | ({"pd"} if self.bridge.pd_fmt_weight > 0 else set()))
+
     # ------------------------------------------------------------------ checks (nothing written)
     def _check_memory(self) -> None:
         """Refuse a run whose largest stage needs more memory than this machine has (unless run.allow_large)."""
         s = self.s
         self.memory = E.memory_estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
-                                        s.data.max_predictions, self.precision, D.world_size())
+                                        s.data.max_predictions, self.precision, D.world_size(), self.doubled())
         if s.run.allow_large:
             return
         try:
@@ -305,7 +312,8 @@ class Pipeline:
             print(yaml.safe_dump({"resolved settings": dataclasses.asdict(s)}, sort_keys=False).rstrip())
             rate = E.measure_matmul_flops(self.device)
             self.estimate = E.estimate(self.stages, self.teacher_cfg, self.student_cfg, s.data.seq_len,
-                                       s.data.max_predictions / s.data.seq_len, rate, D.world_size(), self.device.type)
+                                       s.data.max_predictions / s.data.seq_len, rate, D.world_size(), self.device.type,
+                                       self.doubled())
             print(format_plan(self.stages))
             print(E.format_estimate(self.estimate, rate, str(self.device)), flush=True)
             print(E.format_memory(self.memory), flush=True)

@@ -84,6 +84,26 @@ def test_activations_follow_the_micro_batch():
     assert bf16[0]["activations"] < a16
 
 
+def test_clean_input_doubles_the_stages_that_run_both_batches():
+    """kt.input=clean with MLM in the step (AKT, a final stage with feature maps) runs 2B sequences: the estimate
+    counts the activations of twice the micro-batch (the MLM logits stay those of the masked rows) and 2x FLOPs."""
+    teacher, student = get_config("debug-ibbert"), get_config("debug-mobilebert")
+    stages = [stage("pd", batch_size=8), stage("akt", batch_size=8), stage("pkt", layer=2)]
+    plain = {r["stage"]: r for r in E.memory_estimate(stages, teacher, student, SEQ, MASKED)}
+    both = {r["stage"]: r for r in E.memory_estimate(stages, teacher, student, SEQ, MASKED,
+                                                     doubled=frozenset({"pd", "akt"}))}
+    twice = {r["stage"]: r for r in E.memory_estimate([stage("pd", batch_size=16), stage("akt", batch_size=16)],
+                                                      teacher, student, SEQ, MASKED)}
+    for k in ("pd", "akt"):
+        assert plain[k]["activations"] < both[k]["activations"] < twice[k]["activations"]
+        assert both[k]["weights"] == plain[k]["weights"] and both[k]["teacher"] == plain[k]["teacher"]
+    assert both["pkt-2"] == plain["pkt-2"]
+    run = lambda **kw: {r["stage"]: r["pflops"] for r in E.estimate(stages, teacher, student, SEQ, MASKED / SEQ,
+                                                                      1e12, **kw)}
+    a, b = run(), run(doubled=frozenset({"pd", "akt"}))
+    assert b["pd"] == pytest.approx(2 * a["pd"]) and b["akt"] == pytest.approx(2 * a["akt"]) and b["pkt-2"] == a["pkt-2"]
+
+
 def test_paper_scale_teacher_needs_hundreds_of_gib():
     """IB-BERT_LARGE at batch 4096 (the defaults an empty config used to start): far beyond any one machine."""
     rows = E.memory_estimate([stage("teacher", batch_size=4096)], get_config("ibbert-large"), get_config("mobilebert"),

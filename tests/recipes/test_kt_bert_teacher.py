@@ -183,6 +183,32 @@ def test_tiny_bert_teacher_of_other_shape_end_to_end_and_exact_resume(tmp_path, 
             assert torch.equal(final[k], resumed[k]), f"{ckpt.name}: {k} differs after resume"
 
 
+@pytest.mark.parametrize("strategy, stages", [("pkt", ["emb", "pkt-1", "pkt-2", "pd"]), ("akt", ["emb", "akt"])])
+def test_clean_transfer_input_through_the_cli(tmp_path, tiny_bert, data_dir, strategy, stages):
+    """kt.input=clean through the real loop, with projections and grouped heads: the doubled forward of AKT and of
+    the final stage's feature maps trains, the run says which input transfer reads, and it resumes exactly."""
+    run = tmp_path / "run"
+    args = [f"teacher.init={tiny_bert}", "student.preset=debug-mobilebert", "student.overrides={num_hidden_layers: 2}",
+            "kt.input=clean", f"kt.strategy={strategy}", "run.save_every=2", "run.keep_checkpoints=100", *SMALL,
+            *data_args(data_dir)]
+    if strategy == "akt":
+        args.append("run.stages=[kt]")
+    proc = train(["--out", run, *args])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "transfer input: the original tokens (kt.input=clean; MLM and NSP read the masked batch)" in proc.stdout
+    per_stage = losses(run)
+    assert list(per_stage) == stages
+    last = per_stage[stages[-1]]
+    assert all(math.isfinite(r["loss"]) and r["mlm"] > 0 and r["fmt"] > 0 for r in last)  # MLM and maps, one step
+    final = load_file(str(run / "student" / "model.safetensors"))
+    ckpt = sorted((run / "checkpoints").glob(f"{stages[-1]}-step-*"))[0]
+    (run / "checkpoints" / "latest").write_text(ckpt.name + "\n")
+    proc = train(["--out", run, "--resume", *args])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = load_file(str(run / "student" / "model.safetensors"))
+    assert all(torch.equal(final[k], resumed[k]) for k in final)
+
+
 # ------------------------------------------------------------------------------------- bad input
 def _train_in_process(args, capsys) -> tuple[int, str]:
     code = cli_main(["train", str(CONFIG), *map(str, args)])
