@@ -36,10 +36,7 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kt_study import ROWS, data_root, environment, minilm_dir  # noqa: E402
-
-LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights",
-          "bare": "bare (MLM + NSP, no teacher)", "pkt-fmt": "PKT, feature maps + final stage",
-          "pkt-fmt-at": "PKT, feature maps + attention + final stage", "jkt": "JKT + final stage", "akt": "AKT"}
+from kt_study_report import LABELS  # noqa: E402  (the study's row names)
 
 
 def model_dirs(state: Path) -> dict[str, Path]:

@@ -75,10 +75,9 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kt_study_cells import CliError, Results, claim, cli, environment  # noqa: E402
+from kt_study_report import ROWS, TASKS  # noqa: E402  (rows and tasks: one list, the report's)
 
-ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean")
 PRETRAINED = ROWS[2:]
-TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 # Per row: kt settings and the stages it runs. "final" = a pd stage after KT (kt.steps + pd.steps = the budget).
 ROW_SETTINGS = {
     "bare": (["kt.strategy=bare"], False),
