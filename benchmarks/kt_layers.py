@@ -96,7 +96,8 @@ def cls_variation(folder: Path, sentences: list[str]) -> tuple[list[float], tupl
     for h in states:
         c = h[:, 0].double().numpy()                                                     # (N, H)
         out.append(float(c.var(0).sum() / (np.linalg.norm(c, axis=1) ** 2).mean()))
-    mean = c.mean(0)                                                                     # (H,) last layer's [CLS]
+    c = states[-1][:, 0].double().numpy()                                                # (N, H) last layer's [CLS]
+    mean = c.mean(0)                                                                     # (H,)
     top = int(np.abs(mean).argmax())
     real = enc["attention_mask"].bool()
     real[:, 0] = False                                                                   # the other tokens
@@ -114,45 +115,53 @@ def masked_and_clean(shards: Path, n: int = 32, step: int = 1000) -> tuple[dict,
     return batch, unmasked(batch)
 
 
-def map_distances(folder: Path, teacher: Path, batches) -> list[str]:
-    """Per hidden state, "masked / clean": the transfer loss's distance of the student's feature maps from the
-    teacher's (MSE of non-affine LayerNorm'd maps over the real tokens; 0 = equal, 2 = uncorrelated); "–" where
-    the widths differ. Student hidden state l is compared with the teacher's l (the study's equal depths)."""
+def hidden_states(folder: Path, batches) -> list[tuple]:
+    """Per batch, the model's hidden states (embeddings, layer 1..L), each (B, S, H)."""
     import torch
 
     from mobilebert.checkpoint import load_pretrained
-    from mobilebert.distill.losses import feature_map_loss
     from mobilebert.model import MobileBertModel
 
-    models = [load_pretrained(MobileBertModel, f).eval() for f in (teacher, folder)]
-    per = []
+    model = load_pretrained(MobileBertModel, folder).eval()
     with torch.no_grad():
-        for b in batches:
-            t, s = (m(b["input_ids"], b["attention_mask"], b["token_type_ids"], output_hidden_states=True).hidden_states
-                    for m in models)
-            # other widths have no common space outside training (its projections are not exported): None
-            per.append([feature_map_loss(x, y, b["attention_mask"], standardize_maps=True).item()
-                        if x.shape[-1] == y.shape[-1] else None for x, y in zip(t, s)])
+        return [model(b["input_ids"], b["attention_mask"], b["token_type_ids"], output_hidden_states=True).hidden_states
+                for b in batches]
+
+
+def map_distances(student: list[tuple], teacher: list[tuple], batches) -> list[str]:
+    """Per hidden state, "masked / clean": the transfer loss's distance of the student's feature maps from the
+    teacher's (MSE of non-affine LayerNorm'd maps over the real tokens; 0 = equal, 2 = uncorrelated); "–" where
+    the widths differ. Student hidden state l is compared with the teacher's l (the study's equal depths).
+    `student`, `teacher`: `hidden_states` of the two models on `batches`."""
+    from mobilebert.distill.losses import feature_map_loss
+
+    # other widths have no common space outside training (its projections are not exported): None
+    per = [[feature_map_loss(x, y, b["attention_mask"], standardize_maps=True).item()
+            if x.shape[-1] == y.shape[-1] else None for x, y in zip(t, s)]
+           for t, s, b in zip(teacher, student, batches)]
     return ["–" if None in pair else " / ".join(f"{v:.2f}" for v in pair) for pair in zip(*per)]
 
 
 def distance_table(models: dict[str, Path], shards: Path) -> list[str]:
-    """Markdown: every student's feature-map distance from the teacher per hidden state, masked / clean text."""
+    """Markdown: every student's feature-map distance from the teacher per hidden state, masked / clean text.
+    The corpus is tokenized with the study's (the teacher's) vocabulary: a model with another is left out."""
+    from mobilebert.checkpoint import load_config
+
     batches = masked_and_clean(shards)
-    depth = max(load_config_depth(f) for f in models.values()) + 1
+    configs = {row: load_config(folder) for row, folder in models.items()}
+    teacher = hidden_states(models["teacher"], batches)  # once, for every student
+    depth = max(c.num_hidden_layers for c in configs.values()) + 1
     lines = ["| model | " + " | ".join(["embeddings", *[f"layer {i}" for i in range(1, depth)]]) + " |",
              "|---|" + "---:|" * depth]
     for row, folder in models.items():
-        if row != "teacher":
-            cells = map_distances(folder, models["teacher"], batches)
-            lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells + ["–"] * (depth - len(cells))) + " |")
+        if row == "teacher":
+            continue
+        if configs[row].vocab_size != configs["teacher"].vocab_size:
+            print(f"distances: {row} left out (vocabulary of {configs[row].vocab_size}, not the corpus's)")
+            continue
+        cells = map_distances(hidden_states(folder, batches), teacher, batches)
+        lines.append(f"| {LABELS.get(row, row)} | " + " | ".join(cells + ["–"] * (depth - len(cells))) + " |")
     return lines
-
-
-def load_config_depth(folder: Path) -> int:
-    from mobilebert.checkpoint import load_config
-
-    return load_config(folder).num_hidden_layers
 
 
 def joint_features(folder: Path, a: list[str], b: list[str], batch_size: int = 32):

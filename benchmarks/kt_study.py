@@ -13,7 +13,8 @@ Rows (the pre-training ones all get the same steps, batch and sequence length; t
     pkt-fmt-at   PKT with feature maps and attention, then the final stage
     jkt          JKT, then the final stage
     akt          AKT (its loss already holds the final stage's terms)
-    pkt-clean    pkt-fmt-at with every transfer term on the original tokens (kt.input=clean), MLM on the masked
+    pkt-clean    pkt-fmt-at with every transfer term on the original tokens (kt.input=clean); MLM and NSP
+                 still on the masked batch
 
 Columns: zero-shot STS-B dev Spearman (mobilebert.tasks.zeroshot), dev scores after `mobilebert finetune` with one
 recipe for all rows on SST-2, MRPC (F1), STS-B (Spearman) and RTE over 3 seeds (mean ± std), parameters, and

