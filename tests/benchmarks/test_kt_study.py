@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
-ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean")
+ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -47,11 +48,17 @@ def test_smoke_runs_every_cell(smoke):
     assert stages["pkt-clean"] == stages["pkt-fmt-at"]  # the same run but for the transfer input
     assert "input: clean" in (state / "pretrain" / "pkt-clean" / "settings.yaml").read_text()
     assert "input: masked" in (state / "pretrain" / "pkt-fmt-at" / "settings.yaml").read_text()
+    assert stages["pkt-adamw"] == stages["pkt-fmt-at"] and stages["bare-adamw"] == ["bare"]
+    for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",))):
+        settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
+        for stage in stages_with_adamw:  # the row's own optimizer wins over the budget's LAMB and lr
+            assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
     lat = cells["bench"]["latency"]
     assert set(lat) == {"teacher/ort-fp32", "teacher/ort-int8", "student/ort-fp32", "student/ort-int8"}
     md = (state / "kt-study.md").read_text()
     assert "| PKT, feature maps + attention + final stage |" in md and "Table 8: PKT > JKT > AKT" in md
     assert "| PKT (fmt + at, kt.input=clean) zero-shot STS-B >= 0.9 x the teacher's |" in md
+    assert "| PKT (fmt + at, AdamW) beats bare (AdamW) on every task, and on the average by > 2 x pooled std |" in md
     assert (state / "kt-study.png").is_file()
 
 
@@ -150,5 +157,5 @@ def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
     settings = (state / "finetune-mean" / "bare" / "sts-b" / "1" / "settings.yaml").read_text()
     assert "pooling: mean" in settings
     md = (state / "kt-study.md").read_text()
-    assert "## Mean pooling (model.pooling=mean)" in md and "1 of 32 cells finished" in md
+    assert "## Mean pooling (model.pooling=mean)" in md and "1 of 40 cells finished" in md
     assert "| PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std | – | **pending** |" in md
