@@ -40,12 +40,13 @@ Before the first pre-training cell, every real row's settings are checked with `
 (`--check` does only that); a rejected row stops the study with one line before anything runs.
 
 Budget: every pre-training row 500 steps x batch 32 x 128 tokens (2.05M positions, ~0.27 epoch of the corpus's
-58.7k segments), LAMB lr 1.5e-3 (GR's, untuned), 10% warm-up then linear decay wherever the schedule is linear;
-rows with a final stage give half to KT (PKT: split over its stages) and half to PD. Fine-tuning, one recipe for
-every row: AdamW lr 1e-4, batch 32, 3 epochs, max length 128, best dev epoch reported; SST-2 trained on a seeded
-4,000-sentence subset (`data.max_train_examples`, seed = the fine-tuning seed), MRPC, STS-B, RTE whole; every dev
-set whole; seeds 1, 2, 3. Expected cost on the 2 cores when they are not shared: <= ~16 min per pre-training row
-(AKT, the dearest), 1-6 min per fine-tuning cell, ~6 h in all (5 pre-training rows, 84 fine-tuning cells).
+58.7k segments), LAMB lr 1.5e-3 (GR's, untuned; the AdamW pair: AdamW lr 1e-3), 10% warm-up then linear decay
+wherever the schedule is linear; rows with a final stage give half to KT (PKT: split over its stages) and half to
+PD. Fine-tuning, one recipe for every row: AdamW lr 1e-4, batch 32, 3 epochs, max length 128, best dev epoch
+reported; SST-2 trained on a seeded 4,000-sentence subset (`data.max_train_examples`, seed = the fine-tuning
+seed), MRPC, STS-B, RTE whole; every dev set whole; seeds 1, 2, 3. Expected cost on the 2 cores when they are not
+shared: <= ~16 min per pre-training row (AKT, the dearest), 1-6 min per fine-tuning cell, ~6 h for the first seven
+rows (5 pre-training rows, 84 fine-tuning cells); each added row ~1 h.
 
 How it was chosen: `--time` on 2026-12-02 14:25-14:40 UTC (2 threads, torch 2.13 CPU), with the 2 cores shared
 by other jobs (load average 6-10), so ms per step wall / CPU:

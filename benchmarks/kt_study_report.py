@@ -15,7 +15,8 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
           "jkt": "JKT + final stage", "akt": "AKT",
           "pkt-clean": "PKT, feature maps + attention + final stage, clean transfer input (kt.input=clean)",
-          "bare-adamw": "bare, AdamW lr 1e-3 (not LAMB)", "pkt-adamw": "PKT, feature maps + attention + final stage, AdamW lr 1e-3"}
+          "bare-adamw": "bare, AdamW lr 1e-3 (not LAMB)",
+          "pkt-adamw": "PKT, feature maps + attention + final stage, AdamW lr 1e-3"}
 METRIC = {"sst-2": "acc", "mrpc": "F1", "sts-b": "Spearman", "rte": "acc"}
 
 

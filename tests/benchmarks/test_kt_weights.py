@@ -17,8 +17,9 @@ def bare_run(tmp_path: Path, data_dir: Path, name: str, *overrides: str) -> Path
     corpus = data_dir / "corpus" / "gutenberg" / "blake-poems.txt"
     config = tmp_path / "base.yaml"
     config.write_text("run: {device: cpu, progress: false, tensorboard: false, save_every: 0}\n")
-    args = ["train", str(config), f"--out={out}", f"data.corpus=[{corpus}]", f"data.vocab={data_dir / 'bert-base-uncased/vocab.txt'}",
-            "data.seq_len=32", "data.max_predictions=5", "data.eval_batches=1", "run.stages=[kt]", "kt.strategy=bare", "kt.steps=4",
+    vocab = data_dir / "bert-base-uncased" / "vocab.txt"
+    args = ["train", str(config), f"--out={out}", f"data.corpus=[{corpus}]", f"data.vocab={vocab}", "data.seq_len=32",
+            "data.max_predictions=5", "data.eval_batches=1", "run.stages=[kt]", "kt.strategy=bare", "kt.steps=4",
             "kt.batch_size=4", "kt.optim.schedule=constant", "student.preset=debug-mobilebert", *overrides]
     proc = subprocess.run([sys.executable, "-m", "mobilebert", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
