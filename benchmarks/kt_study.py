@@ -17,6 +17,7 @@ Rows (the pre-training ones all get the same steps, batch and sequence length; t
                  still on the masked batch
     bare-adamw   bare with AdamW lr 1e-3 instead of LAMB (the pair below: at this budget LAMB's trust ratio keeps
     pkt-adamw    pkt-fmt-at with AdamW lr 1e-3   every weight matrix near its random init; docs/benchmarks.md)
+    pkt-fmt-adamw, jkt-adamw, akt-adamw   pkt-fmt, jkt, akt with AdamW lr 1e-3 (the paper's orderings under AdamW)
 
 Columns: zero-shot STS-B dev Spearman (mobilebert.tasks.zeroshot), dev scores after `mobilebert finetune` with one
 recipe for all rows on SST-2, MRPC (F1), STS-B (Spearman) and RTE over 3 seeds (mean ± std), parameters, and
@@ -96,6 +97,10 @@ ROW_SETTINGS = {
     "pkt-clean": (["kt.strategy=pkt", "kt.input=clean"], True),
     "bare-adamw": (["kt.strategy=bare", *ADAMW["kt"]], False),
     "pkt-adamw": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"]], True),
+    # the paper's orderings under AdamW: the other transfer rows with the pair's optimizer
+    "pkt-fmt-adamw": (["kt.strategy=pkt", "kt.at.weight=0", *ADAMW["kt"], *ADAMW["pd"]], True),
+    "jkt-adamw": (["kt.strategy=jkt", *ADAMW["kt"], *ADAMW["pd"]], True),
+    "akt-adamw": (["kt.strategy=akt", *ADAMW["kt"]], False),
 }
 # The budget of each mode: pre-training steps (total per row; rows with a final stage split it kt_share : rest),
 # batch, sequence length, LR; fine-tuning recipe (one for all rows) and training-set caps (seeded subsets).

@@ -43,20 +43,18 @@ from kt_study_report import LABELS  # noqa: E402
 
 def initial_student(run: Path) -> dict:
     """The state dict the run in `run` (a `mobilebert train` folder) started its student from."""
-    from mobilebert.recipes.settings import load_settings, seed_everything
+    from mobilebert.recipes.settings import load_settings
     from mobilebert.recipes.train import Pipeline
     from mobilebert.recipes.train_settings import TrainSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         s = load_settings(TrainSettings, run / "settings.yaml", [f"run.out={tmp}/run"])
         pipe = Pipeline(s)
-        first = pipe.stages[0]
-        # as Pipeline._run_stage builds it: the first stage's seed, then the teacher, then the student
-        seed_everything(pipe._stage_seed(first.name))
-        if s.needs_teacher():
-            pipe._load_teacher()
-        pipe._setup_student(first)
-        return {k: v.detach().clone() for k, v in pipe.student.state_dict().items()}
+        if "teacher" in s.run.stages:  # the teacher the run trained itself, where its student stages read it
+            (Path(tmp) / "run").mkdir(exist_ok=True)
+            (Path(tmp) / "run" / "teacher").symlink_to((run / "teacher").resolve())
+        student = pipe.initial_student()
+        return {k: v.detach().clone() for k, v in student.state_dict().items()}
 
 
 def movement(final: dict, init: dict) -> dict:

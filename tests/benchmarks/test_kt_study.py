@@ -12,7 +12,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
-ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw")
+ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
+        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -49,7 +50,10 @@ def test_smoke_runs_every_cell(smoke):
     assert "input: clean" in (state / "pretrain" / "pkt-clean" / "settings.yaml").read_text()
     assert "input: masked" in (state / "pretrain" / "pkt-fmt-at" / "settings.yaml").read_text()
     assert stages["pkt-adamw"] == stages["pkt-fmt-at"] and stages["bare-adamw"] == ["bare"]
-    for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",))):
+    assert stages["pkt-fmt-adamw"] == stages["pkt-fmt-at"] and stages["jkt-adamw"] == ["jkt", "pd"]
+    assert stages["akt-adamw"] == ["akt"]
+    for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
+                                   ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
         for stage in stages_with_adamw:  # the row's own optimizer wins over the budget's LAMB and lr
             assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
@@ -139,6 +143,13 @@ def test_orderings_are_reported_on_the_fine_tuned_average_and_on_zero_shot():
     assert got["Table 9 on zero-shot STS-B (one pre-training seed)"] == (
         "pkt-fmt-at 0.610 > pkt-fmt 0.620 > bare 0.200", "not held")
     assert got["Table 8 on zero-shot STS-B (one pre-training seed)"][1] == "pending"
+    # the same chains over the AdamW rows: pkt-adamw is PKT with attention, the baseline bare-adamw
+    rows.update({"pkt-adamw": {"avg": (0.59, 0.01), "zero_shot": 0.70}, "jkt-adamw": {"avg": (0.58, 0.01),
+                 "zero_shot": 0.71}, "akt-adamw": {"avg": (0.57, 0.01), "zero_shot": 0.69}})
+    got = {name: (measured, verdict) for name, measured, verdict in orderings(rows, "-adamw")}
+    assert got["Table 8 (AdamW rows): PKT > JKT > AKT"] == ("pkt-adamw 59.0 > jkt-adamw 58.0 > akt-adamw 57.0", "held")
+    assert got["Table 8 (AdamW rows) on zero-shot STS-B (one pre-training seed)"][1] == "not held"
+    assert got["Table 9 (AdamW rows): + attention > + feature maps (+ distillation) > bare"][1] == "pending"
 
 
 def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
@@ -157,5 +168,5 @@ def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
     settings = (state / "finetune-mean" / "bare" / "sts-b" / "1" / "settings.yaml").read_text()
     assert "pooling: mean" in settings
     md = (state / "kt-study.md").read_text()
-    assert "## Mean pooling (model.pooling=mean)" in md and "1 of 40 cells finished" in md
+    assert "## Mean pooling (model.pooling=mean)" in md and "1 of 52 cells finished" in md
     assert "| PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std | – | **pending** |" in md

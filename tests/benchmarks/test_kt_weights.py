@@ -41,6 +41,26 @@ def test_the_rebuilt_start_is_the_runs_start(tmp_path, data_dir):
     assert m["bias_norm"] < 1e-6 and m["norm_dist"] < 1e-6
 
 
+def test_the_start_of_a_run_that_trained_its_teacher(tmp_path, data_dir):
+    """The first student stage is not the run's first stage, and the teacher it copies from is the run's own."""
+    out = tmp_path / "ib"
+    args = ["train", str(REPO / "configs" / "tiny-test.yaml"), f"--out={out}", "run.stages=[teacher, kt]",
+            f"data.corpus=[{data_dir / 'corpus' / 'inaugural'}]", f"data.vocab={data_dir / 'bert-base-uncased' / 'vocab.txt'}",
+            "teacher.train.steps=2", "kt.steps=4", "kt.batch_size=4", "kt.optim.lr=1e-12", "run.save_every=0"]
+    proc = subprocess.run([sys.executable, "-m", "mobilebert", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    from kt_weights import initial_student
+    from safetensors.torch import load_file
+
+    start, end = initial_student(out), load_file(str(out / "student" / "model.safetensors"))
+    teacher = load_file(str(out / "teacher" / "model.safetensors"))
+    assert set(end) <= set(start)  # the saved file leaves out the decoder tied to the word embeddings
+    assert all((start[k] - end[k]).abs().max() < 1e-6 for k in end)
+    word = "mobilebert.embeddings.word_embeddings.weight"  # PKT starts from the trained teacher's embeddings
+    assert (start[word] == teacher[word]).all()
+
+
 def test_lamb_moves_a_matrix_by_at_most_lr_per_step_and_adamw_further(tmp_path, data_dir):
     lr, steps = 0.01, 4
     lamb = moved(bare_run(tmp_path, data_dir, "lamb", f"kt.optim.lr={lr}", "kt.optim.name=lamb"))
