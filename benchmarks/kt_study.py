@@ -192,8 +192,29 @@ class Study:
                  "--out", out, "--workers", "1"])
             return {"corpus": str(self.corpus), **json.loads((out / "manifest.json").read_text()).get("counts", {})}
 
-        self.run_cell("data", prepare)
+        record = self.run_cell("data", prepare)
+        if record is not None and not (out / "manifest.json").is_file():
+            self._prepare_again(out, prepare, record)
         return out
+
+    def _prepare_again(self, out: Path, prepare, record: dict) -> None:
+        """A finished study in a new checkout keeps its results file but not its run folder: prepare the same corpus
+        again (deterministic) for the rows still to run, and refuse a corpus that no longer matches the record."""
+        other = claim(self.state / "claims", "data-again")
+        if other is not None:  # another process is preparing it: wait for its manifest (written last)
+            print(f"--- data: prepared again by process {other}, waiting", flush=True)
+            while not (out / "manifest.json").is_file():
+                time.sleep(5)
+            return
+        print("--- data: the prepared corpus is gone; preparing it again", flush=True)
+        got = prepare()
+        (self.state / "claims" / "data-again.pid").unlink(missing_ok=True)
+        if got.get("tokens") != record.get("tokens"):
+            import shutil
+
+            shutil.rmtree(out)  # no row may train on it
+            raise CliError(f"{self.corpus}: prepared again it holds {got.get('tokens'):,} tokens, the study's 'data' "
+                           f"cell {record.get('tokens'):,}; the corpus changed: give a new --state for a new study")
 
     def train_args(self, row: str, out: Path, prepared: bool = True) -> list[str]:
         """`mobilebert train` arguments of one pre-training row (equal steps, batch and length for all).

@@ -85,6 +85,32 @@ def test_rerun_skips_finished_cells_and_only_reruns_a_row(smoke):
     assert set(json.loads(path.read_text())["cells"]) == set(before["cells"])
 
 
+def test_a_new_checkout_prepares_the_corpus_again_for_the_rows_still_to_run(smoke, tmp_path):
+    """The results file travels with the repository, the run folder does not: the shards are prepared again, and a
+    corpus that no longer matches the study's record is refused in one line."""
+    import shutil
+
+    state, _ = smoke
+    new = tmp_path / "state"
+    shutil.copytree(state, new, ignore=shutil.ignore_patterns("shards", "jkt", "claims"))
+    data = json.loads((new / "results.json").read_text())
+    data["cells"] = {k: v for k, v in data["cells"].items() if "/jkt" not in k}
+    record = dict(data["cells"]["data"])
+    data["cells"]["data"]["tokens"] += 1  # as if the corpus had changed since
+    (new / "results.json").write_text(json.dumps(data))
+    proc = study("--smoke", "--state", new, "--only", "jkt", "--tasks", "rte")
+    assert proc.returncode == 1 and "the corpus changed" in proc.stderr and "Traceback" not in proc.stderr
+    assert "pretrain/jkt" not in json.loads((new / "results.json").read_text())["cells"]
+    assert not (new / "shards").exists()
+    data["cells"]["data"] = record
+    (new / "results.json").write_text(json.dumps(data))
+    proc = study("--smoke", "--state", new, "--only", "jkt", "--tasks", "rte")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "preparing it again" in proc.stdout
+    cells = json.loads((new / "results.json").read_text())["cells"]
+    assert cells["data"] == record and {"pretrain/jkt", "zeroshot/jkt", "finetune/jkt/rte/1"} <= set(cells)
+
+
 def test_report_only_rerenders(smoke, tmp_path):
     state, _ = smoke
     proc = study("--smoke", "--state", state, "--report", "--out", tmp_path)
