@@ -224,23 +224,20 @@ class Pipeline:
                       f"of their energy); also initialised: {', '.join(info['copied'][1:]) or 'nothing else'}",
                       flush=True)
 
-    def _student_models(self, stage: Stage) -> None:
-        """The teacher (where the run needs one), then the student, as `stage` finds or builds them."""
+    def _ensure_teacher(self) -> None:
         if self.teacher is None and self.s.needs_teacher():
             self._load_teacher()
-        self._setup_student(stage)
 
     def initial_student(self) -> MobileBertForPreTraining:
         """The student exactly as this run builds it before its first step (fresh, student.init, or started from
         the teacher's copy or SVD), for analyses of what training changed (benchmarks/kt_weights.py). A run with a
         `teacher` stage reads its trained teacher from run.out/teacher."""
         first = next(st for st in self.stages if st.kind != "teacher")
-        if self.teacher is None and self.s.needs_teacher():
-            # before the seed: in the run the teacher is already in memory when the student's random init draws
-            # (trained by the teacher stage, or read in __init__), so reading it must not draw from that stream
-            self._load_teacher()
+        # the teacher before the seed: in the run it is already in memory when the student's random init draws
+        # (trained by the teacher stage, or read in __init__), so reading it must not draw from that stream
+        self._ensure_teacher()
         seed_everything(self._stage_seed(first.name))
-        self._student_models(first)
+        self._setup_student(first)
         return self.student
 
     # ------------------------------------------------------------------ one stage
@@ -255,7 +252,8 @@ class Pipeline:
                 self.teacher = self._new_model(self.teacher_cfg, init)
             model = self.teacher.train()
         else:
-            self._student_models(stage)
+            self._ensure_teacher()
+            self._setup_student(stage)
             # GR builds the student with is_training=False under a teacher: no dropout in KT and PD.
             model = self.student.train(stage.kind == "bare")
         # The trained module: the model, plus the width projections in student stages (optimizer, DDP, checkpoints).
@@ -378,8 +376,7 @@ class Pipeline:
             self.teacher = self._new_model(self.teacher_cfg, None)
             C.load_model_weights(self.teacher, ckpt)
             return
-        if self.teacher is None and self.s.needs_teacher():
-            self._load_teacher()
+        self._ensure_teacher()
         self.student = self._new_model(self.student_cfg, None)
         C.load_model_weights(self.student, ckpt)
         if self.proj is not None:
