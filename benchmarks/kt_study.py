@@ -200,15 +200,19 @@ class Study:
     def _prepare_again(self, out: Path, prepare, record: dict) -> None:
         """A finished study in a new checkout keeps its results file but not its run folder: prepare the same corpus
         again (deterministic) for the rows still to run, and refuse a corpus that no longer matches the record."""
-        other = claim(self.state / "claims", "data-again")
-        if other is not None:  # another process is preparing it: wait for its manifest (written last)
+        claims, manifest = self.state / "claims", out / "manifest.json"  # the manifest is written last
+        while (other := claim(claims, "data-again")) is not None:  # another live process is preparing it: wait;
+            if manifest.is_file():                                   # should it die, its claim passes to us
+                return
             print(f"--- data: prepared again by process {other}, waiting", flush=True)
-            while not (out / "manifest.json").is_file():
-                time.sleep(5)
-            return
-        print("--- data: the prepared corpus is gone; preparing it again", flush=True)
-        got = prepare()
-        (self.state / "claims" / "data-again.pid").unlink(missing_ok=True)
+            time.sleep(5)
+        try:
+            if manifest.is_file():  # prepared by another process between our check and our claim
+                return
+            print("--- data: the prepared corpus is gone; preparing it again", flush=True)
+            got = prepare()
+        finally:
+            (claims / "data-again.pid").unlink(missing_ok=True)
         if got.get("tokens") != record.get("tokens"):
             import shutil
 

@@ -104,9 +104,12 @@ def test_a_new_checkout_prepares_the_corpus_again_for_the_rows_still_to_run(smok
     assert not (new / "shards").exists()
     data["cells"]["data"] = record
     (new / "results.json").write_text(json.dumps(data))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (new / "claims").mkdir(exist_ok=True)  # a process that died while preparing it: its claim is taken over
+    (new / "claims" / "data-again.pid").write_text(dead.stdout.strip())
     proc = study("--smoke", "--state", new, "--only", "jkt", "--tasks", "rte")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "preparing it again" in proc.stdout
+    assert "preparing it again" in proc.stdout and not (new / "claims" / "data-again.pid").exists()
     cells = json.loads((new / "results.json").read_text())["cells"]
     assert cells["data"] == record and {"pretrain/jkt", "zeroshot/jkt", "finetune/jkt/rte/1"} <= set(cells)
 
