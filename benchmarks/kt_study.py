@@ -27,6 +27,8 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
     python benchmarks/kt_study.py --only pkt-fmt-at   # one row (its pre-training, zero-shot, fine-tuning)
     python benchmarks/kt_study.py --pooling mean  # the same fine-tuning cells with model.pooling=mean (a second
                                                   # table: the classifier reads mean-pooled states, not [CLS])
+    python benchmarks/kt_study.py --scale 4 --only pkt-adamw   # a row at 4x the pre-training steps: a study of
+                                                  # its own (runs/kt-study-x4, docs/kt-study-x4.json/.md/.png)
     python benchmarks/kt_study.py --report        # re-render docs/kt-study.md and .png from the results file
     python benchmarks/kt_study.py --time          # the step timings the budget below comes from
     python benchmarks/kt_study.py --smoke --state DIR   # seconds: tiny IB-BERT teacher and student (the tests)
@@ -134,15 +136,22 @@ class Study:
     def __init__(self, args):
         self.smoke, self.b = args.smoke, (SMOKE if args.smoke else REAL)
         self.pooling = getattr(args, "pooling", "cls")  # fine-tuning cells: "finetune/..." or "finetune-mean/..."
-        self.state = Path(args.state or (REPO / "runs" / ("kt-study-smoke" if args.smoke else "kt-study")))
+        # --scale K: the same study at K x the pre-training steps, a study of its own (runs, results, report)
+        self.scale = getattr(args, "scale", 1)
+        if self.scale != 1:
+            self.b = {**self.b, "steps": self.b["steps"] * self.scale}
+        self.name = "kt-study" + (f"-x{self.scale}" if self.scale != 1 else "")
+        self.state = Path(args.state or (REPO / "runs" / (self.name + ("-smoke" if args.smoke else ""))))
         self.state.mkdir(parents=True, exist_ok=True)
         # The real study's results file lives in docs/ beside its table (committed); runs stay in the state folder.
-        path = self.state / "results.json" if (args.smoke or args.state) else REPO / "docs" / "kt-study.json"
+        path = self.state / "results.json" if (args.smoke or args.state) else REPO / "docs" / f"{self.name}.json"
         self.results = Results(path, "smoke" if args.smoke else "real")
         budget = json.loads(json.dumps(self.b))  # as JSON stores it (tuples become lists)
         if self.results.data.setdefault("budget", budget) != budget:
             sys.exit(f"kt_study: {self.results.path} was made with another budget ({self.results.data['budget']}); "
                      "finish it with that budget or use another --state")
+        if self.scale != 1 and not self.smoke:
+            self.inherit(REPO / "docs" / "kt-study.json")
         root = data_root()
         self.corpus, self.glue = root / "corpus", root / "glue"
         self.sts_dev = self.glue / "STS-B" / "dev.tsv"
@@ -151,6 +160,28 @@ class Study:
             lines = self.sts_dev.read_text(encoding="utf-8").splitlines(keepends=True)
             self.sts_dev = self.state / "sts-b-dev-sample.tsv"
             self.sts_dev.write_text("".join([lines[0], *lines[1::37]]), encoding="utf-8")
+
+    def inherit(self, base: Path) -> int:
+        """Copy from the 1x study's results file the cells that do not depend on the pre-training steps (the teacher's
+        and the random student's zero-shot and fine-tuning scores, the latency run), when its budget differs from
+        this one in the steps only: the same computation, hours of it, need not run again. Returns how many."""
+        if not base.is_file():
+            return 0
+        data = json.loads(base.read_text())
+        same = {k: v for k, v in data.get("budget", {}).items() if k != "steps"} == \
+            {k: v for k, v in json.loads(json.dumps(self.b)).items() if k != "steps"}
+        if not same:
+            print(f"kt_study: {base} has another fine-tuning budget; its teacher and random cells are not reused")
+            return 0
+        copied = 0
+        for key, record in data["cells"].items():
+            kind, _, rest = key.partition("/")
+            fixed = key == "bench" or ((kind == "zeroshot" or kind.startswith("finetune"))
+                                       and rest.split("/")[0] in ("teacher", "random"))
+            if fixed and key not in self.results:
+                self.results.put(key, {**record, "inherited_from": base.name})
+                copied += 1
+        return copied
 
     def run_cell(self, key: str, fn) -> dict | None:
         """The cell's record: from the results file, else run now; None while another process runs it."""
@@ -389,11 +420,15 @@ def main() -> int:
     p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
                    help="the fine-tuning cells' classifier pooling (model.pooling); mean: a second set of cells "
                         "and table, the [CLS] ones untouched")
+    p.add_argument("--scale", type=int, default=1,
+                   help="pre-training steps x SCALE (K > 1: a separate study, runs/kt-study-xK and docs/kt-study-xK.*)")
     p.add_argument("--report", action="store_true", help="only re-render the table and plot from results.json")
     p.add_argument("--time", action="store_true", help="time KT/PD/fine-tuning steps of the MiniLM-shaped student")
     p.add_argument("--check", action="store_true", help="only check every real row's settings (train --dry-run)")
     p.add_argument("--out", help="folder for kt-study.md/.png (default: docs/ in real mode, the state folder in smoke)")
     args = p.parse_args()
+    if args.scale < 1:
+        p.error(f"--scale: {args.scale} is not a positive whole number")
     if args.time:
         from kt_study_timing import time_steps
 
@@ -416,7 +451,8 @@ def main() -> int:
     from kt_study_report import write_report
 
     out = Path(args.out) if args.out else (study.state if args.smoke else REPO / "docs")
-    paths = write_report(study.results.data, out, study.b)
+    command = "python benchmarks/kt_study.py" + (f" --scale {study.scale}" if study.scale != 1 else "")
+    paths = write_report(study.results.data, out, study.b, name=study.name, command=command)
     print(f"wrote {', '.join(str(p) for p in paths)}")
     return 0
 

@@ -1,7 +1,7 @@
 """Table, goal checks and plot of the knowledge-transfer study (benchmarks/kt_study.py), from its results file.
 
-`write_report(results, out_dir, budget)` writes out_dir/kt-study.md and out_dir/kt-study.png; it renders whatever
-cells are finished (a partial study shows "–" and "pending"), so it can run after every sitting.
+`write_report(results, out_dir, budget, name)` writes out_dir/NAME.md and out_dir/NAME.png (NAME: kt-study, or
+kt-study-xK for `--scale K`); it renders whatever cells are finished (a partial study shows "–" and "pending"), so it can run after every sitting.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _mean_pooling_section(cells: dict, seeds, mode: str, z_t, bench) -> list[str
     return lines
 
 
-def markdown(results: dict, budget: dict) -> str:
+def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_study.py") -> str:
     cells, seeds = results["cells"], budget["seeds"]
     rows, bench = summarise(cells, seeds), cells.get("bench")
     # data, bench, the random student, the pre-trained rows (+ the smoke teacher), zero-shot and fine-tuning cells
@@ -175,7 +175,7 @@ def markdown(results: dict, budget: dict) -> str:
     done = sum(not key.startswith("finetune-") for key in cells)
     z_t = rows["teacher"]["zero_shot"]
     lines = [f"# Knowledge-transfer study ({results['mode']} run)", "",
-             "Produced by `python benchmarks/kt_study.py` (see its docstring for the setup, the budget and how it was "
+             f"Produced by `{command}` (see its docstring for the setup, the budget and how it was "
              f"chosen). {done} of {planned} cells finished. Scores are dev-set x 100, mean ± std "
              f"over {len(seeds)} fine-tuning seed(s); zero-shot = STS-B dev Spearman of mean-pooled last-layer states, "
              "no fine-tuning. Fine-tuned with the checkpoints' own [CLS] pooling; a second table below, where it has "
@@ -263,10 +263,11 @@ def plot(results: dict, budget: dict, path: Path) -> Path | None:
     return path
 
 
-def write_report(results: dict, out_dir, budget: dict) -> list[Path]:
+def write_report(results: dict, out_dir, budget: dict, name: str = "kt-study",
+                 command: str = "python benchmarks/kt_study.py") -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md = out / "kt-study.md"
-    md.write_text(markdown(results, budget), encoding="utf-8")
-    png = plot(results, budget, out / "kt-study.png")
+    md = out / f"{name}.md"
+    md.write_text(markdown(results, budget, command), encoding="utf-8")
+    png = plot(results, budget, out / f"{name}.png")
     return [md] + ([png] if png else [])

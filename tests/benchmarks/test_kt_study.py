@@ -199,3 +199,39 @@ def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
     md = (state / "kt-study.md").read_text()
     assert "## Mean pooling (model.pooling=mean)" in md and "1 of 52 cells finished" in md
     assert "| PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std | – | **pending** |" in md
+
+
+def test_scale_is_a_study_of_its_own_at_k_times_the_steps(smoke, tmp_path):
+    """--scale K pre-trains at K x the steps into its own results and report, and takes from the 1x study only the
+    cells that do not depend on the steps (teacher, random student, latency)."""
+    import argparse
+
+    state, _ = smoke
+    new = tmp_path / "x2"
+    proc = study("--smoke", "--scale", "2", "--state", new, "--only", "bare", "--tasks", "sts-b")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    base = json.loads((state / "results.json").read_text())
+    data = json.loads((new / "results.json").read_text())
+    assert data["budget"]["steps"] == 2 * base["budget"]["steps"]
+    assert data["cells"]["pretrain/bare"]["steps"] == 2 * base["cells"]["pretrain/bare"]["steps"]
+    assert "`python benchmarks/kt_study.py --scale 2`" in (new / "kt-study-x2.md").read_text()
+    assert (new / "kt-study-x2.png").is_file() and not (new / "kt-study.md").exists()
+    # inheriting from the 1x results file (real mode does it on start; smoke's teacher depends on the steps, so
+    # the smoke study does not, and the test calls it)
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from kt_study import Study
+
+    scaled = Study(argparse.Namespace(smoke=True, state=str(new), scale=2, pooling="cls"))
+    before = set(scaled.results.data["cells"])
+    fixed = {k for k in base["cells"] if k == "bench" or k.split("/")[1:2] in (["teacher"], ["random"])} - {
+        "pretrain/teacher", "pretrain/random"}
+    assert scaled.inherit(state / "results.json") == len(fixed - before) > 0
+    cells = json.loads((new / "results.json").read_text())["cells"]
+    assert set(cells) == before | fixed
+    assert all(cells[k]["inherited_from"] == "results.json" for k in fixed - before)
+    assert cells["pretrain/bare"] == data["cells"]["pretrain/bare"]  # a pre-trained row is never taken
+    other = tmp_path / "other.json"  # another fine-tuning recipe: nothing is taken
+    other.write_text(json.dumps({**base, "budget": {**base["budget"], "ft_batch": 99}}))
+    assert scaled.inherit(other) == 0
+    proc = study("--smoke", "--scale", "0", "--state", new)
+    assert proc.returncode == 2 and "--scale: 0 is not a positive whole number" in proc.stderr
