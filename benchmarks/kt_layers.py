@@ -303,8 +303,11 @@ def main() -> int:
         seconds[row] = time.time() - t0
         print(f"{row}: {seconds[row]:.1f} s", flush=True)
     env = environment()
+    state = Path(args.state).resolve()
+    shown = state.relative_to(REPO) if state.is_relative_to(REPO) else state
+    state_args = "" if state == Path(p.get_default("state")) else f" --state {shown}"
     text = ["# Zero-shot STS-B layer by layer (knowledge-transfer study)", "",
-            f"Produced by `python benchmarks/kt_layers.py` on {time.strftime('%Y-%m-%d')}: {env['cpu']} "
+            f"Produced by `python benchmarks/kt_layers.py{state_args}` on {time.strftime('%Y-%m-%d')}: {env['cpu']} "
             f"({env['cores']} cores), Python {env['python']}, "
             f"{', '.join(f'{k} {env[k]}' for k in ('torch', 'transformers', 'tokenizers') if k in env)}, "
             f"commit {env['commit']}; {sum(seconds.values()):.0f} s in all. "
