@@ -49,7 +49,9 @@ PD. Fine-tuning, one recipe for every row: AdamW lr 1e-4, batch 32, 3 epochs, ma
 reported; SST-2 trained on a seeded 4,000-sentence subset (`data.max_train_examples`, seed = the fine-tuning
 seed), MRPC, STS-B, RTE whole; every dev set whole; seeds 1, 2, 3. Expected cost on the 2 cores when they are not
 shared: <= ~16 min per pre-training row (AKT, the dearest), 1-6 min per fine-tuning cell, ~6 h for the first seven
-rows (5 pre-training rows, 84 fine-tuning cells); each added row ~1 h.
+rows (5 pre-training rows, 84 fine-tuning cells); each added row ~1 h. Measured with `--scale 4` (2,000 steps,
+8.2M positions per row; two rows side by side, one thread each, 2026-12-03): bare-adamw 73 min, pkt-adamw 75 min;
+its fine-tuning cells cost what the 1x ones do (STS-B ~10 min each, two side by side).
 
 How it was chosen: `--time` on 2026-12-02 14:25-14:40 UTC (2 threads, torch 2.13 CPU), with the 2 cores shared
 by other jobs (load average 6-10), so ms per step wall / CPU:
