@@ -148,7 +148,7 @@ class Study:
         # The real study's results file lives in docs/ beside its table (committed); runs stay in the state folder.
         path = self.state / "results.json" if (args.smoke or args.state) else REPO / "docs" / f"{self.name}.json"
         self.results = Results(path, "smoke" if args.smoke else "real")
-        budget = json.loads(json.dumps(self.b))  # as JSON stores it (tuples become lists)
+        self.budget = budget = json.loads(json.dumps(self.b))  # as JSON stores it (tuples become lists)
         if self.results.data.setdefault("budget", budget) != budget:
             sys.exit(f"kt_study: {self.results.path} was made with another budget ({self.results.data['budget']}); "
                      "finish it with that budget or use another --state")
@@ -170,10 +170,9 @@ class Study:
         if not base.is_file():
             return 0
         data = json.loads(base.read_text())
-        same = {k: v for k, v in data.get("budget", {}).items() if k != "steps"} == \
-            {k: v for k, v in json.loads(json.dumps(self.b)).items() if k != "steps"}
-        if not same:
-            print(f"kt_study: {base} has another fine-tuning budget; its teacher and random cells are not reused")
+        if {**data.get("budget", {}), "steps": None} != {**self.budget, "steps": None}:
+            print(f"kt_study: {base} differs from this budget in more than its steps; its teacher and random "
+                  "cells are not reused")
             return 0
         copied = 0
         for key, record in data["cells"].items():

@@ -1,7 +1,8 @@
 """Table, goal checks and plot of the knowledge-transfer study (benchmarks/kt_study.py), from its results file.
 
 `write_report(results, out_dir, budget, name)` writes out_dir/NAME.md and out_dir/NAME.png (NAME: kt-study, or
-kt-study-xK for `--scale K`); it renders whatever cells are finished (a partial study shows "–" and "pending"), so it can run after every sitting.
+kt-study-xK for `--scale K`); it renders whatever cells are finished (a partial study shows "–" and "pending"), so it
+can run after every sitting.
 """
 
 from __future__ import annotations
