@@ -13,7 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
-        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw")
+        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -51,9 +51,14 @@ def test_smoke_runs_every_cell(smoke):
     assert "input: masked" in (state / "pretrain" / "pkt-fmt-at" / "settings.yaml").read_text()
     assert stages["pkt-adamw"] == stages["pkt-fmt-at"] and stages["bare-adamw"] == ["bare"]
     assert stages["pkt-fmt-adamw"] == stages["pkt-fmt-at"] and stages["jkt-adamw"] == ["jkt", "pd"]
-    assert stages["akt-adamw"] == ["akt"]
+    assert stages["akt-adamw"] == ["akt"] and stages["pkt-adamw-h4"] == stages["pkt-fmt-at"]
+    # the 4-head row (2 heads in smoke, against the debug teacher's 4): its student, and only its, has fewer heads
+    heads = {r: json.loads((state / "pretrain" / r / "student" / "config.json").read_text())["num_attention_heads"]
+             for r in ("pkt-adamw", "pkt-adamw-h4")}
+    assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2}
     for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
-                                   ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",))):
+                                   ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",)),
+                                   ("pkt-adamw-h4", ("kt", "pd"))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
         for stage in stages_with_adamw:  # the row's own optimizer wins over the budget's LAMB and lr
             assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
@@ -197,7 +202,7 @@ def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
     settings = (state / "finetune-mean" / "bare" / "sts-b" / "1" / "settings.yaml").read_text()
     assert "pooling: mean" in settings
     md = (state / "kt-study.md").read_text()
-    assert "## Mean pooling (model.pooling=mean)" in md and "1 of 52 cells finished" in md
+    assert "## Mean pooling (model.pooling=mean)" in md and f"1 of {len(ROWS) * len(TASKS)} cells finished" in md
     assert "| PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std | – | **pending** |" in md
 
 
