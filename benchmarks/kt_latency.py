@@ -8,7 +8,7 @@ fused) are called alternately, one call each per round (mobilebert.recipes.bench
 noise hits both alike; `--repeats` such blocks give a p50 ratio each, reported as mean ± std with the load average
 at both ends. Latency does not depend on the weights: random ones are timed.
 
-    python benchmarks/kt_latency.py                  # all-MiniLM-L6-v2 and its from-teacher student -> docs/kt-latency.md/.json
+    python benchmarks/kt_latency.py                  # MiniLM and its students -> docs/kt-latency.md, .json
     python benchmarks/kt_latency.py --heads 6,4      # also the student with 6 and with 4 heads (the default)
     python benchmarks/kt_latency.py --report         # re-render docs/kt-latency.md from docs/kt-latency.json
     python benchmarks/kt_latency.py --smoke --out DIR   # seconds: the debug presets (the tests)

@@ -55,21 +55,7 @@ rows (5 pre-training rows, 84 fine-tuning cells); each added row ~1 h. Measured 
 8.2M positions per row; two rows side by side, one thread each, 2026-12-03): bare-adamw 73 min, pkt-adamw 75 min;
 its fine-tuning cells cost what the 1x ones do (STS-B ~10 min each, two side by side).
 
-How it was chosen: `--time` on 2026-12-02 14:25-14:40 UTC (2 threads, torch 2.13 CPU), with the 2 cores shared
-by other jobs (load average 6-10), so ms per step wall / CPU:
-
-    pre-training, batch 32 x 128, LAMB      bare 58,966 / 12,085    PKT stage 6 56,552 / 14,061
-                                            JKT 69,638 / 16,860     AKT 60,670 / 18,524
-                                            final stage (MLM + NSP + last-layer FMT) 14,994 / 11,698
-    fine-tuning, batch 32, AdamW            student seq 64: 4,164 / 2,849     seq 128: 23,955 / 9,692
-                                            teacher seq 64: 12,054 / 6,383    seq 128: 24,986 / 8,738
-
-Under that load the wall times say little and the CPU times are inflated by spinning threads. They were scaled
-by one measurement of the same machine when quiet: the teacher's fine-tuning step at batch 32 x <= 64 took 0.66 s
-(docs/benchmarks.md, all-MiniLM-L6-v2 on SST-2) against 6.38 s CPU here, a factor 9.7. Scaled so: bare 1.25 s,
-PKT <= 1.45 s, JKT 1.74 s, AKT 1.91 s, the final stage 1.21 s per step; fine-tuning ~0.3 s (student) and
-~0.66-0.9 s (teacher) per step. This is a rough estimate: rerun `--time` on a quiet machine before the study and
-change REAL (the results file records the budget and refuses to mix two).
+How that budget was chosen (`--time` under load, scaled by one quiet measurement): benchmarks/kt_study_timing.py.
 """
 
 from __future__ import annotations

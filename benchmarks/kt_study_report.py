@@ -21,13 +21,15 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
           "pkt-adamw": "PKT, feature maps + attention + final stage, AdamW lr 1e-3",
           "pkt-fmt-adamw": "PKT, feature maps + final stage, AdamW lr 1e-3",
           "jkt-adamw": "JKT + final stage, AdamW lr 1e-3", "akt-adamw": "AKT, AdamW lr 1e-3",
-          "pkt-adamw-h4": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, 4 heads (teacher's in groups of 3)"}
+          "pkt-adamw-h4": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, 4 heads (teacher's in "
+                          "groups of 3)"}
 METRIC = {"sst-2": "acc", "mrpc": "F1", "sts-b": "Spearman", "rte": "acc"}
 
 
 GOAL_NAMES = {"pkt-fmt-at": "PKT (fmt + at)", "pkt-clean": "PKT (fmt + at, kt.input=clean)",
               "pkt-adamw": "PKT (fmt + at, AdamW)", "pkt-adamw-h4": "PKT (fmt + at, AdamW, 4 heads)"}
-BASELINE = {"pkt-adamw": ("bare-adamw", "bare (AdamW)"), "pkt-adamw-h4": ("bare-adamw", "bare (AdamW)")}  # the bare row of the same optimizer; "bare" otherwise
+# the bare row of the same optimizer; "bare" otherwise
+BASELINE = {"pkt-adamw": ("bare-adamw", "bare (AdamW)"), "pkt-adamw-h4": ("bare-adamw", "bare (AdamW)")}
 KINDS = {"finetune": "[CLS] pooling (the checkpoints' own)", "finetune-mean": "mean pooling (model.pooling=mean)"}
 
 

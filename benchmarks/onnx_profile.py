@@ -74,7 +74,8 @@ def profile(model: str, seq: int = 128, runs: int = 20) -> dict:
             "per_op": {op: (ms(us), count[op] // calls) for op, us in per_op.most_common()},
             "gemm_ms": ms(gemm_us), "gemm_gflops": gemm_flop / gemm_us / 1e3 if gemm_us else 0.0,
             "attention_ms": ms(attention_us),
-            "per_shape": {shape: (shape_n[shape] // calls, ms(us), 2.0 * seq * shape[0] * shape[1] * shape_n[shape] / us / 1e3)
+            "per_shape": {shape: (shape_n[shape] // calls, ms(us),
+                                  2.0 * seq * shape[0] * shape[1] * shape_n[shape] / us / 1e3)
                           for shape, us in shape_us.most_common()}}
 
 
