@@ -200,6 +200,10 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
             lines.append(f"| {who} | {cell('ort-fp32')} | {cell('ort-int8')} |")
     else:
         lines.append("pending")
+    if results["mode"] == "real":
+        lines += ["", "This cell times one model after the other (30 runs each), so load that changes between them moves "
+                  "the ratio. Timed interleaved and repeated on an idle machine, with 6- and 4-head students beside "
+                  "the 12-head one: `docs/kt-latency.md` (`python benchmarks/kt_latency.py`)."]
     lines += ["", "## Goals (issue 11) and the paper's orderings", "", "| check | measured | verdict |", "|---|---|---|"]
     # pkt-clean and the AdamW rows: their three score goals (the latency goal is the 12-head student's, listed once
     # above; the 4-head student's latency: docs/kt-latency.md)
