@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
-        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4")
+        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "bare-adamw-s1", "pkt-adamw-s1")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
@@ -22,7 +22,12 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
           "pkt-fmt-adamw": "PKT, feature maps + final stage, AdamW lr 1e-3",
           "jkt-adamw": "JKT + final stage, AdamW lr 1e-3", "akt-adamw": "AKT, AdamW lr 1e-3",
           "pkt-adamw-h4": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, 4 heads (teacher's in "
-                          "groups of 3)"}
+                          "groups of 3)",
+          "bare-adamw-s1": "bare, AdamW lr 1e-3, pre-training seed 1",
+          "pkt-adamw-s1": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, pre-training seed 1"}
+# the AdamW pair over pre-training seeds (run.seed 0, 1): (label, the rows of seeds 0, 1, ...)
+SEED_PAIR = {"bare": ("bare (AdamW)", ("bare-adamw", "bare-adamw-s1")),
+             "pkt": ("PKT fmt + at + final stage (AdamW)", ("pkt-adamw", "pkt-adamw-s1"))}
 METRIC = {"sst-2": "acc", "mrpc": "F1", "sts-b": "Spearman", "rte": "acc"}
 
 
@@ -57,6 +62,16 @@ def _fmt(ms, n_planned: int) -> str:
     return text if ms[2] >= n_planned else f"{text} (n={ms[2]})"
 
 
+def _seed_averages(cells: dict, row: str, seeds, kind: str = "finetune") -> list[float]:
+    """The four-task average of each fine-tuning seed that has all four tasks."""
+    out = []
+    for seed in seeds:
+        vals = [_scores(cells, row, t, kind).get(seed) for t in TASKS]
+        if all(v is not None for v in vals):
+            out.append(statistics.fmean(vals))
+    return out
+
+
 def summarise(cells: dict, seeds, kind: str = "finetune") -> dict:
     """Per row: task -> (mean, std, n); 'avg' over tasks per seed (seeds with all four tasks) -> (mean, std, n)."""
     rows = {}
@@ -65,11 +80,7 @@ def summarise(cells: dict, seeds, kind: str = "finetune") -> dict:
         for task in TASKS:
             ms = _mean_std(_scores(cells, row, task, kind).values())
             r[task] = None if ms is None else (*ms, len(_scores(cells, row, task, kind)))
-        per_seed = []
-        for seed in seeds:
-            vals = [_scores(cells, row, t, kind).get(seed) for t in TASKS]
-            if all(v is not None for v in vals):
-                per_seed.append(statistics.fmean(vals))
+        per_seed = _seed_averages(cells, row, seeds, kind)
         ms = _mean_std(per_seed)
         r["avg"] = None if ms is None else (*ms, len(per_seed))
         z = cells.get(f"zeroshot/{row}")
@@ -171,6 +182,56 @@ def _mean_pooling_section(cells: dict, seeds, mode: str, z_t, bench) -> list[str
     return lines
 
 
+def _pm(xs, scale: float = 100, digits: int = 1) -> str:
+    """mean ± std (n) of the values that exist, "–" when none."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    m, sd = _mean_std([scale * x for x in xs])
+    return f"{m:.{digits}f} ± {sd:.{digits}f}" + (f" (n={len(xs)})" if len(xs) != 2 else "")
+
+
+def _seeds_section(cells: dict, seeds) -> list[str]:
+    """The AdamW pair over pre-training seeds (rows *-s1), when any seed-1 row has a score: each row's figure as the
+    mean ± std of its pre-training runs' means, PKT - bare per pre-training seed, and the goal against bare judged
+    on the std of every (pre-training seed, fine-tuning seed) average, which holds both kinds of noise."""
+    rows = summarise(cells, seeds)
+    if all(rows[r]["zero_shot"] is None for _, runs in SEED_PAIR.values() for r in runs[1:]):
+        return []
+    cols = [*TASKS, "avg"]
+    lines = ["", "## Pre-training seeds (the AdamW pair)", "",
+             "`bare-adamw` and `pkt-adamw` pre-trained again with `run.seed=1` (the student's init, the data order, "
+             "the masking, the projections), the same budget and fine-tuning seeds. Each figure: mean ± std over the "
+             "pre-training runs of their means over fine-tuning seeds; n = pre-training runs where not 2.", "",
+             "| row | zero-shot STS-B | " + " | ".join(f"{t.upper()} ({METRIC[t]})" for t in TASKS) + " | average |",
+             "|---|---:|" + "---:|" * len(cols)]
+    for label, runs in SEED_PAIR.values():
+        zs = [rows[r]["zero_shot"] for r in runs]
+        lines.append(f"| {label} | {_pm(zs, 1, 3)} | "
+                     + " | ".join(_pm([rows[r][c][0] if rows[r][c] else None for r in runs]) for c in cols) + " |")
+    (_, bare), (_, pkt) = SEED_PAIR.values()
+    for i, (b, p) in enumerate(zip(bare, pkt)):
+        diff = lambda c: (f"{100 * (rows[p][c][0] - rows[b][c][0]):+.1f}" if rows[p][c] and rows[b][c] else "–")
+        z = (f"{rows[p]['zero_shot'] - rows[b]['zero_shot']:+.3f}"
+             if rows[p]["zero_shot"] is not None and rows[b]["zero_shot"] is not None else "–")
+        lines.append(f"| PKT - bare, pre-training seed {i} | {z} | " + " | ".join(diff(c) for c in cols) + " |")
+    # every (pre-training seed, fine-tuning seed) average of each row: its std holds both kinds of noise
+    per_run = {k: [a for r in runs for a in _seed_averages(cells, r, seeds)] for k, (_, runs) in SEED_PAIR.items()}
+    done = all(rows[r][t] for _, runs in SEED_PAIR.values() for r in runs for t in TASKS)
+    name = ("PKT (AdamW) beats bare (AdamW) on every task with each pre-training seed, and on the average by "
+            "> 2 x the pooled std over every pre-training x fine-tuning run")
+    if done and all(len(v) > 1 for v in per_run.values()):
+        every = all(rows[p][t][0] > rows[b][t][0] for b, p in zip(bare, pkt) for t in TASKS)
+        gap = statistics.fmean(per_run["pkt"]) - statistics.fmean(per_run["bare"])
+        pooled = ((statistics.stdev(per_run["pkt"]) ** 2 + statistics.stdev(per_run["bare"]) ** 2) / 2) ** 0.5
+        verdict = (f"average {100 * gap:+.1f} vs 2 x {100 * pooled:.1f} (n = {len(per_run['pkt'])} / "
+                   f"{len(per_run['bare'])} runs)", "held" if every and gap > 2 * pooled else "not held")
+    else:
+        verdict = ("–", "pending")
+    lines += ["", "| check | measured | verdict |", "|---|---|---|", f"| {name} | {verdict[0]} | **{verdict[1]}** |"]
+    return lines
+
+
 def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_study.py") -> str:
     cells, seeds = results["cells"], budget["seeds"]
     rows, bench = summarise(cells, seeds), cells.get("bench")
@@ -212,6 +273,7 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
               + orderings(rows) + orderings(rows, "-adamw"))
     for name, measured, verdict in checks:
         lines.append(f"| {name} | {measured} | **{verdict}** |")
+    lines += _seeds_section(cells, seeds)
     lines += _mean_pooling_section(cells, seeds, results["mode"], z_t, bench)
     if results["mode"] == "real":
         lines += ["", "Why the missed goals are missed, layer by layer ([CLS] against mean pooling, and how far each "

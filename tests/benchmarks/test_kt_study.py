@@ -13,7 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
-        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4")
+        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "bare-adamw-s1", "pkt-adamw-s1")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -58,16 +58,27 @@ def test_smoke_runs_every_cell(smoke):
     assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2}
     for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
                                    ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",)),
-                                   ("pkt-adamw-h4", ("kt", "pd"))):
+                                   ("pkt-adamw-h4", ("kt", "pd")), ("bare-adamw-s1", ("kt",)),
+                                   ("pkt-adamw-s1", ("kt", "pd"))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
         for stage in stages_with_adamw:  # the row's own optimizer wins over the budget's LAMB and lr
             assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
+        # the second pre-training seed of the AdamW pair, and only it, runs from run.seed 1
+        assert settings["run"]["seed"] == (1 if row.endswith("-s1") else 0), row
+    assert stages["pkt-adamw-s1"] == stages["pkt-adamw"] and stages["bare-adamw-s1"] == ["bare"]
+    # another seed is another run: the students differ
+    from safetensors.numpy import load_file
+
+    w0, w1 = (load_file(state / "pretrain" / r / "student" / "model.safetensors") for r in ("pkt-adamw", "pkt-adamw-s1"))
+    assert any(not (w0[k] == w1[k]).all() for k in w0)
     lat = cells["bench"]["latency"]
     assert set(lat) == {"teacher/ort-fp32", "teacher/ort-int8", "student/ort-fp32", "student/ort-int8"}
     md = (state / "kt-study.md").read_text()
     assert "| PKT, feature maps + attention + final stage |" in md and "Table 8: PKT > JKT > AKT" in md
     assert "| PKT (fmt + at, kt.input=clean) zero-shot STS-B >= 0.9 x the teacher's |" in md
     assert "| PKT (fmt + at, AdamW) beats bare (AdamW) on every task, and on the average by > 2 x pooled std |" in md
+    assert "## Pre-training seeds (the AdamW pair)" in md and "| PKT - bare, pre-training seed 1 |" in md
+    assert "on the average by > 2 x the pooled std over every pre-training x fine-tuning run | average" in md
     assert (state / "kt-study.png").is_file()
 
 
