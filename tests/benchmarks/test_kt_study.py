@@ -251,3 +251,33 @@ def test_scale_is_a_study_of_its_own_at_k_times_the_steps(smoke, tmp_path):
     assert scaled.inherit(other) == 0
     proc = study("--smoke", "--scale", "0", "--state", new)
     assert proc.returncode == 2 and "--scale: 0 is not a positive whole number" in proc.stderr
+
+
+def test_seeds_section_reports_the_average_and_the_every_task_halves_apart():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from kt_study_report import MRPC_FLOOR, _seeds_section
+
+    # PKT beats bare by 4 points on SST-2, STS-B and RTE with both pre-training seeds; MRPC tied at the floor
+    base = {"sst-2": 0.66, "mrpc": 0.812, "sts-b": 0.15, "rte": 0.51}
+    cells = {}
+    for row, lift in (("bare-adamw", 0.0), ("bare-adamw-s1", 0.0), ("pkt-adamw", 0.04), ("pkt-adamw-s1", 0.04)):
+        cells[f"zeroshot/{row}"] = {"spearman": 0.2 + 10 * lift, "params": 1}
+        for task, score in base.items():
+            for seed in (1, 2, 3):
+                jitter = 0.002 * seed  # the same fine-tuning noise in every row: the pooled std stays small
+                cells[f"finetune/{row}/{task}/{seed}"] = {
+                    "row": row, "task": task, "seed": seed, "score": score + jitter + (0 if task == "mrpc" else lift)}
+    md = "\n".join(_seeds_section(cells, (1, 2, 3)))
+    assert "average +3.0 vs 2 x 0.2 (n = 6 / 6 runs): held; every task: not on MRPC | **not held** |" in md
+    assert f"F1 {100 * MRPC_FLOOR:.1f}" in md and "| PKT - bare, pre-training seed 1 | +0.400 |" in md
+    # PKT ahead on MRPC too: both halves hold, and the floor note goes (no row sits at it)
+    for row in ("pkt-adamw", "pkt-adamw-s1"):
+        for seed in (1, 2, 3):
+            cells[f"finetune/{row}/mrpc/{seed}"]["score"] += 0.05
+    for row in ("bare-adamw", "bare-adamw-s1"):
+        for seed in (1, 2, 3):
+            cells[f"finetune/{row}/mrpc/{seed}"]["score"] += 0.02
+    md = "\n".join(_seeds_section(cells, (1, 2, 3)))
+    assert "every task: held | **held** |" in md and "answering 'paraphrase'" not in md
+    # no seed-1 row measured yet: no section at all
+    assert _seeds_section({k: v for k, v in cells.items() if "-s1" not in k}, (1, 2, 3)) == []
