@@ -20,8 +20,8 @@ Rows (the pre-training ones all get the same steps, batch and sequence length; t
     pkt-fmt-adamw, jkt-adamw, akt-adamw   pkt-fmt, jkt, akt with AdamW lr 1e-3 (the paper's orderings under AdamW)
     pkt-adamw-h4 pkt-adamw with a 4-head student (the teacher's 12 heads averaged in groups of 3 for attention
                  transfer): the head count that meets the int8 latency goal (benchmarks/kt_latency.py)
-    bare-adamw-s1, pkt-adamw-s1   the AdamW pair again from pre-training seed 1 (run.seed=1), for the spread
-                 over pre-training runs that one run per row cannot show
+    bare-adamw-s1, pkt-adamw-s1, bare-adamw-s2, pkt-adamw-s2   the AdamW pair again from pre-training seeds 1
+                 and 2 (run.seed), for the spread over pre-training runs that one run per row cannot show
 
 Columns: zero-shot STS-B dev Spearman (mobilebert.tasks.zeroshot), dev scores after `mobilebert finetune` with one
 recipe for all rows on SST-2, MRPC (F1), STS-B (Spearman) and RTE over 3 seeds (mean ± std), parameters, and
@@ -98,10 +98,12 @@ ROW_SETTINGS = {
     # pkt-adamw with 4 heads instead of the teacher's 12 (MobileBERT's own count; attention transfer on the teacher's
     # heads averaged in groups of 3): the 12-head student misses the int8 2x latency goal (docs/kt-latency.md)
     "pkt-adamw-h4": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"]], True),
-    # the AdamW pair pre-trained again from seed 1 (the student's init, data order, masking, the projections): every
+    # the AdamW pair pre-trained again from seeds 1 and 2 (the student's init, data order, masking, the projections): every
     # other row is one pre-training run, so its ± holds fine-tuning noise only; this pair measures the rest
     "bare-adamw-s1": (["kt.strategy=bare", *ADAMW["kt"], "run.seed=1"], False),
     "pkt-adamw-s1": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"], "run.seed=1"], True),
+    "bare-adamw-s2": (["kt.strategy=bare", *ADAMW["kt"], "run.seed=2"], False),
+    "pkt-adamw-s2": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"], "run.seed=2"], True),
 }
 # Rows whose student has other than the teacher's head count: (real, smoke; the debug teacher has 4 heads).
 STUDENT_HEADS = {"pkt-adamw-h4": (4, 2)}
