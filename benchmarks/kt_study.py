@@ -98,8 +98,8 @@ ROW_SETTINGS = {
     # pkt-adamw with 4 heads instead of the teacher's 12 (MobileBERT's own count; attention transfer on the teacher's
     # heads averaged in groups of 3): the 12-head student misses the int8 2x latency goal (docs/kt-latency.md)
     "pkt-adamw-h4": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"]], True),
-    # the AdamW pair pre-trained again from seeds 1 and 2 (the student's init, data order, masking, the projections): every
-    # other row is one pre-training run, so its ± holds fine-tuning noise only; this pair measures the rest
+    # the AdamW pair pre-trained again from seeds 1 and 2 (the student's init, data order, masking, the projections):
+    # every other row is one pre-training run, so its ± holds fine-tuning noise only; this pair measures the rest
     "bare-adamw-s1": (["kt.strategy=bare", *ADAMW["kt"], "run.seed=1"], False),
     "pkt-adamw-s1": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"], "run.seed=1"], True),
     "bare-adamw-s2": (["kt.strategy=bare", *ADAMW["kt"], "run.seed=2"], False),

@@ -189,7 +189,7 @@ def _mean_pooling_section(cells: dict, seeds, mode: str, z_t, bench) -> list[str
     return lines
 
 
-def _pm(xs, scale: float = 100, digits: int = 1, n_all: int = 2) -> str:
+def _pm(xs, n_all: int, scale: float = 100, digits: int = 1) -> str:
     """mean ± std of the values that exist, with (n=k) when only k of the n_all exist; "–" when none."""
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -211,7 +211,6 @@ def _seeds_section(cells: dict, seeds) -> list[str]:
     if all(rows[r]["zero_shot"] is None for _, runs in SEED_PAIR.values() for r in runs[1:]):
         return []
     cols, n_seeds = [*TASKS, "avg"], len(SEED_PAIR["pkt"][1])
-    pm = lambda xs, scale=100, digits=1: _pm(xs, scale, digits, n_seeds)
     lines = ["", "## Pre-training seeds (the AdamW pair)", "",
              f"`bare-adamw` and `pkt-adamw` pre-trained again with `run.seed` 1 to {n_seeds - 1} (the student's init, "
              "the data order, the masking, the projections), the same budget and fine-tuning seeds. Each figure: "
@@ -221,8 +220,8 @@ def _seeds_section(cells: dict, seeds) -> list[str]:
              "|---|---:|" + "---:|" * len(cols)]
     for label, runs in SEED_PAIR.values():
         zs = [rows[r]["zero_shot"] for r in runs]
-        lines.append(f"| {label} | {pm(zs, 1, 3)} | "
-                     + " | ".join(pm([rows[r][c][0] if rows[r][c] else None for r in runs]) for c in cols) + " |")
+        lines.append(f"| {label} | {_pm(zs, n_seeds, 1, 3)} | "
+                     + " | ".join(_pm([rows[r][c][0] if rows[r][c] else None for r in runs], n_seeds) for c in cols) + " |")
     (_, bare), (_, pkt) = SEED_PAIR.values()
     for i, (b, p) in enumerate(zip(bare, pkt)):
         diff = lambda c: (f"{100 * (rows[p][c][0] - rows[b][c][0]):+.1f}" if rows[p][c] and rows[b][c] else "–")
