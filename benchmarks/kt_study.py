@@ -42,7 +42,8 @@ thread, e.g. `OMP_NUM_THREADS=1 python benchmarks/kt_study.py --only teacher --o
 
 Every cell (a pre-training run, a zero-shot score, one fine-tuning run, a latency run) is written atomically to
 the results file (docs/kt-study.json; STATE/results.json with --state or --smoke) as soon as it ends, with machine, versions, tokens and wall time; `mobilebert train` runs are
-resumed mid-run (`--resume`) if the script was stopped. Real mode writes docs/kt-study.md and docs/kt-study.png.
+resumed mid-run (`--resume`) if the script was stopped. In a new checkout (the results file kept, runs/ gone) a row
+with cells still to run is pre-trained again and must reach its recorded tokens and MLM loss. Real mode writes docs/kt-study.md and docs/kt-study.png.
 Before the first pre-training cell, every real row's settings are checked with `mobilebert train --dry-run`
 (`--check` does only that); a rejected row stops the study with one line before anything runs.
 
@@ -326,7 +327,34 @@ class Study:
             out = self.state / "random-student"
             return out if self.run_cell("pretrain/random", lambda: self.random_student(out)) else None
         out = self.state / "pretrain" / row
-        return out / "student" if self.run_cell(f"pretrain/{row}", lambda: self.pretrain(row, out)) else None
+        record = self.run_cell(f"pretrain/{row}", lambda: self.pretrain(row, out))
+        if record is None or (not (out / "summary.json").is_file() and not self._pretrain_again(row, out, record)):
+            return None
+        return out / "student"
+
+    def _pretrain_again(self, row: str, out: Path, record: dict) -> bool:
+        """A finished row in a new checkout keeps its record but not its run folder: pre-train it again for the cells
+        still to run (same settings and seed on one thread: the same model) and check it against the record, its
+        tokens and held-out MLM loss; a run that differs is set aside (ROW.differs) and stops the study. False while
+        another process does it."""
+        import shutil
+
+        if (other := claim(self.state / "claims", f"pretrain-again/{row}")) is not None:
+            print(f"--- pretrain/{row}: pre-trained again by process {other}, skipped here", flush=True)
+            return False
+        try:
+            print(f"--- pretrain/{row}: its run folder is gone; pre-training it again", flush=True)
+            got = self.pretrain(row, out)
+        finally:
+            (self.state / "claims" / f"pretrain-again__{row}.pid").unlink(missing_ok=True)
+        loss = lambda r: r["eval"]["student"]["mlm_loss"]
+        if (got["resumed"] or got["tokens"] == record["tokens"]) and abs(loss(got) - loss(record)) <= 1e-3 * abs(loss(record)):
+            return True
+        shutil.rmtree(out.with_name(row + ".differs"), ignore_errors=True)
+        out.rename(out.with_name(row + ".differs"))
+        raise CliError(f"pretrain/{row}: pre-trained again it saw {got['tokens']:,} tokens and reached MLM loss "
+                       f"{loss(got):.4f}, the study's record {record['tokens']:,} and {loss(record):.4f}; the cells "
+                       f"still to run would score another model: set aside in {out.with_name(row + '.differs')}")
 
     def random_student(self, out: Path) -> dict:
         """The student as `mobilebert train` would build it, random weights, saved with the vocabulary."""

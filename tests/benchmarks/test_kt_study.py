@@ -134,6 +134,37 @@ def test_a_new_checkout_prepares_the_corpus_again_for_the_rows_still_to_run(smok
     assert cells["data"] == record and {"pretrain/jkt", "zeroshot/jkt", "finetune/jkt/rte/1"} <= set(cells)
 
 
+def test_a_new_checkout_pretrains_a_finished_row_again_and_checks_it_against_its_record(smoke, tmp_path):
+    """A row whose pre-training is recorded but whose run folder is gone is pre-trained again for its missing cells,
+    and kept only where it reaches the recorded tokens and held-out MLM loss; otherwise it is set aside and the
+    study stops in one line, the missing cells not run."""
+    import shutil
+
+    state, _ = smoke
+    new = tmp_path / "state"
+    shutil.copytree(state, new, ignore=shutil.ignore_patterns("pkt-fmt-at", "claims"))
+    data = json.loads((new / "results.json").read_text())
+    del data["cells"]["finetune/pkt-fmt-at/rte/1"]
+    record = data["cells"]["pretrain/pkt-fmt-at"]
+    loss = record["eval"]["student"]["mlm_loss"]
+    record["eval"]["student"]["mlm_loss"] = loss + 0.5  # as if the code had changed since the row ran
+    (new / "results.json").write_text(json.dumps(data))
+    proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "pretrain/pkt-fmt-at: pre-trained again" in proc.stderr and "pkt-fmt-at.differs" in proc.stderr
+    assert (new / "pretrain" / "pkt-fmt-at.differs" / "student").is_dir()
+    assert not (new / "pretrain" / "pkt-fmt-at").exists()
+    assert "finetune/pkt-fmt-at/rte/1" not in json.loads((new / "results.json").read_text())["cells"]
+    record["eval"]["student"]["mlm_loss"] = loss
+    (new / "results.json").write_text(json.dumps(data))
+    proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "its run folder is gone; pre-training it again" in proc.stdout
+    cells = json.loads((new / "results.json").read_text())["cells"]
+    assert cells["pretrain/pkt-fmt-at"] == record and "finetune/pkt-fmt-at/rte/1" in cells
+    assert (new / "pretrain" / "pkt-fmt-at" / "summary.json").is_file()
+
+
 def test_report_only_rerenders(smoke, tmp_path):
     state, _ = smoke
     proc = study("--smoke", "--state", state, "--report", "--out", tmp_path)
