@@ -40,10 +40,11 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
 Two processes may work on one study at once (each claims a cell before running it; on 2 cores give each one
 thread, e.g. `OMP_NUM_THREADS=1 python benchmarks/kt_study.py --only teacher --only bare &` beside the plain run).
 
-Every cell (a pre-training run, a zero-shot score, one fine-tuning run, a latency run) is written atomically to
-the results file (docs/kt-study.json; STATE/results.json with --state or --smoke) as soon as it ends, with machine, versions, tokens and wall time; `mobilebert train` runs are
-resumed mid-run (`--resume`) if the script was stopped. In a new checkout (the results file kept, runs/ gone) a row
-with cells still to run is pre-trained again and must reach its recorded tokens and MLM loss. Real mode writes docs/kt-study.md and docs/kt-study.png.
+Every cell (a pre-training run, a zero-shot score, one fine-tuning run, a latency run) is written atomically to the
+results file (docs/kt-study.json; STATE/results.json with --state or --smoke) as soon as it ends, with machine,
+versions, tokens and wall time; `mobilebert train` runs are resumed mid-run (`--resume`) if the script was stopped. In
+a new checkout (the results file kept, runs/ gone) a row with cells still to run is pre-trained again and must reach
+its recorded tokens and MLM loss. Real mode writes docs/kt-study.md and docs/kt-study.png.
 Before the first pre-training cell, every real row's settings are checked with `mobilebert train --dry-run`
 (`--check` does only that); a rejected row stops the study with one line before anything runs.
 
