@@ -76,7 +76,7 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kt_study_cells import CliError, Results, claim, cli, environment  # noqa: E402
-from kt_study_report import ROWS, TASKS  # noqa: E402  (rows and tasks: one list, the report's)
+from kt_study_report import PRETRAIN_SEEDS, ROWS, TASKS  # noqa: E402  (rows and tasks: one list, the report's)
 
 PRETRAINED = ROWS[2:]
 # The AdamW pair: LAMB moves a weight matrix by lr x its norm per step, so in 500 steps at 1.5e-3 the matrices stay
@@ -100,13 +100,11 @@ ROW_SETTINGS = {
     # pkt-adamw with 4 heads instead of the teacher's 12 (MobileBERT's own count; attention transfer on the teacher's
     # heads averaged in groups of 3): the 12-head student misses the int8 2x latency goal (docs/kt-latency.md)
     "pkt-adamw-h4": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"]], True),
-    # the AdamW pair pre-trained again from seeds 1 and 2 (the student's init, data order, masking, the projections):
-    # every other row is one pre-training run, so its ± holds fine-tuning noise only; this pair measures the rest
-    "bare-adamw-s1": (["kt.strategy=bare", *ADAMW["kt"], "run.seed=1"], False),
-    "pkt-adamw-s1": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"], "run.seed=1"], True),
-    "bare-adamw-s2": (["kt.strategy=bare", *ADAMW["kt"], "run.seed=2"], False),
-    "pkt-adamw-s2": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"], "run.seed=2"], True),
 }
+# the AdamW pair pre-trained again from other seeds (the student's init, data order, masking, the projections): every
+# other row is one pre-training run, so its ± holds fine-tuning noise only; these rows measure the rest
+ROW_SETTINGS.update({f"{pair}-s{seed}": (ROW_SETTINGS[pair][0] + [f"run.seed={seed}"], ROW_SETTINGS[pair][1])
+                     for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")})
 # Rows whose student has other than the teacher's head count: (real, smoke; the debug teacher has 4 heads).
 STUDENT_HEADS = {"pkt-adamw-h4": (4, 2)}
 # The budget of each mode: pre-training steps (total per row; rows with a final stage split it kt_share : rest),

@@ -10,9 +10,11 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+# the AdamW pair pre-trained again from these run.seed values (rows bare-adamw-sN, pkt-adamw-sN; seed 0: the plain pair)
+PRETRAIN_SEEDS = (1, 2)
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
-        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "bare-adamw-s1", "pkt-adamw-s1",
-        "bare-adamw-s2", "pkt-adamw-s2")
+        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4",
+        *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")))
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
@@ -24,13 +26,12 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
           "jkt-adamw": "JKT + final stage, AdamW lr 1e-3", "akt-adamw": "AKT, AdamW lr 1e-3",
           "pkt-adamw-h4": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, 4 heads (teacher's in "
                           "groups of 3)",
-          "bare-adamw-s1": "bare, AdamW lr 1e-3, pre-training seed 1",
-          "pkt-adamw-s1": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, pre-training seed 1",
-          "bare-adamw-s2": "bare, AdamW lr 1e-3, pre-training seed 2",
-          "pkt-adamw-s2": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, pre-training seed 2"}
-# the AdamW pair over pre-training seeds (run.seed 0, 1, 2): (label, the rows of seeds 0, 1, ...)
-SEED_PAIR = {"bare": ("bare (AdamW)", ("bare-adamw", "bare-adamw-s1", "bare-adamw-s2")),
-             "pkt": ("PKT fmt + at + final stage (AdamW)", ("pkt-adamw", "pkt-adamw-s1", "pkt-adamw-s2"))}
+          **{f"{pair}-s{seed}": f"{label}, AdamW lr 1e-3, pre-training seed {seed}" for seed in PRETRAIN_SEEDS
+             for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
+# the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
+SEED_PAIR = {k: (label, (pair, *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS)))
+             for k, label, pair in (("bare", "bare (AdamW)", "bare-adamw"),
+                                    ("pkt", "PKT fmt + at + final stage (AdamW)", "pkt-adamw"))}
 METRIC = {"sst-2": "acc", "mrpc": "F1", "sts-b": "Spearman", "rte": "acc"}
 
 
