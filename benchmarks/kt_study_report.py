@@ -203,6 +203,12 @@ def _pm(xs, n_all: int, scale: float = 100, digits: int = 1) -> str:
 MRPC_FLOOR = 2 * 279 / (279 + 408)
 
 
+def _and(xs) -> str:
+    """1 -> "1"; 1, 2 -> "1 and 2"; 1, 2, 3 -> "1, 2 and 3"."""
+    xs = [str(x) for x in xs]
+    return " and ".join([", ".join(xs[:-1]), xs[-1]] if len(xs) > 1 else xs)
+
+
 def _seeds_section(cells: dict, seeds) -> list[str]:
     """The AdamW pair over pre-training seeds (rows *-s1, *-s2), when any of them has a score: each row's figure as
     the mean ± std of its pre-training runs' means, PKT - bare per pre-training seed, and the goal against bare
@@ -213,8 +219,8 @@ def _seeds_section(cells: dict, seeds) -> list[str]:
         return []
     cols, n_seeds = [*TASKS, "avg"], len(SEED_PAIR["pkt"][1])
     lines = ["", "## Pre-training seeds (the AdamW pair)", "",
-             f"`bare-adamw` and `pkt-adamw` pre-trained again with `run.seed` 1 to {n_seeds - 1} (the student's init, "
-             "the data order, the masking, the projections), the same budget and fine-tuning seeds. Each figure: "
+             f"`bare-adamw` and `pkt-adamw` pre-trained again with `run.seed` {_and(PRETRAIN_SEEDS)} "
+             "(the student's init, the data order, the masking, the projections), the same budget and fine-tuning seeds. Each figure: "
              "mean ± std over the pre-training runs of their means over fine-tuning seeds; (n=k): only k of the "
              f"{n_seeds} runs have it yet.", "",
              "| row | zero-shot STS-B | " + " | ".join(f"{t.upper()} ({METRIC[t]})" for t in TASKS) + " | average |",
