@@ -221,8 +221,8 @@ def _seeds_section(cells: dict, seeds) -> list[str]:
     lines = ["", "## Pre-training seeds (the AdamW pair)", "",
              f"`bare-adamw` and `pkt-adamw` pre-trained again with `run.seed` {_and(PRETRAIN_SEEDS)} "
              "(the student's init, the data order, the masking, the projections), the same budget and fine-tuning "
-             "seeds. Each figure: mean ± std over the pre-training runs of their means over fine-tuning seeds; (n=k): only k of the "
-             f"{n_seeds} runs have it yet.", "",
+             "seeds. Each figure: mean ± std over the pre-training runs of their means over fine-tuning seeds; "
+             f"(n=k): only k of the {n_seeds} runs have it yet.", "",
              "| row | zero-shot STS-B | " + " | ".join(f"{t.upper()} ({METRIC[t]})" for t in TASKS) + " | average |",
              "|---|---:|" + "---:|" * len(cols)]
     for label, runs in SEED_PAIR.values():
