@@ -20,8 +20,8 @@ Rows (the pre-training ones all get the same steps, batch and sequence length; t
     pkt-fmt-adamw, jkt-adamw, akt-adamw   pkt-fmt, jkt, akt with AdamW lr 1e-3 (the paper's orderings under AdamW)
     pkt-adamw-h4 pkt-adamw with a 4-head student (the teacher's 12 heads averaged in groups of 3 for attention
                  transfer): the head count that meets the int8 latency goal (benchmarks/kt_latency.py)
-    bare-adamw-s1, pkt-adamw-s1, bare-adamw-s2, pkt-adamw-s2   the AdamW pair again from pre-training seeds 1
-                 and 2 (run.seed), for the spread over pre-training runs that one run per row cannot show
+    bare-adamw-sN, pkt-adamw-sN   the AdamW pair again from pre-training seed N = 1, 2, 3 (run.seed;
+                 kt_study_report.PRETRAIN_SEEDS), for the spread over pre-training runs one run per row cannot show
 
 Columns: zero-shot STS-B dev Spearman (mobilebert.tasks.zeroshot), dev scores after `mobilebert finetune` with one
 recipe for all rows on SST-2, MRPC (F1), STS-B (Spearman) and RTE over 3 seeds (mean ± std), parameters, and

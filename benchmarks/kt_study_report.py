@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 # the AdamW pair pre-trained again from these run.seed values (rows bare-adamw-sN, pkt-adamw-sN; seed 0: the plain pair)
-PRETRAIN_SEEDS = (1, 2)
+PRETRAIN_SEEDS = (1, 2, 3)
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4",
         *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")))

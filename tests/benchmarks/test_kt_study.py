@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "bare-adamw-s1", "pkt-adamw-s1",
-        "bare-adamw-s2", "pkt-adamw-s2")
+        "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -59,15 +59,15 @@ def test_smoke_runs_every_cell(smoke):
     assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2}
     for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
                                    ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",)),
-                                   ("pkt-adamw-h4", ("kt", "pd")), ("bare-adamw-s1", ("kt",)),
-                                   ("pkt-adamw-s1", ("kt", "pd")), ("bare-adamw-s2", ("kt",)),
-                                   ("pkt-adamw-s2", ("kt", "pd"))):
+                                   ("pkt-adamw-h4", ("kt", "pd")),
+                                   *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
+                                   *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
         for stage in stages_with_adamw:  # the row's own optimizer wins over the budget's LAMB and lr
             assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
-        # the AdamW pair's other pre-training seeds, and only they, run from run.seed 1 and 2
-        assert settings["run"]["seed"] == {"-s1": 1, "-s2": 2}.get(row[-3:], 0), row
-    for s in ("-s1", "-s2"):
+        # the AdamW pair's other pre-training seeds, and only they, run from run.seed 1, 2 and 3
+        assert settings["run"]["seed"] == {"-s1": 1, "-s2": 2, "-s3": 3}.get(row[-3:], 0), row
+    for s in ("-s1", "-s2", "-s3"):
         assert stages["pkt-adamw" + s] == stages["pkt-adamw"] and stages["bare-adamw" + s] == ["bare"]
     # another seed is another run: the students differ
     from safetensors.numpy import load_file
@@ -82,7 +82,7 @@ def test_smoke_runs_every_cell(smoke):
     assert "| PKT (fmt + at, AdamW) beats bare (AdamW) on every task, and on the average by > 2 x pooled std |" in md
     assert "## Pre-training seeds (the AdamW pair)" in md and "| PKT - bare, pre-training seed 1 |" in md
     assert ("on the average by > 2 x the pooled std over every pre-training x fine-tuning run | pre-training seeds "
-            "0, 1, 2: average") in md
+            "0, 1, 2, 3: average") in md
     assert (state / "kt-study.png").is_file()
 
 
