@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kt_study_cells import CliError, Results, claim, cli, environment  # noqa: E402
+from kt_study_cells import CliError, Results, claim, cli, environment, release  # noqa: E402
 from kt_study_report import ROWS, TASKS  # noqa: E402  (rows and tasks: one list, the report's)
 from kt_study_rows import REAL, ROW_SETTINGS, SMOKE, STUDENT_HEADS, VOCAB, data_root, minilm_dir  # noqa: E402,F401
 
@@ -137,7 +137,7 @@ class Study:
         record.update(wall_s=round(time.time() - t0, 1), finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                       env=environment())
         self.results.put(key, record)
-        (self.state / "claims" / (key.replace("/", "__") + ".pid")).unlink(missing_ok=True)
+        release(self.state / "claims", key)
         return record
 
     # ------------------------------------------------------------------ pre-training
@@ -181,7 +181,7 @@ class Study:
             print("--- data: the prepared corpus is gone; preparing it again", flush=True)
             got = prepare()
         finally:
-            (claims / "data-again.pid").unlink(missing_ok=True)
+            release(claims, "data-again")
         if got.get("tokens") != record.get("tokens"):
             import shutil
 
@@ -269,27 +269,31 @@ class Study:
 
     def _pretrain_again(self, row: str, out: Path, record: dict) -> bool:
         """A finished row in a new checkout keeps its record but not its run folder: pre-train it again for the cells
-        still to run (same settings and seed on one thread: the same model) and check it against the record, its
-        tokens and held-out MLM loss; a run that differs is set aside (ROW.differs) and stops the study. False while
-        another process does it."""
+        still to run (same settings, seed, machine and versions: the same model) and check it against the record,
+        its tokens (unless the re-run itself was resumed) and held-out MLM loss; a run that differs is set aside
+        (ROW.differs) and stops the study. False while another process does it."""
+        import math
         import shutil
 
-        if (other := claim(self.state / "claims", f"pretrain-again/{row}")) is not None:
+        claims, key = self.state / "claims", f"pretrain-again/{row}"
+        if (other := claim(claims, key)) is not None:
             print(f"--- pretrain/{row}: pre-trained again by process {other}, skipped here", flush=True)
             return False
         try:
             print(f"--- pretrain/{row}: its run folder is gone; pre-training it again", flush=True)
             got = self.pretrain(row, out)
         finally:
-            (self.state / "claims" / f"pretrain-again__{row}.pid").unlink(missing_ok=True)
+            release(claims, key)
         loss = lambda r: r["eval"]["student"]["mlm_loss"]
-        if (got["resumed"] or got["tokens"] == record["tokens"]) and abs(loss(got) - loss(record)) <= 1e-3 * abs(loss(record)):
+        same_tokens = got["resumed"] or got["tokens"] == record["tokens"]
+        if same_tokens and math.isclose(loss(got), loss(record), rel_tol=1e-3):
             return True
-        shutil.rmtree(out.with_name(row + ".differs"), ignore_errors=True)
-        out.rename(out.with_name(row + ".differs"))
+        aside = out.with_name(row + ".differs")
+        shutil.rmtree(aside, ignore_errors=True)
+        out.rename(aside)
         raise CliError(f"pretrain/{row}: pre-trained again it saw {got['tokens']:,} tokens and reached MLM loss "
                        f"{loss(got):.4f}, the study's record {record['tokens']:,} and {loss(record):.4f}; the cells "
-                       f"still to run would score another model: set aside in {out.with_name(row + '.differs')}")
+                       f"still to run would score another model: set aside in {aside}")
 
     def random_student(self, out: Path) -> dict:
         """The student as `mobilebert train` would build it, random weights, saved with the vocabulary."""

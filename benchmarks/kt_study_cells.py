@@ -60,11 +60,20 @@ class Results:
             os.replace(tmp, self.path)
 
 
+def _claim_path(folder: Path, key: str) -> Path:
+    return folder / (key.replace("/", "__") + ".pid")
+
+
+def release(folder: Path, key: str) -> None:
+    """Give back a claim taken with claim()."""
+    _claim_path(folder, key).unlink(missing_ok=True)
+
+
 def claim(folder: Path, key: str) -> int | None:
     """Claim a cell for this process (STATE/claims/KEY.pid); returns the pid of another live process that holds
-    it, else None (a claim left by a dead process is taken over)."""
+    it, else None (a claim left by a dead process is taken over). release() gives it back."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / (key.replace("/", "__") + ".pid")
+    path = _claim_path(folder, key)
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
