@@ -75,6 +75,8 @@ class Study:
     def __init__(self, args):
         self.smoke, self.b = args.smoke, (SMOKE if args.smoke else REAL)
         self.pooling = getattr(args, "pooling", "cls")  # fine-tuning cells: "finetune/..." or "finetune-mean/..."
+        # where `mobilebert train` and `finetune` run (fp32 either way: the same computation, not the budget's)
+        self.device = getattr(args, "device", "cpu")
         # --scale K: the same study at K x the pre-training steps, a study of its own (runs, results, report)
         self.scale = getattr(args, "scale", 1)
         if self.scale != 1:
@@ -146,7 +148,8 @@ class Study:
         path = self.state / "base.yaml"
         if not path.is_file():
             path.write_text("# kt_study.py: shared settings; each row adds its kt.* / pd.* overrides\n"
-                            "run: {device: cpu, progress: false, tensorboard: false, seed: 0}\n", encoding="utf-8")
+                            f"run: {{device: {self.device}, progress: false, tensorboard: false, seed: 0}}\n",
+                            encoding="utf-8")
         return path
 
     def shards(self) -> Path:
@@ -243,9 +246,10 @@ class Study:
                 "tokens": sum(r.get("tokens", 0) for r in summary["runs_this_session"]),
                 "stages": summary["stages"], "eval": summary["eval"]}
 
-    def check_real_mode(self) -> None:
-        """Every pre-training row's settings, checked by `mobilebert train --dry-run` before anything runs."""
-        for row in PRETRAINED:
+    def check_real_mode(self, rows=PRETRAINED) -> None:
+        """Every pre-training row's settings (of `rows`), checked by `mobilebert train --dry-run` before anything
+        runs."""
+        for row in (r for r in rows if r in PRETRAINED):
             if f"pretrain/{row}" in self.results:
                 continue
             try:
@@ -335,7 +339,8 @@ class Study:
         b, out = self.b, self.state / self.finetune_kind / row / task / str(seed)
         pooling = [] if self.pooling == "cls" else [f"model.pooling={self.pooling}"]
         args = ["finetune", f"--out={out}", f"data.task={task}", f"data.dir={self.glue}", *pooling,
-                f"model.init={self.model_dir(row)}", f"train.seed={seed}", "train.device=cpu", "train.progress=false",
+                f"model.init={self.model_dir(row)}", f"train.seed={seed}", f"train.device={self.device}",
+                "train.precision=fp32", "train.progress=false",
                 "train.save_best=false", "data.predict_test=false", f"data.max_train_examples={b['caps'][task]}",
                 f"data.max_eval_examples={b['eval_cap']}", "train.log_every=50", *b["finetune"]]
         resume = (out / "checkpoints").is_dir()
@@ -372,7 +377,7 @@ class Study:
     # ------------------------------------------------------------------ all of it
     def run(self, rows, tasks) -> None:
         if not self.smoke:
-            self.check_real_mode()
+            self.check_real_mode(rows)
         for row in rows:
             if self.model_dir(row) is None:  # its pre-training first, so that no cell's wall time holds another's
                 continue  # another process is pre-training it
@@ -395,10 +400,13 @@ def main() -> int:
                         "and table, the [CLS] ones untouched")
     p.add_argument("--scale", type=int, default=1,
                    help="pre-training steps x SCALE (K > 1: a separate study, runs/kt-study-xK and docs/kt-study-xK.*)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where pre-training and fine-tuning run (fp32 either way; the cells record the GPU)")
     p.add_argument("--report", action="store_true", help="only re-render the table and plot from results.json")
     p.add_argument("--time", action="store_true", help="time KT/PD/fine-tuning steps of the MiniLM-shaped student")
     p.add_argument("--check", action="store_true", help="only check every real row's settings (train --dry-run)")
     p.add_argument("--out", help="folder for kt-study.md/.png (default: docs/ in real mode, the state folder in smoke)")
+    p.add_argument("--no-report", action="store_true", help="run cells only (kt_study_pool.py's workers)")
     args = p.parse_args()
     if args.scale < 1:
         p.error(f"--scale: {args.scale} is not a positive whole number")
@@ -421,6 +429,8 @@ def main() -> int:
             study.run(args.only or ROWS, tasks)
     except CliError as e:
         sys.exit(f"kt_study: {e} (finished cells are kept; rerun to continue)")
+    if args.no_report:
+        return 0
     from kt_study_report import write_report
 
     out = Path(args.out) if args.out else (study.state if args.smoke else REPO / "docs")

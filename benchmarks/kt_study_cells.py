@@ -104,9 +104,19 @@ def environment() -> dict:
     for pkg in ("torch", "transformers", "onnxruntime", "tokenizers"):
         with contextlib.suppress(Exception):
             versions[pkg] = version(pkg)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2),
-            "python": platform.python_version(), **versions, "commit": commit.strip()}
+    try:  # a copy of the tree without git (a lent GPU machine): KT_COMMIT names the commit it was copied from
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    gpu = {}
+    with contextlib.suppress(Exception):
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = {"gpu": torch.cuda.get_device_name(0)}
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2), **gpu,
+            "python": platform.python_version(), **versions, "commit": commit or os.environ.get("KT_COMMIT", "")}
 
 
 class CliError(Exception):

@@ -314,7 +314,8 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
         env = rec.get("env", {})
         work = (f"{rec['tokens']:,} tokens" if rec.get("tokens") else
                 f"{rec['examples_seen']:,} examples" if rec.get("examples_seen") else "–")
-        machine = (f"{env.get('cpu', '?')} x{env.get('cores', '?')}, py {env.get('python')}, torch {env.get('torch')}, "
+        gpu = f"{env['gpu']}, " if env.get("gpu") else ""
+        machine = (f"{gpu}{env.get('cpu', '?')} x{env.get('cores', '?')}, py {env.get('python')}, torch {env.get('torch')}, "
                    f"ort {env.get('onnxruntime')}, @{env.get('commit')}")
         lines.append(f"| {key} | {rec.get('wall_s', 0) / 60:.1f} min | {work} | {rec.get('finished', '')} | "
                      f"{env.get('load_average', '')} | {machine} |")

