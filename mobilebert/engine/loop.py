@@ -223,7 +223,8 @@ def train_loop(model, loss_fn: LossStep, batches, optimizer, scheduler, cfg: Loo
             if cfg.clip_grad_norm:
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
                 # device=: with no gradient at all clip_grad_norm_ returns a CPU zero, which must join the window
-                step_logs["grad_norm"] = norm.detach().to(device=device, dtype=torch.float64) / (world if normalized else 1)
+                norm = norm.detach().to(device=device, dtype=torch.float64)
+                step_logs["grad_norm"] = norm / (world if normalized else 1)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
