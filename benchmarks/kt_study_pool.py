@@ -39,6 +39,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from kt_study_report import ROWS, TASKS  # noqa: E402
+from kt_study_rows import ROW_SETTINGS  # noqa: E402
 
 TASK_ORDER = ("sts-b", "sst-2", "mrpc", "rte")  # longest first: the last cells to start are the short ones
 
@@ -80,10 +81,31 @@ def plan(study: list[str], rows: list[str], tasks: list[str], logs: Path, gate: 
     return jobs
 
 
-def run_pool(jobs: list[Job], workers: int, deadline: float, say, copy) -> int:
+def pretrain_done(run: Path, kt_steps: int, pd_steps: int) -> float:
+    """The share of a pre-training run's cost done, from its metrics.jsonl (every stage's last logged step). A pd
+    step counts twice: it runs the whole student and its MLM head (~5,400 kernels), a PKT step ~2,900 on average."""
+    last: dict[str, int] = {}
+    try:
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            if "stage" in rec and "step" in rec:
+                last[rec["stage"]] = max(last.get(rec["stage"], 0), int(rec["step"]))
+    except (OSError, ValueError):
+        return 0.0
+    done = sum(n * (2 if stage == "pd" else 1) for stage, n in last.items())
+    return min(1.0, done / (kt_steps + 2 * pd_steps))
+
+
+def run_pool(jobs: list[Job], workers: int, deadline: float, say, copy, progress=None) -> int:
     """Start jobs in order as workers free up and their prerequisite has ended well; stop every worker at the
-    deadline (or at once when the gate fails). Returns how many jobs failed, were stopped or never started."""
-    by_name, t0, last_copy = {j.name: j for j in jobs}, time.time(), 0.0
+    deadline (or at once when the gate fails). Returns how many jobs failed, were stopped or never started.
+
+    progress(job) -> share of a pre-training job done (None for other jobs). Every 30 s from a minute on, if a
+    running pre-training is on course (at its pace over the last 20 s or more) to end within 20 s of the deadline
+    or later, the last-listed one running is stopped: rows share the GPU, so the rows listed first finish sooner
+    and a row that cannot finish gives its share back; no pre-training starts in the last half of the time."""
+    by_name, t0, last_copy, last_shed = {j.name: j for j in jobs}, time.time(), 0.0, 0.0
+    paces: dict[str, list[tuple[float, float]]] = {}  # job -> (seconds since t0, share done), every ~5 s
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     while True:
         for j in jobs:
@@ -99,9 +121,33 @@ def run_pool(jobs: list[Job], workers: int, deadline: float, say, copy) -> int:
                 say(f"{j.name}: stopped at the deadline after {time.time() - j.t0:.0f} s")
             time.sleep(3)
             break
+        now = time.time() - t0
+        training = [j for j in running if progress and progress(j) is not None]
+        for j in training:
+            seen = paces.setdefault(j.name, [])
+            if not seen or now - seen[-1][0] >= 5:
+                seen.append((now, progress(j)))
+        if training and now > 60 and now - last_shed > 30:
+            late = []
+            for j in training:
+                then = [x for x in paces[j.name] if now - x[0] >= 20 and x[0] >= last_shed]
+                if not then:
+                    continue
+                (t1, d1), (t2, d2) = then[-1], paces[j.name][-1]
+                rate = (d2 - d1) / max(t2 - t1, 1e-9)  # share per second at the present contention
+                if d2 < 1 and (rate <= 0 and now - (j.t0 - t0) > 90 or rate > 0 and t2 + (1 - d2) / rate > deadline - 20):
+                    late.append(f"{j.name} {100 * d2:.0f} %, {100 * rate:.2f} %/s")
+            if late:
+                shed = training[-1]
+                shed.stop()
+                shed.rc, last_shed = -15, now
+                say(f"{shed.name}: stopped to give its GPU share to the rows before it (late: {'; '.join(late)})")
+                running.remove(shed)
         for j in jobs:
             if len(running) >= workers:
                 break
+            if j.name.startswith("pretrain/") and now > deadline / 2:
+                continue
             if j.proc is None and (j.after is None or by_name[j.after].rc == 0):
                 j.start(env)
                 running.append(j)
@@ -211,7 +257,15 @@ def main() -> int:
                     shutil.copy(run / f, logs / f"{run.name}.{f}")
         shutil.make_archive(str(dest / "pool-logs"), "gztar", logs)
 
-    failed = run_pool(plan(study, rows, tasks, logs, gate), args.workers, args.deadline, say, copy)
+    def progress(job: Job) -> float | None:
+        if not job.name.startswith("pretrain/") or not results.is_file():
+            return None if not job.name.startswith("pretrain/") else 0.0
+        b = json.loads(results.read_text())["budget"]  # written by the first worker
+        final = ROW_SETTINGS[job.name.split("/", 1)[1]][1]
+        kt = int(b["steps"] * b["kt_share"]) if final else b["steps"]
+        return pretrain_done(state / job.name, kt, b["steps"] - kt)
+
+    failed = run_pool(plan(study, rows, tasks, logs, gate), args.workers, args.deadline, say, copy, progress)
     say(f"done: {failed} job(s) failed, stopped or never started")
     return 1 if failed else 0
 
