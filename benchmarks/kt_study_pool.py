@@ -184,7 +184,8 @@ def pack(out: Path) -> dict:
         for part in ["corpus", "bert-base-uncased/vocab.txt", *(f"glue/{d}" for d in ("SST-2", "MRPC", "STS-B", "RTE"))]:
             tar.add(root / part, arcname=part)
     scores = {name: _teacher_zero_shot(folder, root) for name, folder in (("fp32", src), ("fp16-rounded", teacher))}
-    rel = max(float(((v.half().float() - v).norm() / v.norm()).item()) for v in state.values() if v.is_floating_point())
+    rel = max(float(((v.half().float() - v).norm() / v.norm()).item()) for v in state.values()
+              if v.is_floating_point() and v.norm() > 0)  # an all-zero tensor (a fresh bias) rounds exactly
     record = {"teacher_zero_shot_sts_b": scores, "max_relative_weight_error": rel,
               "bytes": {p.name: p.stat().st_size for p in (teacher / "model.safetensors", out / "data.tar.xz")},
               "torch": torch.__version__}
