@@ -65,6 +65,7 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from kt_study_cells import CliError, Results, claim, cli, environment, release  # noqa: E402
+from kt_study_recover import pretrain_again, prepare_again  # noqa: E402
 from kt_study_report import ROWS, TASKS  # noqa: E402  (rows and tasks: one list, the report's)
 from kt_study_rows import REAL, ROW_SETTINGS, SMOKE, STUDENT_HEADS, VOCAB, data_root, minilm_dir  # noqa: E402,F401
 
@@ -146,10 +147,10 @@ class Study:
     def base_config(self) -> Path:
         """STATE/base.yaml: what every row shares beyond the settings' defaults (the rows add key=value)."""
         path = self.state / "base.yaml"
-        if not path.is_file():
-            path.write_text("# kt_study.py: shared settings; each row adds its kt.* / pd.* overrides\n"
-                            f"run: {{device: {self.device}, progress: false, tensorboard: false, seed: 0}}\n",
-                            encoding="utf-8")
+        text = ("# kt_study.py: shared settings; each row adds its kt.* / pd.* overrides\n"
+                f"run: {{device: {self.device}, progress: false, tensorboard: false, seed: 0}}\n")
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:  # --device changed: a run half done
+            path.write_text(text, encoding="utf-8")  # on the other one refuses --resume, naming run.device
         return path
 
     def shards(self) -> Path:
@@ -166,31 +167,8 @@ class Study:
 
         record = self.run_cell("data", prepare)
         if record is not None and not (out / "manifest.json").is_file():
-            self._prepare_again(out, prepare, record)
+            prepare_again(self, out, prepare, record)
         return out
-
-    def _prepare_again(self, out: Path, prepare, record: dict) -> None:
-        """A finished study in a new checkout keeps its results file but not its run folder: prepare the same corpus
-        again (deterministic) for the rows still to run, and refuse a corpus that no longer matches the record."""
-        claims, manifest = self.state / "claims", out / "manifest.json"  # the manifest is written last
-        while (other := claim(claims, "data-again")) is not None:  # another live process is preparing it: wait;
-            if manifest.is_file():                                   # should it die, its claim passes to us
-                return
-            print(f"--- data: prepared again by process {other}, waiting", flush=True)
-            time.sleep(5)
-        try:
-            if manifest.is_file():  # prepared by another process between our check and our claim
-                return
-            print("--- data: the prepared corpus is gone; preparing it again", flush=True)
-            got = prepare()
-        finally:
-            release(claims, "data-again")
-        if got.get("tokens") != record.get("tokens"):
-            import shutil
-
-            shutil.rmtree(out)  # no row may train on it
-            raise CliError(f"{self.corpus}: prepared again it holds {got.get('tokens'):,} tokens, the study's 'data' "
-                           f"cell {record.get('tokens'):,}; the corpus changed: give a new --state for a new study")
 
     def train_args(self, row: str, out: Path, prepared: bool = True) -> list[str]:
         """`mobilebert train` arguments of one pre-training row (equal steps, batch and length for all).
@@ -267,37 +245,9 @@ class Study:
             return out if self.run_cell("pretrain/random", lambda: self.random_student(out)) else None
         out = self.state / "pretrain" / row
         record = self.run_cell(f"pretrain/{row}", lambda: self.pretrain(row, out))
-        if record is None or (not (out / "summary.json").is_file() and not self._pretrain_again(row, out, record)):
+        if record is None or (not (out / "summary.json").is_file() and not pretrain_again(self, row, out, record)):
             return None
         return out / "student"
-
-    def _pretrain_again(self, row: str, out: Path, record: dict) -> bool:
-        """A finished row in a new checkout keeps its record but not its run folder: pre-train it again for the cells
-        still to run (same settings, seed, machine and versions: the same model) and check it against the record,
-        its tokens (unless the re-run itself was resumed) and held-out MLM loss; a run that differs is set aside
-        (ROW.differs) and stops the study. False while another process does it."""
-        import math
-        import shutil
-
-        claims, key = self.state / "claims", f"pretrain-again/{row}"
-        if (other := claim(claims, key)) is not None:
-            print(f"--- pretrain/{row}: pre-trained again by process {other}, skipped here", flush=True)
-            return False
-        try:
-            print(f"--- pretrain/{row}: its run folder is gone; pre-training it again", flush=True)
-            got = self.pretrain(row, out)
-        finally:
-            release(claims, key)
-        loss = lambda r: r["eval"]["student"]["mlm_loss"]
-        same_tokens = got["resumed"] or got["tokens"] == record["tokens"]
-        if same_tokens and math.isclose(loss(got), loss(record), rel_tol=1e-3):
-            return True
-        aside = out.with_name(row + ".differs")
-        shutil.rmtree(aside, ignore_errors=True)
-        out.rename(aside)
-        raise CliError(f"pretrain/{row}: pre-trained again it saw {got['tokens']:,} tokens and reached MLM loss "
-                       f"{loss(got):.4f}, the study's record {record['tokens']:,} and {loss(record):.4f}; the cells "
-                       f"still to run would score another model: set aside in {aside}")
 
     def random_student(self, out: Path) -> dict:
         """The student as `mobilebert train` would build it, random weights, saved with the vocabulary."""

@@ -1,0 +1,63 @@
+"""What benchmarks/kt_study.py does when a study's results file outlives its run folder (a new checkout keeps
+docs/kt-study.json, not runs/): the prepared corpus and a finished row's pre-training are made again for the cells
+still to run, and checked against what the results file recorded, so that no cell scores another model.
+
+`self` is the kt_study.Study whose folder lost them (its state, results, shards and pretrain()).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+
+from kt_study_cells import CliError, claim, release
+
+
+def prepare_again(self, out: Path, prepare, record: dict) -> None:
+    """A finished study in a new checkout keeps its results file but not its run folder: prepare the same corpus
+    again (deterministic) for the rows still to run, and refuse a corpus that no longer matches the record."""
+    claims, manifest = self.state / "claims", out / "manifest.json"  # the manifest is written last
+    while (other := claim(claims, "data-again")) is not None:  # another live process is preparing it: wait;
+        if manifest.is_file():                                   # should it die, its claim passes to us
+            return
+        print(f"--- data: prepared again by process {other}, waiting", flush=True)
+        time.sleep(5)
+    try:
+        if manifest.is_file():  # prepared by another process between our check and our claim
+            return
+        print("--- data: the prepared corpus is gone; preparing it again", flush=True)
+        got = prepare()
+    finally:
+        release(claims, "data-again")
+    if got.get("tokens") != record.get("tokens"):
+        shutil.rmtree(out)  # no row may train on it
+        raise CliError(f"{self.corpus}: prepared again it holds {got.get('tokens'):,} tokens, the study's 'data' "
+                       f"cell {record.get('tokens'):,}; the corpus changed: give a new --state for a new study")
+
+
+def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
+    """A finished row in a new checkout keeps its record but not its run folder: pre-train it again for the cells
+    still to run (same settings, seed, machine and versions: the same model) and check it against the record,
+    its tokens (unless the re-run itself was resumed) and held-out MLM loss; a run that differs is set aside
+    (ROW.differs) and stops the study. False while another process does it."""
+    claims, key = self.state / "claims", f"pretrain-again/{row}"
+    if (other := claim(claims, key)) is not None:
+        print(f"--- pretrain/{row}: pre-trained again by process {other}, skipped here", flush=True)
+        return False
+    try:
+        print(f"--- pretrain/{row}: its run folder is gone; pre-training it again", flush=True)
+        got = self.pretrain(row, out)
+    finally:
+        release(claims, key)
+    loss = lambda r: r["eval"]["student"]["mlm_loss"]
+    same_tokens = got["resumed"] or got["tokens"] == record["tokens"]
+    if same_tokens and math.isclose(loss(got), loss(record), rel_tol=1e-3):
+        return True
+    aside = out.with_name(row + ".differs")
+    shutil.rmtree(aside, ignore_errors=True)
+    out.rename(aside)
+    raise CliError(f"pretrain/{row}: pre-trained again it saw {got['tokens']:,} tokens and reached MLM loss "
+                   f"{loss(got):.4f}, the study's record {record['tokens']:,} and {loss(record):.4f}; the cells "
+                   f"still to run would score another model: set aside in {aside}")
