@@ -48,12 +48,24 @@ def _batch(B: int, S: int, vocab: int) -> dict:
             "next_sentence_label": torch.randint(0, 2, (B,), generator=g)}
 
 
-def _time(step, n: int) -> tuple[float, float]:
-    step()  # warm-up
+def _time(step, n: int) -> tuple[float, float, int]:
+    """ms per step wall and CPU, and the ATen operators one step dispatches (counted in the warm-up step): on a GPU
+    each is a kernel launch, so the count, not the FLOPs, sets how fast this small model's steps can go there."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        step()  # warm-up
     w, c = time.perf_counter(), time.process_time()
     for _ in range(n):
         step()
-    return (time.perf_counter() - w) / n * 1e3, (time.process_time() - c) / n * 1e3
+    return (time.perf_counter() - w) / n * 1e3, (time.process_time() - c) / n * 1e3, Count.ops
 
 
 def time_steps(n: int = 3, B: int = 32, S: int = 128) -> dict:
@@ -96,9 +108,9 @@ def time_steps(n: int = 3, B: int = 32, S: int = 128) -> dict:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        wall, cpu = _time(step, n)
-        out[name] = wall
-        print(f"  {name:<42} {wall:8.0f} ms/step wall {cpu:8.0f} ms CPU")
+        wall, cpu, ops = _time(step, n)
+        out[name], out[f"{name} ops"] = wall, ops
+        print(f"  {name:<42} {wall:8.0f} ms/step wall {cpu:8.0f} ms CPU {ops:7,} ops")
     print(f"fine-tuning steps (AdamW), batch {B}")
     for who, model in (("student", MobileBertForSequenceClassification(student_config().replace(num_labels=2))),
                        ("teacher", load_pretrained(MobileBertForSequenceClassification, minilm_dir(), num_labels=2))):
@@ -113,9 +125,9 @@ def time_steps(n: int = 3, B: int = 32, S: int = 128) -> dict:
                 model(**b, labels=y).loss.backward()
                 ft_opt.step()
                 ft_opt.zero_grad(set_to_none=True)
-            wall, cpu = _time(step, n)
-            out[f"finetune {who} seq {seq}"] = wall
-            print(f"  {who} seq {seq:<34} {wall:8.0f} ms/step wall {cpu:8.0f} ms CPU")
+            wall, cpu, ops = _time(step, n)
+            out[f"finetune {who} seq {seq}"], out[f"finetune {who} seq {seq} ops"] = wall, ops
+            print(f"  {who} seq {seq:<34} {wall:8.0f} ms/step wall {cpu:8.0f} ms CPU {ops:7,} ops")
     out["load_average_end"] = os.getloadavg()[0]
     print(f"load average at the end {out['load_average_end']:.1f}")
     return out
