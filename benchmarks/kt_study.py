@@ -33,6 +33,8 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
                                                   # table: the classifier reads mean-pooled states, not [CLS])
     python benchmarks/kt_study.py --scale 4 --only pkt-adamw   # a row at 4x the pre-training steps: a study of
                                                   # its own (runs/kt-study-x4, docs/kt-study-x4.json/.md/.png)
+    python benchmarks/kt_study.py --scale 10 --device cuda   # pre-training and fine-tuning on a GPU (fp32); with
+                                                  # many workers at once: benchmarks/kt_study_pool.py
     python benchmarks/kt_study.py --report        # re-render docs/kt-study.md and .png from the results file
     python benchmarks/kt_study.py --time          # the step timings the budget below comes from
     python benchmarks/kt_study.py --smoke --state DIR   # seconds: tiny IB-BERT teacher and student (the tests)

@@ -5,7 +5,9 @@ MiniLM-shaped student (what `student.preset=from-teacher` builds from all-MiniLM
 `mobilebert` preset: inter-block 384, intra-block 96, 12 heads, intermediate 384, 6 layers) with the real
 all-MiniLM-L6-v2 teacher, batch 32 x 128 tokens, LAMB; and fine-tuning steps (AdamW, batch 32) of the student and
 the teacher at sequence lengths 64 and 128 (GLUE batches are padded to their longest example). Prints ms per step
-(wall and process CPU) and the load average, so that the numbers can be read against the machine's load.
+(wall and process CPU), the ATen operators one step dispatches (each a kernel launch on a GPU, where this small
+model's steps are bound by launches, not FLOPs) and the load average, so that the numbers can be read against the
+machine's load.
 
 How the study's budget was chosen: `--time` on 2026-12-02 14:25-14:40 UTC (2 threads, torch 2.13 CPU), with the
 2 cores shared by other jobs (load average 6-10), so ms per step wall / CPU:
