@@ -327,7 +327,7 @@ class Study:
         return "finetune" if self.pooling == "cls" else f"finetune-{self.pooling}"
 
     # ------------------------------------------------------------------ all of it
-    def run(self, rows, tasks) -> None:
+    def run(self, rows, tasks, seeds=None) -> None:
         if not self.smoke:
             self.check_real_mode(rows)
         for row in rows:
@@ -335,7 +335,7 @@ class Study:
                 continue  # another process is pre-training it
             self.run_cell(f"zeroshot/{row}", lambda: self.zero_shot(row))
             for task in tasks:
-                for seed in self.b["seeds"]:
+                for seed in (s for s in self.b["seeds"] if seeds is None or s in seeds):
                     self.run_cell(f"{self.finetune_kind}/{row}/{task}/{seed}", lambda: self.finetune(row, task, seed))
         self.run_cell("bench", self.bench)
 
@@ -347,6 +347,7 @@ def main() -> int:
                                    "results.json instead of docs/kt-study.json")
     p.add_argument("--only", action="append", choices=ROWS, help="only this row (repeatable)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"fine-tuning tasks (default {','.join(TASKS)})")
+    p.add_argument("--seeds", help="only these of the budget's fine-tuning seeds (comma-separated; default all)")
     p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
                    help="the fine-tuning cells' classifier pooling (model.pooling); mean: a second set of cells "
                         "and table, the [CLS] ones untouched")
@@ -378,7 +379,10 @@ def main() -> int:
             bad = [t for t in tasks if t not in TASKS]
             if bad:
                 p.error(f"--tasks: {bad[0]!r} is not one of {', '.join(TASKS)}")
-            study.run(args.only or ROWS, tasks)
+            seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",") if x.strip()]
+            if seeds and (bad := [x for x in seeds if x not in study.b["seeds"]]):
+                p.error(f"--seeds: {bad[0]} is not one of the budget's seeds {list(study.b['seeds'])}")
+            study.run(args.only or ROWS, tasks, seeds)
     except CliError as e:
         sys.exit(f"kt_study: {e} (finished cells are kept; rerun to continue)")
     if args.no_report:

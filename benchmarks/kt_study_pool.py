@@ -9,7 +9,8 @@ written to the one results file as each ends, as when two processes share a CPU 
 
     1. prep: the corpus prepared once (the study's `data` cell), before any row trains on it;
     2. one pre-training worker per row (`--tasks ''`: pre-training and zero-shot), rows in the order given;
-    3. as each row's pre-training ends, one fine-tuning worker per task (its seeds in turn), earlier rows first.
+    3. as each row's pre-training ends, one fine-tuning worker per task (its seeds in turn; with --seeds one per
+       task and seed), earlier rows first.
 
 At --deadline seconds every worker still running is stopped (its cell is lost; finished cells are kept), and the
 results file and the workers' logs are copied to --copy-to. With --gate, a smoke study on the same device runs
@@ -70,14 +71,18 @@ class Job:
         return " | ".join(self.log.read_text(errors="replace").strip().splitlines()[-n:])
 
 
-def plan(study: list[str], rows: list[str], tasks: list[str], logs: Path, gate: list[str] | None) -> list[Job]:
-    """The jobs in the order they may start."""
+def plan(study: list[str], rows: list[str], tasks: list[str], logs: Path, gate: list[str] | None,
+         seeds=(None,)) -> list[Job]:
+    """The jobs in the order they may start: fine-tuning one job per row and task, or per row, task and seed
+    (seeds given: shorter jobs, so the last row's cells end sooner before a deadline)."""
     jobs = [Job("prep", [*study, "--only", "random", "--tasks", ""], logs)]
     if gate:
         jobs.insert(0, Job("gate", gate, logs))
     jobs += [Job(f"pretrain/{row}", [*study, "--only", row, "--tasks", ""], logs, after="prep") for row in rows]
-    jobs += [Job(f"finetune/{row}/{task}", [*study, "--only", row, "--tasks", task], logs, after=f"pretrain/{row}")
-             for row in rows for task in sorted(tasks, key=TASK_ORDER.index)]
+    jobs += [Job(f"finetune/{row}/{task}" + (f"/{seed}" if seed else ""),
+                 [*study, "--only", row, "--tasks", task, *([f"--seeds={seed}"] if seed else [])], logs,
+                 after=f"pretrain/{row}")
+             for row in rows for task in sorted(tasks, key=TASK_ORDER.index) for seed in seeds]
     return jobs
 
 
@@ -214,6 +219,8 @@ def main() -> int:
     p.add_argument("--state", help="kt_study.py --state (smoke: required)")
     p.add_argument("--workers", type=int, default=2, help="processes at once")
     p.add_argument("--deadline", type=float, default=float("inf"), help="seconds; then every worker is stopped")
+    p.add_argument("--seeds", help="fine-tuning seeds, one job each (comma-separated; default: one job per task "
+                                   "runs all the budget's seeds)")
     p.add_argument("--gate", action="store_true", help="a smoke study on --device first; its failure stops all")
     p.add_argument("--copy-to", help="folder that receives the results file and the workers' logs (every 20 s)")
     args = p.parse_args()
@@ -266,7 +273,8 @@ def main() -> int:
         kt = int(b["steps"] * b["kt_share"]) if final else b["steps"]
         return pretrain_done(state / job.name, kt, b["steps"] - kt)
 
-    failed = run_pool(plan(study, rows, tasks, logs, gate), args.workers, args.deadline, say, copy, progress)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
+    failed = run_pool(plan(study, rows, tasks, logs, gate, seeds), args.workers, args.deadline, say, copy, progress)
     say(f"done: {failed} job(s) failed, stopped or never started")
     return 1 if failed else 0
 

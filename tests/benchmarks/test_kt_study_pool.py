@@ -20,7 +20,7 @@ import kt_study_pool as pool  # noqa: E402
 def test_pool_runs_the_rows_cells_with_workers_and_copies_results_and_logs(tmp_path, data_dir):
     state, out = tmp_path / "state", tmp_path / "out"
     proc = subprocess.run([sys.executable, str(BENCH / "kt_study_pool.py"), "--smoke", "--state", str(state),
-                           "--rows", "pkt-adamw", "--tasks", "rte,sts-b", "--workers", "2", "--copy-to", str(out)],
+                           "--rows", "pkt-adamw", "--tasks", "rte,sts-b", "--seeds", "1", "--workers", "2", "--copy-to", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cells = json.loads((out / "results.json").read_text())["cells"]
@@ -29,8 +29,8 @@ def test_pool_runs_the_rows_cells_with_workers_and_copies_results_and_logs(tmp_p
     assert not any(k.startswith(("finetune/pkt-adamw/sst-2", "pretrain/bare")) for k in cells)  # only what was asked
     log = (state / "pool-logs" / "pool.log").read_text()
     # fine-tuning starts only once its row is pre-trained; the longest task first
-    assert log.index("pretrain/pkt-adamw: exit 0") < log.index("finetune/pkt-adamw/sts-b: started") \
-        < log.index("finetune/pkt-adamw/rte: started")
+    assert log.index("pretrain/pkt-adamw: exit 0") < log.index("finetune/pkt-adamw/sts-b/1: started") \
+        < log.index("finetune/pkt-adamw/rte/1: started")  # one job per task and seed (--seeds)
     with tarfile.open(out / "pool-logs.tar.gz") as tar:
         names = {Path(n).name for n in tar.getnames()}
     assert {"pool.log", "prep.log", "pretrain__pkt-adamw.log", "pkt-adamw.metrics.jsonl",
