@@ -140,7 +140,8 @@ def run_pool(jobs: list[Job], workers: int, deadline: float, say, copy, progress
                     continue
                 (t1, d1), (t2, d2) = then[-1], paces[j.name][-1]
                 rate = (d2 - d1) / max(t2 - t1, 1e-9)  # share per second at the present contention
-                if d2 < 1 and (rate <= 0 and now - (j.t0 - t0) > 90 or rate > 0 and t2 + (1 - d2) / rate > deadline - 20):
+                stalled = rate <= 0 and time.time() - j.t0 > 90  # no step logged for a while, past its start-up
+                if d2 < 1 and (stalled or rate > 0 and t2 + (1 - d2) / rate > deadline - 20):
                     late.append(f"{j.name} {100 * d2:.0f} %, {100 * rate:.2f} %/s")
             if late:
                 shed = training[-1]
@@ -186,7 +187,8 @@ def pack(out: Path) -> dict:
               metadata={"format": "pt", "note": "all-MiniLM-L6-v2 rounded to fp16 for transport"})
     root = data_root()
     with tarfile.open(out / "data.tar.xz", "w:xz") as tar:
-        for part in ["corpus", "bert-base-uncased/vocab.txt", *(f"glue/{d}" for d in ("SST-2", "MRPC", "STS-B", "RTE"))]:
+        tasks = [f"glue/{d}" for d in ("SST-2", "MRPC", "STS-B", "RTE")]
+        for part in ["corpus", "bert-base-uncased/vocab.txt", *tasks]:
             tar.add(root / part, arcname=part)
     scores = {name: _teacher_zero_shot(folder, root) for name, folder in (("fp32", src), ("fp16-rounded", teacher))}
     rel = max(float(((v.half().float() - v).norm() / v.norm()).item()) for v in state.values()

@@ -20,7 +20,8 @@ import kt_study_pool as pool  # noqa: E402
 def test_pool_runs_the_rows_cells_with_workers_and_copies_results_and_logs(tmp_path, data_dir):
     state, out = tmp_path / "state", tmp_path / "out"
     proc = subprocess.run([sys.executable, str(BENCH / "kt_study_pool.py"), "--smoke", "--state", str(state),
-                           "--rows", "pkt-adamw", "--tasks", "rte,sts-b", "--seeds", "1", "--workers", "2", "--copy-to", str(out)],
+                           "--rows", "pkt-adamw", "--tasks", "rte,sts-b", "--seeds", "1", "--workers", "2",
+                           "--copy-to", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cells = json.loads((out / "results.json").read_text())["cells"]
