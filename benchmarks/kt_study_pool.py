@@ -18,8 +18,9 @@ first beside the preparation, and a failure there stops everything at once (a br
 the lease).
 
     python benchmarks/kt_study_pool.py --pack .device     # here: the teacher (fp16-rounded) and data to carry
-    python benchmarks/kt_study_pool.py --scale 10 --device cuda --workers 12 --deadline 540 --gate \\
-        --rows pkt-adamw,bare-adamw --copy-to "$OUT"        # there (MOBILEBERT_DATA, MOBILEBERT_MINILM set)
+    python benchmarks/kt_study_pool.py --scale 10 --device cuda --workers 10 --deadline 540 --gate --seeds 1,2,3 \\
+        --rows pkt-adamw,bare-adamw,pkt-fmt-adamw,jkt-adamw,akt-adamw --copy-to "$OUT"   # there, with
+        # MOBILEBERT_DATA (the unpacked data.tar.xz), MOBILEBERT_MINILM (.device/teacher) and KT_COMMIT set
     python benchmarks/kt_study_pool.py --smoke --state /tmp/pool --rows pkt-adamw,bare-adamw   # seconds, CPU
 """
 
