@@ -379,7 +379,10 @@ def main() -> int:
             bad = [t for t in tasks if t not in TASKS]
             if bad:
                 p.error(f"--tasks: {bad[0]!r} is not one of {', '.join(TASKS)}")
-            seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",") if x.strip()]
+            try:
+                seeds = None if args.seeds is None else [int(x) for x in args.seeds.split(",") if x.strip()]
+            except ValueError:
+                p.error(f"--seeds: {args.seeds!r} is not a comma-separated list of whole numbers")
             if seeds and (bad := [x for x in seeds if x not in study.b["seeds"]]):
                 p.error(f"--seeds: {bad[0]} is not one of the budget's seeds {list(study.b['seeds'])}")
             study.run(args.only or ROWS, tasks, seeds)

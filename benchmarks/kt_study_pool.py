@@ -106,7 +106,7 @@ def run_pool(jobs: list[Job], workers: int, deadline: float, say, copy, progress
     """Start jobs in order as workers free up and their prerequisite has ended well; stop every worker at the
     deadline (or at once when the gate fails). Returns how many jobs failed, were stopped or never started.
 
-    progress(job) -> share of a pre-training job done (None for other jobs). Every 30 s from a minute on, if a
+    progress(job) -> share of a pre-training job done. Every 30 s from a minute on, if a
     running pre-training is on course (at its pace over the last 20 s or more) to end within 20 s of the deadline
     or later, the last-listed one running is stopped: rows share the GPU, so the rows listed first finish sooner
     and a row that cannot finish gives its share back; no pre-training starts in the last half of the time."""
@@ -128,8 +128,8 @@ def run_pool(jobs: list[Job], workers: int, deadline: float, say, copy, progress
             time.sleep(3)
             break
         now = time.time() - t0
-        training = [j for j in running if progress and progress(j) is not None]
-        for j in training:
+        training = [j for j in running if progress and j.name.startswith("pretrain/")]
+        for j in training:  # read each run's metrics once per 5 s, not on every pass of the loop
             seen = paces.setdefault(j.name, [])
             if not seen or now - seen[-1][0] >= 5:
                 seen.append((now, progress(j)))
@@ -268,15 +268,19 @@ def main() -> int:
                     shutil.copy(run / f, logs / f"{run.name}.{f}")
         shutil.make_archive(str(dest / "pool-logs"), "gztar", logs)
 
-    def progress(job: Job) -> float | None:
-        if not job.name.startswith("pretrain/") or not results.is_file():
-            return None if not job.name.startswith("pretrain/") else 0.0
+    def progress(job: Job) -> float:
+        """Share of a pre-training job done (run_pool calls it for pre-training jobs only)."""
+        if not results.is_file():
+            return 0.0
         b = json.loads(results.read_text())["budget"]  # written by the first worker
         final = ROW_SETTINGS[job.name.split("/", 1)[1]][1]
         kt = int(b["steps"] * b["kt_share"]) if final else b["steps"]
         return pretrain_done(state / job.name, kt, b["steps"] - kt)
 
-    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
+    except ValueError:
+        p.error(f"--seeds: {args.seeds!r} is not a comma-separated list of whole numbers")
     failed = run_pool(plan(study, rows, tasks, logs, gate, seeds), args.workers, args.deadline, say, copy, progress)
     say(f"done: {failed} job(s) failed, stopped or never started")
     return 1 if failed else 0
