@@ -13,7 +13,7 @@ from pathlib import Path
 # the AdamW pair pre-trained again from these run.seed values (rows bare-adamw-sN, pkt-adamw-sN; seed 0: the plain pair)
 PRETRAIN_SEEDS = (1, 2, 3)
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
-        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4",
+        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
         *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")))
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
@@ -26,6 +26,8 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
           "jkt-adamw": "JKT + final stage, AdamW lr 1e-3", "akt-adamw": "AKT, AdamW lr 1e-3",
           "pkt-adamw-h4": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, 4 heads (teacher's in "
                           "groups of 3)",
+          "pkt-adamw-cls": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, [CLS] weighted as 127 tokens "
+                           "(kt.cls_weight=127)",
           **{f"{pair}-s{seed}": f"{label}, AdamW lr 1e-3, pre-training seed {seed}" for seed in PRETRAIN_SEEDS
              for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
@@ -37,9 +39,11 @@ METRIC = {"sst-2": "acc", "mrpc": "F1", "sts-b": "Spearman", "rte": "acc"}
 
 GOAL_NAMES = {"pkt-fmt-at": "PKT (fmt + at)", "pkt-clean": "PKT (fmt + at, kt.input=clean)",
               "pkt-adamw": "PKT (fmt + at, AdamW)", "pkt-adamw-h4": "PKT (fmt + at, AdamW, 4 heads)",
+              "pkt-adamw-cls": "PKT (fmt + at, AdamW, [CLS] x127)",
               "pkt-adamw-s1": "PKT (fmt + at, AdamW, pre-training seed 1)"}
 # the bare row of the same optimizer; "bare" otherwise
 BASELINE = {"pkt-adamw": ("bare-adamw", "bare (AdamW)"), "pkt-adamw-h4": ("bare-adamw", "bare (AdamW)"),
+            "pkt-adamw-cls": ("bare-adamw", "bare (AdamW)"),
             "pkt-adamw-s1": ("bare-adamw-s1", "bare (AdamW, seed 1)")}
 KINDS = {"finetune": "[CLS] pooling (the checkpoints' own)", "finetune-mean": "mean pooling (model.pooling=mean)"}
 
@@ -299,6 +303,7 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
     # above; the 4-head student's latency: docs/kt-latency.md)
     checks = (goals(rows, bench, seeds) + goals(rows, bench, seeds, "pkt-clean")[:3]
               + goals(rows, bench, seeds, "pkt-adamw")[:3] + goals(rows, bench, seeds, "pkt-adamw-h4")[:3]
+              + goals(rows, bench, seeds, "pkt-adamw-cls")[:3]
               + orderings(rows) + orderings(rows, "-adamw"))
     for name, measured, verdict in checks:
         lines.append(f"| {name} | {measured} | **{verdict}** |")

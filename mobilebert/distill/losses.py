@@ -18,6 +18,9 @@ Variants (paper vs official code, reference §2.3 and §7):
                         (query token, head) pairs of real tokens.
   attention_ce_loss     GR: -sum_k softmax(t) log softmax(s) on the masked scores as given (= KL + teacher
                         entropy: same gradient), averaged over all rows incl. padding when attention_mask=None.
+  cls_weight=           (feature maps and attention) the [CLS] position counts as this many tokens / query rows
+                        (default 1: every position alike, GR and the paper). Not in the paper: a sentence-level
+                        teacher gathers the sentence into [CLS], 1 position of S, whose loss is ~1/S of the term.
   mean_var_loss         GR's beta/gamma terms (not in the paper): (mean_t - mean_s)^2 and |var_t - var_s| of
                         each token's features. `teacher_all_layers=` reproduces GR's bug of taking the teacher
                         statistics from the stack of all teacher layers (reference §2.3 item 2).
@@ -50,6 +53,15 @@ def _reduce(per_item: torch.Tensor, weight: torch.Tensor | None, normalizer) -> 
     return total / max(float(denom), 1.0)
 
 
+def _weight_cls(per_item: torch.Tensor, cls_weight: float) -> torch.Tensor:
+    """per_item (..., S) with the token / query axis last: position 0 ([CLS]) multiplied by cls_weight."""
+    if cls_weight == 1.0:
+        return per_item
+    scale = per_item.new_ones(per_item.shape[-1])
+    scale[0] = cls_weight
+    return per_item * scale
+
+
 def standardize(x: torch.Tensor, eps: float = TF_LAYER_NORM_EPS) -> torch.Tensor:
     """Non-affine LayerNorm over the feature axis (GR applies it to both maps before the MSE)."""
     mean = x.mean(-1, keepdim=True)
@@ -58,19 +70,20 @@ def standardize(x: torch.Tensor, eps: float = TF_LAYER_NORM_EPS) -> torch.Tensor
 
 
 def feature_map_loss(teacher: torch.Tensor, student: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                     *, standardize_maps: bool = False, normalizer=None) -> torch.Tensor:
+                     *, standardize_maps: bool = False, cls_weight: float = 1.0, normalizer=None) -> torch.Tensor:
     """Eq. 2: 1/(T N) sum_t sum_n (H_tr - H_st)^2 for one layer, averaged over tokens.
 
     Args:
         teacher, student: (B, S, N) layer outputs (same N: the inter-block width).
         attention_mask: (B, S); padded tokens are left out. None averages over all tokens (GR).
         standardize_maps: GR's variant: MSE between non-affine LayerNorm'd maps.
+        cls_weight: the [CLS] token (position 0) counts as this many tokens; the normaliser is unchanged.
         normalizer: number of tokens to divide by (default: the real tokens in this batch).
     """
     teacher = teacher.detach()
     if standardize_maps:
         teacher, student = standardize(teacher.float()), standardize(student.float())
-    per_token = (teacher.float() - student.float()).pow(2).mean(-1)  # (B, S)
+    per_token = _weight_cls((teacher.float() - student.float()).pow(2).mean(-1), cls_weight)  # (B, S)
     return _reduce(per_token, attention_mask, normalizer)
 
 
@@ -82,7 +95,8 @@ def _attention_rows(attention_mask, B, A, S, device):
 
 
 def attention_kl_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor,
-                      attention_mask: torch.Tensor | None = None, *, normalizer=None) -> torch.Tensor:
+                      attention_mask: torch.Tensor | None = None, *, cls_weight: float = 1.0,
+                      normalizer=None) -> torch.Tensor:
     """Eq. 3: per-head KL(a_tr || a_st) of the attention distributions, mean over (query, head) pairs.
 
     Args:
@@ -90,6 +104,7 @@ def attention_kl_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor
             `attention_scores`). Padded keys are re-masked to -inf here, so the distributions are exactly
             those over the real keys whatever additive mask the model used.
         attention_mask: (B, S); padded keys are excluded and padded query rows do not count.
+        cls_weight: the [CLS] query rows (what [CLS] gathers) count as this many rows each.
         normalizer: number of (query, head) pairs to divide by (default: those of real tokens here).
     """
     B, A, S, _ = student_scores.shape
@@ -101,12 +116,13 @@ def attention_kl_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor
     log_t, log_s = F.log_softmax(t, -1), F.log_softmax(s, -1)  # (B, A, S, S)
     # p_t * (log p_t - log p_s), with 0 where p_t == 0 (masked keys: avoids 0 * (-inf - -inf) = nan)
     terms = torch.where(log_t > float("-inf"), log_t.exp() * (log_t - log_s), torch.zeros_like(log_t))
-    per_row = terms.sum(-1)  # (B, A, S)
+    per_row = _weight_cls(terms.sum(-1), cls_weight)  # (B, A, S): the query axis last
     return _reduce(per_row, _attention_rows(attention_mask, B, A, S, per_row.device), normalizer)
 
 
 def attention_ce_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor,
-                      attention_mask: torch.Tensor | None = None, *, normalizer=None) -> torch.Tensor:
+                      attention_mask: torch.Tensor | None = None, *, cls_weight: float = 1.0,
+                      normalizer=None) -> torch.Tensor:
     """GR's attention transfer: mean over rows of -sum_k softmax(t)_k log_softmax(s)_k, scores as given.
 
     attention_mask only drops padded *query rows* (GR keeps them: pass None); keys are as the model masked them.
@@ -116,6 +132,7 @@ def attention_ce_loss(teacher_scores: torch.Tensor, student_scores: torch.Tensor
     log_s = F.log_softmax(student_scores.float(), -1)
     # 0 where p_t == 0: masked keys can be -inf (bf16 scores), and 0 * -inf would be nan
     per_row = -torch.where(p_t > 0, p_t * log_s, torch.zeros_like(log_s)).sum(-1)  # (B, A, S)
+    per_row = _weight_cls(per_row, cls_weight)
     return _reduce(per_row, _attention_rows(attention_mask, B, A, S, per_row.device), normalizer)
 
 

@@ -128,12 +128,14 @@ class DistillationLoss:
 
     def __init__(self, teacher: nn.Module | None, alpha: float, temperature: float = 1.0, *,
                  teacher_logits: bool = True, fmt_weight: float = 0.0, fmt_layers: tuple[int, int] | None = None,
-                 fmt_standardize: bool = True, fmt_mask_padding: bool = False, clean_input: bool = False):
+                 fmt_standardize: bool = True, fmt_mask_padding: bool = False, clean_input: bool = False,
+                 cls_weight: float = 1.0):
         self.teacher, self.alpha, self.temperature = teacher, alpha, temperature
         self.clean_input = clean_input  # the feature maps on the original tokens (kt.input=clean)
         self.teacher_logits = teacher_logits
         self.fmt_weight, self.fmt_layers = (fmt_weight, fmt_layers) if teacher is not None else (0.0, None)
         self.fmt_standardize, self.fmt_mask_padding = fmt_standardize, fmt_mask_padding
+        self.cls_weight = cls_weight  # kt.cls_weight: [CLS]'s weight in the feature-map term
         if self.fmt_weight and fmt_layers is None:
             raise ValueError("fmt_weight needs fmt_layers=(student layer, teacher layer)")
 
@@ -179,7 +181,8 @@ class DistillationLoss:
         mask = batch["attention_mask"] if self.fmt_mask_padding else None
         th, sh = t_out["hidden_states"][lt][rows], _projected(s_out, ls)[rows]
         fmt = self.fmt_weight * L.feature_map_loss(th, sh, mask,
-                                                   standardize_maps=self.fmt_standardize, normalizer=totals["tok_fmt"])
+                                                   standardize_maps=self.fmt_standardize, cls_weight=self.cls_weight,
+                                                   normalizer=totals["tok_fmt"])
         logs["fmt"] = fmt.detach()
         return loss + fmt, logs
 
@@ -253,12 +256,12 @@ class TransferLoss:
             th, sh = t["hidden_states"][m][rows], _projected(s, l)[rows]  # layer outputs (0 = embeddings), (B, S, Nt)
             if kt.fmt.weight:
                 fmt = fmt + L.feature_map_loss(th, sh, fmt_mask, standardize_maps=kt.fmt.standardize,
-                                               normalizer=totals["tok_fmt"])
+                                               cls_weight=kt.cls_weight, normalizer=totals["tok_fmt"])
             if kt.at.weight and l > 0:
                 ts, ss = t["attention_scores"][m - 1][rows], s["attention_scores"][l - 1][rows]  # (B, H, S, S)
                 s_heads = ss.shape[1]
                 at = at + at_fn(self._attention(ts, self.t_heads), self._attention(ss, s_heads), at_mask,
-                                normalizer=totals["rows_at"])
+                                cls_weight=kt.cls_weight, normalizer=totals["rows_at"])
             if kt.mean_var.beta or kt.mean_var.gamma:
                 b, g = L.mean_var_loss(th, sh, fmt_mask, teacher_all_layers=stack, normalizer=totals["tok_fmt"])
                 beta, gamma = beta + b, gamma + g

@@ -70,6 +70,9 @@ def describe(b: Bridge, s, t: MobileBertConfig | None, st: MobileBertConfig) -> 
     if ("kt" in s.run.stages and s.kt.strategy != "bare") or b.pd_fmt_weight > 0:
         lines.append("transfer input: " + ("the original tokens (kt.input=clean; MLM and NSP read the masked batch)"
                                            if s.kt.input == "clean" else "the MLM-masked batch (kt.input=masked, GR)"))
+        if s.kt.cls_weight != 1.0:
+            lines.append(f"[CLS] weight: the [CLS] position counts as {s.kt.cls_weight:g} tokens in the feature-map "
+                         "and attention terms (kt.cls_weight; 1 in GR and the paper)")
     if "kt" not in s.run.stages or s.kt.strategy == "bare":
         return lines
     lines.append("layer map (student<-teacher): " + ", ".join(f"{l}<-{m}" for l, m in enumerate(b.layer_map, 1)))

@@ -121,6 +121,10 @@ class KtSettings(StageSettings):
     # The tokens the transfer terms (and the final stage's feature maps) read: GR's MLM-masked batch, or the
     # original text (TinyBERT, MiniLM): for a teacher that never saw [MASK], e.g. a sentence-transformers BERT.
     input: Literal["masked", "clean"] = "masked"
+    # The [CLS] position counts as this many tokens in the feature-map and attention terms (and the final stage's
+    # feature maps). 1: as GR and the paper. Not in the paper: a sentence-level teacher's [CLS] carries the sentence
+    # but is 1 position of seq_len, so its share of the transfer loss is ~1/seq_len.
+    cls_weight: float = 1.0
     fmt: FmtSettings = field(default_factory=FmtSettings)
     at: AtSettings = field(default_factory=AtSettings)
     mean_var: MeanVarSettings = field(default_factory=MeanVarSettings)
@@ -230,7 +234,8 @@ class TrainSettings:
         self.kt.check("kt")
         self.pd.check("pd")
         for key, w in (("kt.fmt.weight", self.kt.fmt.weight), ("kt.at.weight", self.kt.at.weight),
-                       ("kt.mean_var.beta", self.kt.mean_var.beta), ("kt.mean_var.gamma", self.kt.mean_var.gamma)):
+                       ("kt.mean_var.beta", self.kt.mean_var.beta), ("kt.mean_var.gamma", self.kt.mean_var.gamma),
+                       ("kt.cls_weight", self.kt.cls_weight)):
             check_non_negative(key, w)
         stages = self.run.stages
         if self.kt.strategy == "bare" and "pd" in stages:

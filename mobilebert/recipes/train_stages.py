@@ -102,7 +102,7 @@ def stage_loss(stage: Stage, s: TrainSettings, teacher, bridge: Bridge, num_laye
         return S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits,
                                   fmt_weight=bridge.pd_fmt_weight, fmt_layers=(L, bridge.layer_map[-1]),
                                   fmt_standardize=s.kt.fmt.standardize, fmt_mask_padding=s.kt.fmt.mask_padding,
-                                  clean_input=s.kt.input == "clean")
+                                  clean_input=s.kt.input == "clean", cls_weight=s.kt.cls_weight)
     pd = (S.DistillationLoss(teacher, s.pd.alpha, s.pd.temperature, teacher_logits=logits)
           if stage.kind == "akt" else None)
     layers = [stage.layer] if stage.kind in ("pkt", "emb") else list(range(1, L + 1))

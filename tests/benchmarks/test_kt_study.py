@@ -13,7 +13,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
-        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "bare-adamw-s1", "pkt-adamw-s1",
+        "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "bare-adamw-s1", "pkt-adamw-s1",
         "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
@@ -57,9 +57,12 @@ def test_smoke_runs_every_cell(smoke):
     heads = {r: json.loads((state / "pretrain" / r / "student" / "config.json").read_text())["num_attention_heads"]
              for r in ("pkt-adamw", "pkt-adamw-h4")}
     assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2}
+    cls = {r: yaml.safe_load((state / "pretrain" / r / "settings.yaml").read_text())["kt"]["cls_weight"]
+           for r in ("pkt-adamw", "pkt-adamw-cls")}
+    assert cls == {"pkt-adamw": 1.0, "pkt-adamw-cls": 127.0} and stages["pkt-adamw-cls"] == stages["pkt-fmt-at"]
     for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
                                    ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",)),
-                                   ("pkt-adamw-h4", ("kt", "pd")),
+                                   ("pkt-adamw-h4", ("kt", "pd")), ("pkt-adamw-cls", ("kt", "pd")),
                                    *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
                                    *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())

@@ -28,6 +28,15 @@ def test_feature_map_standardized_by_hand():
     assert feature_map_loss(teacher, T([[[2.0, 2.0]]]), standardize_maps=True).item() == pytest.approx(1.0)
 
 
+def test_feature_map_cls_weight_by_hand():
+    teacher = T([[[1.0, 2.0], [3.0, 4.0]]])  # per token 2.5 ([CLS]) and 12.5
+    student = torch.zeros(1, 2, 2, dtype=torch.float64)
+    # [CLS] counts as 3 tokens; the normaliser stays the token count (2), so weight 1 is the plain mean
+    assert feature_map_loss(teacher, student, cls_weight=3.0).item() == pytest.approx((3 * 2.5 + 12.5) / 2)
+    assert feature_map_loss(teacher, student, cls_weight=0.0).item() == pytest.approx(12.5 / 2)
+    assert feature_map_loss(teacher, student, cls_weight=1.0).item() == feature_map_loss(teacher, student).item()
+
+
 # ------------------------------------------------------------------------------------------ attention
 def test_attention_kl_by_hand_with_padding():
     # S=3, the third token is padding: its key is dropped and its query row does not count.
@@ -55,6 +64,19 @@ def test_attention_ce_official_variant_by_hand():
     assert attention_ce_loss(t, s, T([[1, 0]])).item() == pytest.approx(row0)
     # CE = KL + teacher entropy (ln 2 per row here)
     assert attention_ce_loss(t, s).item() == pytest.approx(attention_kl_loss(t, s).item() + ln(2))
+
+
+def test_attention_cls_weight_weights_the_cls_query_rows():
+    t = T([[[[0.0, 0.0], [0.0, 0.0]]]])  # (B=1, A=1, S=2, S): row 0 is what [CLS] gathers
+    s = T([[[[ln(3), 0.0], [0.0, ln(3)]]]])
+    ce_row = -(0.5 * ln(0.75) + 0.5 * ln(0.25))  # both rows alike, so the weight shows in the sum only
+    assert attention_ce_loss(t, s, cls_weight=4.0).item() == pytest.approx((4 + 1) * ce_row / 2)
+    kl_row = 0.5 * ln(0.5 / 0.75) + 0.5 * ln(0.5 / 0.25)
+    assert attention_kl_loss(t, s, T([[1, 1]]), cls_weight=4.0).item() == pytest.approx((4 + 1) * kl_row / 2)
+    s2 = T([[[[ln(3), 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, ln(3)]]]])  # (1, A=2, 2, 2): head 0 row 0, head 1 row 1
+    t2 = torch.cat([t, t], 1)
+    # rows (head, query): (0, 0) and (1, 1) differ by kl_row; only (0, 0) is a [CLS] row
+    assert attention_kl_loss(t2, s2, cls_weight=3.0).item() == pytest.approx((3 * kl_row + kl_row) / 4)
 
 
 # ------------------------------------------------------------------------------------ mean / variance

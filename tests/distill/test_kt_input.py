@@ -130,6 +130,18 @@ def test_final_stage_feature_maps_on_clean_tokens(models, logits):
     assert masked["mlm"] == pytest.approx(clean["mlm"], rel=1e-6) and masked["fmt"] != pytest.approx(clean["fmt"])
 
 
+def test_final_stage_cls_weight(models):
+    """kt.cls_weight reaches the final stage's feature maps exactly as it does the layer-wise ones."""
+    teacher, student = models
+    b = masked_batch()
+    kt = fmt_only()
+    kt.cls_weight = 7.0
+    final, _ = run(S.DistillationLoss(teacher, 0.5, fmt_weight=100.0, fmt_layers=(L, L), cls_weight=7.0), student, b)
+    maps, _ = run(S.TransferLoss(teacher, kt, [L], L), student, b)
+    plain, _ = run(S.DistillationLoss(teacher, 0.5, fmt_weight=100.0, fmt_layers=(L, L)), student, b)
+    assert final["fmt"] == pytest.approx(maps["fmt"] * L, rel=1e-5) and final["fmt"] > plain["fmt"] * 1.01
+
+
 def fmt_only() -> KtSettings:
     kt = settings("masked")
     kt.at.weight, kt.mean_var.beta, kt.mean_var.gamma = 0.0, 0.0, 0.0

@@ -133,6 +133,39 @@ def test_transfer_loss_has_gr_factors(teacher, stage):
     assert all(want[n] * f / L > 1e-3 for n, f in factors.items()), want  # every term weighs in
 
 
+@pytest.mark.parametrize("stage", ["pkt-2", "jkt"])
+def test_cls_weight_adds_the_cls_terms(teacher, stage):
+    """kt.cls_weight = w: the feature-map and attention terms gain (w - 1) x their [CLS] part (position 0's map and
+    the [CLS] query rows, over the same normaliser); the mean/var terms are unchanged."""
+    b = batch()
+    student = perturbed(perturbed(teacher, 2, "query"), 2, "output")  # layer 2's attention and its map differ
+    layers, depth = ([2], 2) if stage == "pkt-2" else (list(range(1, L + 1)), None)
+
+    def logs(w: float) -> dict:
+        kt = KtSettings()
+        kt.cls_weight = w
+        fn = S.TransferLoss(teacher, kt, layers, L, depth=depth)
+        return {k: v.item() for k, v in fn(S.Forward(student), b, fn.denominators(b))[1].items()}
+
+    with torch.no_grad():
+        run = lambda m: m.base_model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
+                                     output_hidden_states=True, output_attention_scores=True)
+        t, s = run(teacher), run(student)
+    B, S_ = b["input_ids"].shape
+    cls = {"fmt": 0.0, "at": 0.0}
+    for l in layers:  # [CLS] only: position 0's terms summed, over all tokens' / rows' count (GR's normalisers)
+        terms = hand_layer_loss(t.hidden_states[l][:, :1].double(), s.hidden_states[l][:, :1].double(),
+                                t.attention_scores[l - 1][:, :, :1].double(), s.attention_scores[l - 1][:, :, :1].double())
+        cls["fmt"] += terms["fmt"].item() / S_
+        cls["at"] += terms["at"].item() / S_
+    one, five = logs(1.0), logs(5.0)
+    for name, f in (("fmt", 100.0), ("at", 1.0)):
+        assert cls[name] > 1e-6, cls
+        assert five[name] == pytest.approx(one[name] + 4 * cls[name] * f / L, rel=1e-4), name
+    for name in ("beta", "gamma"):
+        assert five[name] == one[name], name
+
+
 # ------------------------------------------------------------------------------ PKT per-layer learning rates
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, data_dir):

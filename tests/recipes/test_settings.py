@@ -110,6 +110,7 @@ def test_finetune_refuses_bad_values(tmp_path, capsys, data_dir, vocab, override
     ("kt.optim.lr=0", "kt.optim.lr: must be a positive finite number, got 0.0"),
     ("pd.optim.lr=.nan", "pd.optim.lr: must be a positive finite number, got nan"),
     ("pd.optim.warmup_steps=-1", "pd.optim.warmup_steps: must be >= 0, got -1"),
+    ("kt.cls_weight=-2", "kt.cls_weight: must be >= 0, got -2"),
     ("kt.batch_size=0", "kt.batch_size: must be a positive integer, got 0"),
     ("pd.grad_accum=3", "pd.batch_size: 16 is not divisible by pd.grad_accum=3"),
     ("teacher.train.optim.weight_decay=-0.1", "teacher.train.optim.weight_decay: must be >= 0, got -0.1"),
