@@ -41,19 +41,14 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
     python benchmarks/kt_study.py --time          # the step timings the budget below comes from
     python benchmarks/kt_study.py --smoke --state DIR   # seconds: tiny IB-BERT teacher and student (the tests)
 
-Two processes may work on one study at once (each claims a cell before running it; on 2 cores give each one
-thread, e.g. `OMP_NUM_THREADS=1 python benchmarks/kt_study.py --only teacher --only bare &` beside the plain run).
+Two processes may share one study (each claims a cell first); on 2 cores give each one thread (OMP_NUM_THREADS=1).
 
-Every cell (a pre-training run, a zero-shot score, one fine-tuning run, a latency run) is written atomically to the
-results file (docs/kt-study.json; STATE/results.json with --state or --smoke) as soon as it ends, with machine,
-versions, tokens and wall time; `mobilebert train` runs are resumed mid-run (`--resume`) if the script was stopped. In
-a new checkout (the results file kept, runs/ gone) a row with cells still to run is pre-trained again and must reach
-its recorded tokens and MLM loss. Real mode writes docs/kt-study.md and docs/kt-study.png.
-Before the first pre-training cell, every real row's settings are checked with `mobilebert train --dry-run`
-(`--check` does only that); a rejected row stops the study with one line before anything runs.
-
-Rows' settings and the budget (steps, batch, length, the fine-tuning recipe, the cost): kt_study_rows.py.
-How that budget was chosen (`--time` under load, scaled by one quiet measurement): benchmarks/kt_study_timing.py.
+Every cell (pre-training run, zero-shot score, fine-tuning run, latency run) is written atomically to the results
+file (docs/kt-study.json; STATE/results.json with --state or --smoke) when it ends, with machine, versions, tokens
+and wall time; a stopped `mobilebert train` run resumes mid-run. In a new checkout (results kept, runs/ gone) a row
+with cells still to run is pre-trained again and must reach its recorded tokens and MLM loss. First, every real
+row's settings pass `mobilebert train --dry-run` (`--check` does only that), or the study stops with one line.
+Rows and budget: kt_study_rows.py; how the budget was chosen: kt_study_timing.py.
 """
 
 from __future__ import annotations

@@ -22,9 +22,9 @@ from mobilebert.tasks.glue import (
     ReadResult,
     get_task,
     read_examples,
-    read_hf,
     task_file,
 )
+from mobilebert.tasks.hub import read_hf
 from mobilebert.tasks.qa import SquadTask
 from mobilebert.tasks.sentence import SentenceTask, custom_spec
 

@@ -2,7 +2,7 @@
 
 The nine GLUE tasks are read from the folder layout written by GLUE's `download_glue_data.py`
 (`CoLA/train.tsv`, `MNLI/dev_matched.tsv`, ...) or, on a machine that is online, from the Hugging
-Face `glue` dataset. Any CSV/TSV/JSONL classification or regression task is read by naming its
+Face `glue` dataset (`mobilebert.tasks.hub`). Any CSV/TSV/JSONL classification or regression task is read by naming its
 columns (`custom_task`). Every reader returns `Example`s that remember their file line, checks each
 row (column count, label in the label set, non-empty text) and either stops at the first bad row
 (`on_bad_row="error"`, a `DataError` naming file and line) or skips and counts bad rows
@@ -363,40 +363,6 @@ def task_file(task: TaskSpec, data_dir: str | Path, split: str) -> Path:
             return folder / names[split]
     raise DataError(f"{root / task.dir_name / names[split]}: file not found "
                     "(expected the download_glue_data.py layout)")
-
-
-def read_hf(task: TaskSpec, split: str, dataset: str = "glue") -> ReadResult:
-    """Read a GLUE split from the Hugging Face hub (needs the `datasets` package and a network)."""
-    try:
-        import datasets  # optional dependency, only for machines that are online
-    except ImportError:
-        raise UserError("reading from the Hugging Face hub needs `pip install datasets`; "
-                        "or point the data folder at a download_glue_data.py layout") from None
-    if task.hf_config is None:
-        raise UserError(f"task {task.name} has no Hugging Face GLUE config")
-    hf_split = split.replace("dev", "validation")
-    try:
-        ds = datasets.load_dataset(dataset, task.hf_config, split=hf_split)
-    except Exception as e:  # network, unknown split, ...
-        raise UserError(f"hf:{dataset}/{task.hf_config} split {hf_split}: {e}") from None
-    cols = {"cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
-            "stsb": ("sentence1", "sentence2"), "qqp": ("question1", "question2"), "mnli": ("premise", "hypothesis"),
-            "qnli": ("question", "sentence"), "rte": ("sentence1", "sentence2"), "wnli": ("sentence1", "sentence2")}
-    a, b = cols[task.hf_config]
-    names = getattr(ds.features.get("label"), "names", None)
-    examples = []
-    for i, row in enumerate(ds):
-        raw = row.get("label")
-        if raw is None or (not task.is_regression and raw < 0):
-            label = None                       # test splits carry -1
-        elif task.is_regression:
-            label = float(raw)
-        elif names and names[raw] in task.labels:
-            label = names[raw]                 # MNLI/QNLI/RTE: label names match GLUE's strings
-        else:
-            label = str(int(raw))              # 0/1 tasks: HF's ids are GLUE's labels
-        examples.append(Example(str(row.get("idx", i)), row[a], row[b] if b else None, label, 0))
-    return ReadResult(examples, f"hf:{dataset}/{task.hf_config}:{hf_split}")
 
 
 def write_submission(task: TaskSpec, guids: list[str], predictions: list, out_dir: str | Path,

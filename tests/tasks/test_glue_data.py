@@ -7,7 +7,7 @@ import types
 import pytest
 
 from mobilebert.errors import DataError, UserError
-from mobilebert.tasks import glue
+from mobilebert.tasks import glue, hub
 from mobilebert.tasks.glue import custom_task, get_task, read_examples, task_file, write_submission
 
 # (train, dev, test) rows, from shared/data/MANIFEST.md.
@@ -194,8 +194,8 @@ def test_read_hf_with_a_fake_datasets_module(monkeypatch):
                        {"premise": "C.", "hypothesis": "D.", "label": -1, "idx": 6}])
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    res = glue.read_hf(get_task("mnli"), "dev_matched")
+    res = hub.read_hf(get_task("mnli"), "dev_matched")
     assert [(e.guid, e.label) for e in res.examples] == [("5", "contradiction"), ("6", None)]
     monkeypatch.setitem(sys.modules, "datasets", None)   # import fails: a clear message, not a traceback
     with pytest.raises(UserError, match="pip install datasets"):
-        glue.read_hf(get_task("sst2"), "train")
+        hub.read_hf(get_task("sst2"), "train")
