@@ -14,7 +14,7 @@ from pathlib import Path
 PRETRAIN_SEEDS = (1, 2, 3)
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
-        *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")))
+        *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")), "pkt-adamw-cls-s1")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
@@ -28,6 +28,8 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
                           "groups of 3)",
           "pkt-adamw-cls": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, [CLS] weighted as 127 tokens "
                            "(kt.cls_weight=127)",
+          "pkt-adamw-cls-s1": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, [CLS] weighted as 127 "
+                              "tokens, pre-training seed 1",
           **{f"{pair}-s{seed}": f"{label}, AdamW lr 1e-3, pre-training seed {seed}" for seed in PRETRAIN_SEEDS
              for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)

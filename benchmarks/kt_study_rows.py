@@ -52,6 +52,8 @@ ROW_SETTINGS = {
 # other row is one pre-training run, so its ± holds fine-tuning noise only; these rows measure the rest
 ROW_SETTINGS.update({f"{pair}-s{seed}": (ROW_SETTINGS[pair][0] + [f"run.seed={seed}"], ROW_SETTINGS[pair][1])
                      for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")})
+# the [CLS]-weighted row again from pre-training seed 1: is its difference from pkt-adamw more than another seed's?
+ROW_SETTINGS["pkt-adamw-cls-s1"] = (ROW_SETTINGS["pkt-adamw-cls"][0] + ["run.seed=1"], True)
 # Rows whose student has other than the teacher's head count: (real, smoke; the debug teacher has 4 heads).
 STUDENT_HEADS = {"pkt-adamw-h4": (4, 2)}
 # The budget of each mode: pre-training steps (total per row; rows with a final stage split it kt_share : rest),

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "bare-adamw-s1", "pkt-adamw-s1",
-        "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3")
+        "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -60,15 +60,18 @@ def test_smoke_runs_every_cell(smoke):
     cls = {r: yaml.safe_load((state / "pretrain" / r / "settings.yaml").read_text())["kt"]["cls_weight"]
            for r in ("pkt-adamw", "pkt-adamw-cls")}
     assert cls == {"pkt-adamw": 1.0, "pkt-adamw-cls": 127.0} and stages["pkt-adamw-cls"] == stages["pkt-fmt-at"]
+    cls_s1 = yaml.safe_load((state / "pretrain" / "pkt-adamw-cls-s1" / "settings.yaml").read_text())
+    assert (cls_s1["kt"]["cls_weight"], cls_s1["run"]["seed"]) == (127.0, 1)
     for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
                                    ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",)),
                                    ("pkt-adamw-h4", ("kt", "pd")), ("pkt-adamw-cls", ("kt", "pd")),
+                                   ("pkt-adamw-cls-s1", ("kt", "pd")),
                                    *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
                                    *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
         for stage in stages_with_adamw:  # the row's own optimizer wins over the budget's LAMB and lr
             assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
-        # the AdamW pair's other pre-training seeds, and only they, run from run.seed 1, 2 and 3
+        # the rows named -sN (other pre-training seeds), and only they, run from run.seed N
         assert settings["run"]["seed"] == {"-s1": 1, "-s2": 2, "-s3": 3}.get(row[-3:], 0), row
     for s in ("-s1", "-s2", "-s3"):
         assert stages["pkt-adamw" + s] == stages["pkt-adamw"] and stages["bare-adamw" + s] == ["bare"]
