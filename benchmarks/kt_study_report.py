@@ -28,10 +28,9 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
                           "groups of 3)",
           "pkt-adamw-cls": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, [CLS] weighted as 127 tokens "
                            "(kt.cls_weight=127)",
-          "pkt-adamw-cls-s1": "PKT, feature maps + attention + final stage, AdamW lr 1e-3, [CLS] weighted as 127 "
-                              "tokens, pre-training seed 1",
           **{f"{pair}-s{seed}": f"{label}, AdamW lr 1e-3, pre-training seed {seed}" for seed in PRETRAIN_SEEDS
              for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
+LABELS["pkt-adamw-cls-s1"] = LABELS["pkt-adamw-cls"] + ", pre-training seed 1"
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
 SEED_PAIR = {k: (label, (pair, *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS)))
              for k, label, pair in (("bare", "bare (AdamW)", "bare-adamw"),

@@ -151,7 +151,7 @@ def test_cls_weight_adds_the_cls_terms(teacher, stage):
         run = lambda m: m.base_model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
                                      output_hidden_states=True, output_attention_scores=True)
         t, s = run(teacher), run(student)
-    B, S_ = b["input_ids"].shape
+    S_ = b["input_ids"].shape[1]
     cls = {"fmt": 0.0, "at": 0.0}
     for l in layers:  # [CLS] only: position 0's terms summed, over all tokens' / rows' count (GR's normalisers)
         terms = hand_layer_loss(t.hidden_states[l][:, :1].double(), s.hidden_states[l][:, :1].double(),
