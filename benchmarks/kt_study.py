@@ -33,6 +33,7 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
     python benchmarks/kt_study.py --only pkt-fmt-at   # one row (its pre-training, zero-shot, fine-tuning)
     python benchmarks/kt_study.py --pooling mean  # the same fine-tuning cells with model.pooling=mean (a second
                                                   # table: the classifier reads mean-pooled states, not [CLS])
+    python benchmarks/kt_study.py --epochs 10     # the same with 10 fine-tuning epochs (its own cells and table)
     python benchmarks/kt_study.py --scale 4 --only pkt-adamw   # a row at 4x the pre-training steps: a study of
                                                   # its own (runs/kt-study-x4, docs/kt-study-x4.json/.md/.png)
     python benchmarks/kt_study.py --scale 10 --device cuda   # pre-training and fine-tuning on a GPU (fp32); with
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -63,7 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from kt_study_cells import CliError, Results, claim, cli, environment, release  # noqa: E402
+from kt_study_cells import CliError, Results, bench_cell, claim, cli, environment, release  # noqa: E402
 from kt_study_recover import pretrain_again, prepare_again  # noqa: E402
 from kt_study_report import ROWS, TASKS  # noqa: E402  (rows and tasks: one list, the report's)
 from kt_study_rows import REAL, ROW_SETTINGS, SMOKE, STUDENT_HEADS, VOCAB, data_root, minilm_dir  # noqa: E402,F401
@@ -75,6 +77,10 @@ class Study:
     def __init__(self, args):
         self.smoke, self.b = args.smoke, (SMOKE if args.smoke else REAL)
         self.pooling = getattr(args, "pooling", "cls")  # fine-tuning cells: "finetune/..." or "finetune-mean/..."
+        # --epochs N (not the budget's): a set of cells of its own, "finetune[-mean]-eN/..."
+        self.epochs = getattr(args, "epochs", None)
+        if f"train.epochs={self.epochs}" in self.b["finetune"]:
+            self.epochs = None  # the budget's own: the study's cells
         # where `mobilebert train` and `finetune` run (fp32 either way: the same computation, not the budget's)
         self.device = getattr(args, "device", "cpu")
         # --scale K: the same study at K x the pre-training steps, a study of its own (runs, results, report)
@@ -157,8 +163,6 @@ class Study:
         out = self.state / "shards"
 
         def prepare() -> dict:
-            import shutil
-
             shutil.rmtree(out, ignore_errors=True)  # what an interrupted earlier attempt left
             cli(["data", "prepare", self.corpus, "--vocab", VOCAB(),
                  "--out", out, "--workers", "1"])
@@ -250,8 +254,6 @@ class Study:
 
     def random_student(self, out: Path) -> dict:
         """The student as `mobilebert train` would build it, random weights, saved with the vocabulary."""
-        import shutil
-
         import torch
 
         from mobilebert.recipes.train import Pipeline
@@ -283,15 +285,14 @@ class Study:
         return {"row": row, "spearman": score, "params": params, "pairs": str(self.sts_dev.name)}
 
     def finetune(self, row: str, task: str, seed: int) -> dict:
-        import shutil
-
         b, out = self.b, self.state / self.finetune_kind / row / task / str(seed)
         pooling = [] if self.pooling == "cls" else [f"model.pooling={self.pooling}"]
         args = ["finetune", f"--out={out}", f"data.task={task}", f"data.dir={self.glue}", *pooling,
                 f"model.init={self.model_dir(row)}", f"train.seed={seed}", f"train.device={self.device}",
                 "train.precision=fp32", "train.progress=false",
                 "train.save_best=false", "data.predict_test=false", f"data.max_train_examples={b['caps'][task]}",
-                f"data.max_eval_examples={b['eval_cap']}", "train.log_every=50", *b["finetune"]]
+                f"data.max_eval_examples={b['eval_cap']}", "train.log_every=50", *b["finetune"],
+                *([f"train.epochs={self.epochs}"] if self.epochs else [])]  # after the recipe's: it wins
         resume = (out / "checkpoints").is_dir()
         if out.exists() and not resume:
             shutil.rmtree(out)  # an unfinished run without a checkpoint: start it again
@@ -303,25 +304,14 @@ class Study:
                 "examples_seen": res["steps"] * b["ft_batch"]}
 
     def bench(self) -> dict:
-        """ONNX Runtime fp32/int8 latency of teacher and student (random weights: latency does not depend on them)."""
-        from mobilebert.checkpoint import load_config
-        from mobilebert.recipes.bench import run_bench
-        from mobilebert.presets import PRESETS
-
-        configs = {"kt-teacher": load_config(self.model_dir("teacher")),
-                   "kt-student": load_config(self.model_dir("random"))}
-        for name, cfg in configs.items():
-            PRESETS[name] = lambda cfg=cfg: cfg.replace(architectures=None)
-        seq = 128
-        report = run_bench(tuple(configs), ("ort-fp32", "ort-int8"), (seq,), (1,), runs=self.b["bench_runs"],
-                           warmup=min(5, self.b["bench_runs"]), workdir=self.state / "bench")
-        lat = {f"{r.model[3:]}/{r.runtime}": {"p50_ms": r.p50_ms, "p90_ms": r.p90_ms} for r in report.results}
-        return {"seq": seq, "threads": 1, "latency": lat, "machine": report.machine}
+        return bench_cell(self.model_dir("teacher"), self.model_dir("random"), self.b["bench_runs"],
+                          self.state / "bench")
 
     @property
     def finetune_kind(self) -> str:
-        """The fine-tuning cells' key prefix and run folder: one per classifier pooling."""
-        return "finetune" if self.pooling == "cls" else f"finetune-{self.pooling}"
+        """The fine-tuning cells' key prefix and run folder: one per classifier pooling and number of epochs."""
+        return ("finetune" + ("" if self.pooling == "cls" else f"-{self.pooling}")
+                + (f"-e{self.epochs}" if self.epochs else ""))
 
     # ------------------------------------------------------------------ all of it
     def run(self, rows, tasks, seeds=None) -> None:
@@ -348,6 +338,8 @@ def main() -> int:
     p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
                    help="the fine-tuning cells' classifier pooling (model.pooling); mean: a second set of cells "
                         "and table, the [CLS] ones untouched")
+    p.add_argument("--epochs", type=int, help="fine-tuning epochs instead of the budget's (a set of cells and a table "
+                                              "of their own: finetune-eN/; the budget's cells untouched)")
     p.add_argument("--scale", type=int, default=1,
                    help="pre-training steps x SCALE (K > 1: a separate study, runs/kt-study-xK and docs/kt-study-xK.*)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -360,6 +352,8 @@ def main() -> int:
     args = p.parse_args()
     if args.scale < 1:
         p.error(f"--scale: {args.scale} is not a positive whole number")
+    if args.epochs is not None and args.epochs < 1:
+        p.error(f"--epochs: {args.epochs} is not a positive whole number")
     if args.time:
         from kt_study_timing import time_steps
 

@@ -1,5 +1,5 @@
 """The bookkeeping of benchmarks/kt_study.py: the shared results file, cell claims between processes, the machine
-and versions stored with every cell, and running a `mobilebert` command in-process.
+and versions stored with every cell, running a `mobilebert` command in-process, and the latency cell.
 
 Nothing here knows the study's rows or budget; kt_study.py holds those.
 """
@@ -134,3 +134,21 @@ def cli(args: list[str]) -> None:
     if code != 0:
         last = (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
         raise CliError(f"`mobilebert {args[0]}` exited with {code}: {last}")
+
+
+# ------------------------------------------------------------------------------------------ the latency cell
+def bench_cell(teacher: Path, student: Path, runs: int, workdir: Path) -> dict:
+    """ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of the models shaped as the folders' configs,
+    with random weights: latency does not depend on them."""
+    from mobilebert.checkpoint import load_config
+    from mobilebert.presets import PRESETS
+    from mobilebert.recipes.bench import run_bench
+
+    configs = {"kt-teacher": load_config(teacher), "kt-student": load_config(student)}
+    for name, cfg in configs.items():
+        PRESETS[name] = lambda cfg=cfg: cfg.replace(architectures=None)
+    seq = 128
+    report = run_bench(tuple(configs), ("ort-fp32", "ort-int8"), (seq,), (1,), runs=runs, warmup=min(5, runs),
+                       workdir=workdir)
+    lat = {f"{r.model[3:]}/{r.runtime}": {"p50_ms": r.p50_ms, "p90_ms": r.p90_ms} for r in report.results}
+    return {"seq": seq, "threads": 1, "latency": lat, "machine": report.machine}

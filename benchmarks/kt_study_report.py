@@ -7,6 +7,7 @@ can run after every sitting.
 
 from __future__ import annotations
 
+import re
 import statistics
 from pathlib import Path
 
@@ -175,23 +176,41 @@ def _table(rows: dict, seeds, mode: str, z_t) -> list[str]:
     return lines
 
 
-def _mean_pooling_section(cells: dict, seeds, mode: str, z_t, bench) -> list[str]:
-    """The same fine-tuning cells with model.pooling=mean (`kt_study.py --pooling mean`), when any has run."""
-    n = sum(key.startswith("finetune-mean/") for key in cells)
-    if not n:
-        return []
-    rows = summarise(cells, seeds, "finetune-mean")
-    lines = ["", f"## {KINDS['finetune-mean'].capitalize()}", "",
-             f"`python benchmarks/kt_study.py --pooling mean`: the same pre-trained rows and fine-tuning recipe, but the "
-             "classifier reads the mean of the last-layer states over the real tokens instead of [CLS]. "
-             f"{n} of {len(ROWS) * len(TASKS) * len(seeds)} cells finished.", ""]
-    lines += _table(rows, seeds, mode, z_t)
-    lines += ["", "| check (mean pooling) | measured | verdict |", "|---|---|---|"]
-    checks = goals(rows, bench, seeds)
-    # the seed-1 AdamW pair: the pair whose students are on disk for these cells (the seed-0 ones were not kept)
-    adamw = goals(rows, bench, seeds, "pkt-adamw-s1")  # its 95 % goal would need the teacher's mean-pooled cells
-    for name, measured, verdict in [checks[0], checks[2], adamw[0]] + orderings(rows)[:2]:
-        lines.append(f"| {name} | {measured} | **{verdict}** |")
+def variant(kind: str) -> tuple[bool, int | None]:
+    """A fine-tuning cells' key prefix, finetune[-mean][-eN] (kt_study.py --pooling mean, --epochs N): (mean pooling,
+    the epochs when not the budget's)."""
+    m = re.fullmatch(r"finetune(-mean)?(?:-e(\d+))?", kind)
+    return bool(m and m[1]), (int(m[2]) if m and m[2] else None)
+
+
+def _variant_sections(cells: dict, seeds, mode: str, z_t, bench) -> list[str]:
+    """One section per set of fine-tuning cells other than the study's own recipe (`kt_study.py --pooling mean`,
+    `--epochs N`), when any of its cells has run: its table (the rows that have a cell) and its goal checks."""
+    lines = []
+    for kind in sorted({key.split("/")[0] for key in cells if key.startswith("finetune-")}):
+        (mean, epochs), n = variant(kind), sum(key.startswith(kind + "/") for key in cells)
+        rows = summarise(cells, seeds, kind)
+        title = ", ".join([KINDS["finetune-mean" if mean else "finetune"]]
+                          + ([f"{epochs} fine-tuning epochs (train.epochs={epochs})"] if epochs else []))
+        flags = " ".join((["--pooling mean"] if mean else []) + ([f"--epochs {epochs}"] if epochs else []))
+        what = ((["the classifier reads the mean of the last-layer states over the real tokens instead of [CLS]"]
+                 if mean else []) + ([f"every run fine-tunes for {epochs} epochs (best dev epoch)"] if epochs else []))
+        lines += ["", f"## {title[0].upper()}{title[1:]}", "",
+                  f"`python benchmarks/kt_study.py {flags}`: the same pre-trained rows and fine-tuning recipe, but "
+                  f"{' and '.join(what)}. {n} of {len(ROWS) * len(TASKS) * len(seeds)} cells finished; rows "
+                  "without a cell are left out.", ""]
+        table = _table(rows, seeds, mode, z_t)
+        lines += table[:2] + [line for row, line in zip(ROWS, table[2:]) if any(rows[row][t] for t in TASKS)]
+        lines += ["", f"| check ({title}) | measured | verdict |", "|---|---|---|"]
+        if kind == "finetune-mean":
+            checks = goals(rows, bench, seeds)
+            # the seed-1 AdamW pair: the pair whose students were on disk for these cells
+            adamw = goals(rows, bench, seeds, "pkt-adamw-s1")  # its 95 % goal needs the teacher's mean-pooled cells
+            checks = [checks[0], checks[2], adamw[0]] + orderings(rows)[:2]
+        else:  # the AdamW rows, with and without the [CLS] weight, against bare (AdamW); zero-shot is not fine-tuned
+            checks = [c for row in ("pkt-adamw", "pkt-adamw-cls") for c in goals(rows, bench, seeds, row)[:3]
+                      if "zero-shot" not in c[0]]
+        lines += [f"| {name} | {measured} | **{verdict}** |" for name, measured, verdict in checks]
     return lines
 
 
@@ -277,8 +296,8 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
              f"Produced by `{command}` (see its docstring for the setup, the budget and how it was "
              f"chosen). {done} of {planned} cells finished. Scores are dev-set x 100, mean ± std "
              f"over {len(seeds)} fine-tuning seed(s); zero-shot = STS-B dev Spearman of mean-pooled last-layer states, "
-             "no fine-tuning. Fine-tuned with the checkpoints' own [CLS] pooling; a second table below, where it has "
-             "run, fine-tunes with mean pooling.", "",
+             "no fine-tuning. Fine-tuned with the checkpoints' own [CLS] pooling; tables below, where they have run, "
+             "fine-tune with mean pooling or for more epochs.", "",
              f"Pre-training per row: {budget['steps']} steps (rows with a final stage: {budget['kt_share']:.0%} KT, "
              f"the rest PD), batch {budget['batch']}, sequence length {budget['seq']}, LAMB lr {budget['lr']}. "
              f"Fine-tuning (one recipe): {' '.join(budget['finetune'])}; training sets capped at "
@@ -309,7 +328,7 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
     for name, measured, verdict in checks:
         lines.append(f"| {name} | {measured} | **{verdict}** |")
     lines += _seeds_section(cells, seeds)
-    lines += _mean_pooling_section(cells, seeds, results["mode"], z_t, bench)
+    lines += _variant_sections(cells, seeds, results["mode"], z_t, bench)
     if results["mode"] == "real":
         lines += ["", "Why the missed goals are missed, layer by layer ([CLS] against mean pooling, and how far each "
                   "student's states are from the teacher's): `docs/kt-layers.md` (`python benchmarks/kt_layers.py`) "

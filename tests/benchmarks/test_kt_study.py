@@ -258,6 +258,41 @@ def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
     assert "| PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std | – | **pending** |" in md
 
 
+def test_more_fine_tuning_epochs_are_a_set_of_cells_with_their_own_table(smoke):
+    """--epochs N fine-tunes the same rows for N epochs into finetune-eN/ cells (train.epochs=N after the recipe's);
+    the budget's cells stay as they are, and the report adds a table of the rows that have a cell, with the AdamW
+    rows' fine-tuning goals."""
+    state, _ = smoke
+    path = state / "results.json"
+    before = json.loads(path.read_text())["cells"]
+    proc = study("--smoke", "--state", state, "--epochs", "2", "--only", "bare", "--tasks", "sts-b")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ran = [line[4:] for line in proc.stdout.splitlines() if line.startswith("--- ")]
+    assert ran == ["finetune-e2/bare/sts-b/1"]
+    cells = json.loads(path.read_text())["cells"]
+    assert {k: v for k, v in cells.items() if k in before} == before
+    settings = yaml.safe_load((state / "finetune-e2" / "bare" / "sts-b" / "1" / "settings.yaml").read_text())
+    assert settings["train"]["epochs"] == 2 and settings["model"]["pooling"] is None
+    md = (state / "kt-study.md").read_text()
+    section = md.split("## [CLS] pooling (the checkpoints' own), 2 fine-tuning epochs (train.epochs=2)\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    assert "`python benchmarks/kt_study.py --epochs 2`" in section and "1 of " in section
+    assert "| bare (MLM + NSP, no teacher) |" in section and "| teacher" not in section  # rows with a cell only
+    assert ("| PKT (fmt + at, AdamW, [CLS] x127) fine-tuned average >= 95% of the teacher's | – | **pending** |"
+            in section)
+    # a count below 1 is refused in one line
+    rerun = study("--smoke", "--state", state, "--epochs", "0")
+    assert rerun.returncode == 2 and "--epochs: 0 is not a positive whole number" in rerun.stderr
+
+
+def test_variant_reads_the_pooling_and_the_epochs_from_a_cells_prefix():
+    sys.path.insert(0, str(SCRIPT.parent))
+    from kt_study_report import variant
+
+    assert variant("finetune") == (False, None) and variant("finetune-mean") == (True, None)
+    assert variant("finetune-e10") == (False, 10) and variant("finetune-mean-e3") == (True, 3)
+
+
 def test_scale_is_a_study_of_its_own_at_k_times_the_steps(smoke, tmp_path):
     """--scale K pre-trains at K x the steps into its own results and report, and takes from the 1x study only the
     cells that do not depend on the steps (teacher, random student, latency)."""
