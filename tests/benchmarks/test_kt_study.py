@@ -238,18 +238,24 @@ def test_orderings_are_reported_on_the_fine_tuned_average_and_on_zero_shot():
     assert got["Table 9 (AdamW rows): + attention > + feature maps (+ distillation) > bare"][1] == "pending"
 
 
+def run_bare_sts_b(state, *flags):
+    """The smoke study's bare STS-B cells again with FLAGS (another set of fine-tuning cells): the cells that ran and
+    the results after; the cells that were there before are asserted unchanged."""
+    path = state / "results.json"
+    before = json.loads(path.read_text())["cells"]
+    proc = study("--smoke", "--state", state, *flags, "--only", "bare", "--tasks", "sts-b")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cells = json.loads(path.read_text())["cells"]
+    assert {k: v for k, v in cells.items() if k in before} == before
+    return [line[4:] for line in proc.stdout.splitlines() if line.startswith("--- ")], cells
+
+
 def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
     """--pooling mean fine-tunes the same rows with model.pooling=mean into finetune-mean/ cells; the [CLS] cells
     stay as they are, and the report adds a table and the goal checks for mean pooling."""
     state, _ = smoke
-    path = state / "results.json"
-    before = json.loads(path.read_text())["cells"]
-    proc = study("--smoke", "--state", state, "--pooling", "mean", "--only", "bare", "--tasks", "sts-b")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ran = [line[4:] for line in proc.stdout.splitlines() if line.startswith("--- ")]
+    ran, cells = run_bare_sts_b(state, "--pooling", "mean")
     assert ran == ["finetune-mean/bare/sts-b/1"]
-    cells = json.loads(path.read_text())["cells"]
-    assert {k: v for k, v in cells.items() if k in before} == before
     assert cells["finetune-mean/bare/sts-b/1"]["metric"] == "spearmanr"
     settings = (state / "finetune-mean" / "bare" / "sts-b" / "1" / "settings.yaml").read_text()
     assert "pooling: mean" in settings
@@ -263,14 +269,8 @@ def test_more_fine_tuning_epochs_are_a_set_of_cells_with_their_own_table(smoke):
     the budget's cells stay as they are, and the report adds a table of the rows that have a cell, with the AdamW
     rows' fine-tuning goals."""
     state, _ = smoke
-    path = state / "results.json"
-    before = json.loads(path.read_text())["cells"]
-    proc = study("--smoke", "--state", state, "--epochs", "2", "--only", "bare", "--tasks", "sts-b")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ran = [line[4:] for line in proc.stdout.splitlines() if line.startswith("--- ")]
+    ran, _ = run_bare_sts_b(state, "--epochs", "2")
     assert ran == ["finetune-e2/bare/sts-b/1"]
-    cells = json.loads(path.read_text())["cells"]
-    assert {k: v for k, v in cells.items() if k in before} == before
     settings = yaml.safe_load((state / "finetune-e2" / "bare" / "sts-b" / "1" / "settings.yaml").read_text())
     assert settings["train"]["epochs"] == 2 and settings["model"]["pooling"] is None
     md = (state / "kt-study.md").read_text()
