@@ -183,7 +183,7 @@ def variant(kind: str) -> tuple[bool, int | None]:
     return bool(m and m[1]), (int(m[2]) if m and m[2] else None)
 
 
-def _variant_sections(cells: dict, seeds, mode: str, z_t, bench) -> list[str]:
+def _variant_sections(cells: dict, seeds, mode: str, z_t, bench, command: str) -> list[str]:
     """One section per set of fine-tuning cells other than the study's own recipe (`kt_study.py --pooling mean`,
     `--epochs N`), when any of its cells has run: its table (the rows that have a cell) and its goal checks."""
     lines = []
@@ -196,7 +196,7 @@ def _variant_sections(cells: dict, seeds, mode: str, z_t, bench) -> list[str]:
         what = ((["the classifier reads the mean of the last-layer states over the real tokens instead of [CLS]"]
                  if mean else []) + ([f"every run fine-tunes for {epochs} epochs (best dev epoch)"] if epochs else []))
         lines += ["", f"## {title[0].upper()}{title[1:]}", "",
-                  f"`python benchmarks/kt_study.py {flags}`: the same pre-trained rows and fine-tuning recipe, but "
+                  f"`{command} {flags}`: the same pre-trained rows and fine-tuning recipe, but "
                   f"{' and '.join(what)}. {n} of {len(ROWS) * len(TASKS) * len(seeds)} cells finished; rows "
                   "without a cell are left out.", ""]
         table = _table(rows, seeds, mode, z_t)
@@ -328,7 +328,7 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
     for name, measured, verdict in checks:
         lines.append(f"| {name} | {measured} | **{verdict}** |")
     lines += _seeds_section(cells, seeds)
-    lines += _variant_sections(cells, seeds, results["mode"], z_t, bench)
+    lines += _variant_sections(cells, seeds, results["mode"], z_t, bench, command)
     if results["mode"] == "real":
         lines += ["", "Why the missed goals are missed, layer by layer ([CLS] against mean pooling, and how far each "
                   "student's states are from the teacher's): `docs/kt-layers.md` (`python benchmarks/kt_layers.py`) "
