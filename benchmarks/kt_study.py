@@ -21,7 +21,8 @@ Rows (the pre-training ones all get the same steps, batch and sequence length; t
     pkt-adamw-h4 pkt-adamw with a 4-head student (the teacher's 12 heads averaged in groups of 3 for attention
                  transfer): the head count that meets the int8 latency goal (benchmarks/kt_latency.py)
     pkt-adamw-cls pkt-adamw with kt.cls_weight=127: [CLS] weighs as the other 127 positions together in the
-                 feature-map and attention terms (the students' [CLS] does not vary); -s1: from pre-training seed 1
+                 feature-map and attention terms (the students' [CLS] does not vary); -s1: from pre-training seed 1;
+                 -h4: with 4 heads, as pkt-adamw-h4
     bare-adamw-sN, pkt-adamw-sN   the AdamW pair again from pre-training seed N = 1, 2, 3 (run.seed;
                  kt_study_report.PRETRAIN_SEEDS), for the spread over pre-training runs one run per row cannot show
 

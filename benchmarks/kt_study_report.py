@@ -15,7 +15,8 @@ from pathlib import Path
 PRETRAIN_SEEDS = (1, 2, 3)
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
-        *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")), "pkt-adamw-cls-s1")
+        *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")), "pkt-adamw-cls-s1",
+        "pkt-adamw-cls-h4")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
@@ -32,6 +33,7 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
           **{f"{pair}-s{seed}": f"{label}, AdamW lr 1e-3, pre-training seed {seed}" for seed in PRETRAIN_SEEDS
              for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
 LABELS["pkt-adamw-cls-s1"] = LABELS["pkt-adamw-cls"] + ", pre-training seed 1"
+LABELS["pkt-adamw-cls-h4"] = LABELS["pkt-adamw-cls"] + ", 4 heads (teacher's in groups of 3)"
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
 SEED_PAIR = {k: (label, (pair, *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS)))
              for k, label, pair in (("bare", "bare (AdamW)", "bare-adamw"),
@@ -42,10 +44,11 @@ METRIC = {"sst-2": "acc", "mrpc": "F1", "sts-b": "Spearman", "rte": "acc"}
 GOAL_NAMES = {"pkt-fmt-at": "PKT (fmt + at)", "pkt-clean": "PKT (fmt + at, kt.input=clean)",
               "pkt-adamw": "PKT (fmt + at, AdamW)", "pkt-adamw-h4": "PKT (fmt + at, AdamW, 4 heads)",
               "pkt-adamw-cls": "PKT (fmt + at, AdamW, [CLS] x127)",
+              "pkt-adamw-cls-h4": "PKT (fmt + at, AdamW, [CLS] x127, 4 heads)",
               "pkt-adamw-s1": "PKT (fmt + at, AdamW, pre-training seed 1)"}
 # the bare row of the same optimizer; "bare" otherwise
 BASELINE = {"pkt-adamw": ("bare-adamw", "bare (AdamW)"), "pkt-adamw-h4": ("bare-adamw", "bare (AdamW)"),
-            "pkt-adamw-cls": ("bare-adamw", "bare (AdamW)"),
+            "pkt-adamw-cls": ("bare-adamw", "bare (AdamW)"), "pkt-adamw-cls-h4": ("bare-adamw", "bare (AdamW)"),
             "pkt-adamw-s1": ("bare-adamw-s1", "bare (AdamW, seed 1)")}
 KINDS = {"finetune": "[CLS] pooling (the checkpoints' own)", "finetune-mean": "mean pooling (model.pooling=mean)"}
 
@@ -323,7 +326,7 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
     # above; the 4-head student's latency: docs/kt-latency.md)
     checks = (goals(rows, bench, seeds) + goals(rows, bench, seeds, "pkt-clean")[:3]
               + goals(rows, bench, seeds, "pkt-adamw")[:3] + goals(rows, bench, seeds, "pkt-adamw-h4")[:3]
-              + goals(rows, bench, seeds, "pkt-adamw-cls")[:3]
+              + goals(rows, bench, seeds, "pkt-adamw-cls")[:3] + goals(rows, bench, seeds, "pkt-adamw-cls-h4")[:3]
               + orderings(rows) + orderings(rows, "-adamw"))
     for name, measured, verdict in checks:
         lines.append(f"| {name} | {measured} | **{verdict}** |")

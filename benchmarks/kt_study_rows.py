@@ -54,8 +54,10 @@ ROW_SETTINGS.update({f"{pair}-s{seed}": (ROW_SETTINGS[pair][0] + [f"run.seed={se
                      for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")})
 # the [CLS]-weighted row again from pre-training seed 1: is its difference from pkt-adamw more than another seed's?
 ROW_SETTINGS["pkt-adamw-cls-s1"] = (ROW_SETTINGS["pkt-adamw-cls"][0] + ["run.seed=1"], True)
+# the [CLS]-weighted row with 4 heads: one student for the zero-shot, beat-bare and int8 latency goals together
+ROW_SETTINGS["pkt-adamw-cls-h4"] = ROW_SETTINGS["pkt-adamw-cls"]
 # Rows whose student has other than the teacher's head count: (real, smoke; the debug teacher has 4 heads).
-STUDENT_HEADS = {"pkt-adamw-h4": (4, 2)}
+STUDENT_HEADS = {"pkt-adamw-h4": (4, 2), "pkt-adamw-cls-h4": (4, 2)}
 # The budget of each mode: pre-training steps (total per row; rows with a final stage split it kt_share : rest),
 # batch, sequence length, LR; fine-tuning recipe (one for all rows) and training-set caps (seeded subsets).
 REAL = {"steps": 500, "kt_share": 0.5, "batch": 32, "seq": 128, "lr": 1.5e-3, "seeds": (1, 2, 3),

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "bare-adamw-s1", "pkt-adamw-s1",
-        "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1")
+        "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1", "pkt-adamw-cls-h4")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -55,17 +55,17 @@ def test_smoke_runs_every_cell(smoke):
     assert stages["akt-adamw"] == ["akt"] and stages["pkt-adamw-h4"] == stages["pkt-fmt-at"]
     # the 4-head row (2 heads in smoke, against the debug teacher's 4): its student, and only its, has fewer heads
     heads = {r: json.loads((state / "pretrain" / r / "student" / "config.json").read_text())["num_attention_heads"]
-             for r in ("pkt-adamw", "pkt-adamw-h4")}
-    assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2}
+             for r in ("pkt-adamw", "pkt-adamw-h4", "pkt-adamw-cls-h4")}
+    assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2, "pkt-adamw-cls-h4": 2}
     cls = {r: yaml.safe_load((state / "pretrain" / r / "settings.yaml").read_text())["kt"]["cls_weight"]
-           for r in ("pkt-adamw", "pkt-adamw-cls")}
-    assert cls == {"pkt-adamw": 1.0, "pkt-adamw-cls": 127.0} and stages["pkt-adamw-cls"] == stages["pkt-fmt-at"]
+           for r in ("pkt-adamw", "pkt-adamw-cls", "pkt-adamw-cls-h4")}
+    assert cls == {"pkt-adamw": 1.0, "pkt-adamw-cls": 127.0, "pkt-adamw-cls-h4": 127.0} and stages["pkt-adamw-cls"] == stages["pkt-fmt-at"]
     cls_s1 = yaml.safe_load((state / "pretrain" / "pkt-adamw-cls-s1" / "settings.yaml").read_text())
     assert (cls_s1["kt"]["cls_weight"], cls_s1["run"]["seed"]) == (127.0, 1)
     for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
                                    ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",)),
                                    ("pkt-adamw-h4", ("kt", "pd")), ("pkt-adamw-cls", ("kt", "pd")),
-                                   ("pkt-adamw-cls-s1", ("kt", "pd")),
+                                   ("pkt-adamw-cls-s1", ("kt", "pd")), ("pkt-adamw-cls-h4", ("kt", "pd")),
                                    *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
                                    *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
