@@ -47,8 +47,8 @@ GOAL_NAMES = {"pkt-fmt-at": "PKT (fmt + at)", "pkt-clean": "PKT (fmt + at, kt.in
               "pkt-adamw-cls-h4": "PKT (fmt + at, AdamW, [CLS] x127, 4 heads)",
               "pkt-adamw-s1": "PKT (fmt + at, AdamW, pre-training seed 1)"}
 # the bare row of the same optimizer; "bare" otherwise
-BASELINE = {"pkt-adamw": ("bare-adamw", "bare (AdamW)"), "pkt-adamw-h4": ("bare-adamw", "bare (AdamW)"),
-            "pkt-adamw-cls": ("bare-adamw", "bare (AdamW)"), "pkt-adamw-cls-h4": ("bare-adamw", "bare (AdamW)"),
+BASELINE = {**{row: ("bare-adamw", "bare (AdamW)") for row in ("pkt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
+                                                                 "pkt-adamw-cls-h4")},
             "pkt-adamw-s1": ("bare-adamw-s1", "bare (AdamW, seed 1)")}
 KINDS = {"finetune": "[CLS] pooling (the checkpoints' own)", "finetune-mean": "mean pooling (model.pooling=mean)"}
 
@@ -324,9 +324,9 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
     lines += ["", "## Goals (issue 11) and the paper's orderings", "", "| check | measured | verdict |", "|---|---|---|"]
     # pkt-clean and the AdamW rows: their three score goals (the latency goal is the 12-head student's, listed once
     # above; the 4-head student's latency: docs/kt-latency.md)
-    checks = (goals(rows, bench, seeds) + goals(rows, bench, seeds, "pkt-clean")[:3]
-              + goals(rows, bench, seeds, "pkt-adamw")[:3] + goals(rows, bench, seeds, "pkt-adamw-h4")[:3]
-              + goals(rows, bench, seeds, "pkt-adamw-cls")[:3] + goals(rows, bench, seeds, "pkt-adamw-cls-h4")[:3]
+    checks = (goals(rows, bench, seeds)
+              + [c for row in ("pkt-clean", "pkt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "pkt-adamw-cls-h4")
+                 for c in goals(rows, bench, seeds, row)[:3]]
               + orderings(rows) + orderings(rows, "-adamw"))
     for name, measured, verdict in checks:
         lines.append(f"| {name} | {measured} | **{verdict}** |")

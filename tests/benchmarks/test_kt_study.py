@@ -59,7 +59,8 @@ def test_smoke_runs_every_cell(smoke):
     assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2, "pkt-adamw-cls-h4": 2}
     cls = {r: yaml.safe_load((state / "pretrain" / r / "settings.yaml").read_text())["kt"]["cls_weight"]
            for r in ("pkt-adamw", "pkt-adamw-cls", "pkt-adamw-cls-h4")}
-    assert cls == {"pkt-adamw": 1.0, "pkt-adamw-cls": 127.0, "pkt-adamw-cls-h4": 127.0} and stages["pkt-adamw-cls"] == stages["pkt-fmt-at"]
+    assert cls == {"pkt-adamw": 1.0, "pkt-adamw-cls": 127.0, "pkt-adamw-cls-h4": 127.0}
+    assert stages["pkt-adamw-cls"] == stages["pkt-fmt-at"]
     cls_s1 = yaml.safe_load((state / "pretrain" / "pkt-adamw-cls-s1" / "settings.yaml").read_text())
     assert (cls_s1["kt"]["cls_weight"], cls_s1["run"]["seed"]) == (127.0, 1)
     for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
