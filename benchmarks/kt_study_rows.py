@@ -56,8 +56,10 @@ ROW_SETTINGS.update({f"{pair}-s{seed}": (ROW_SETTINGS[pair][0] + [f"run.seed={se
 ROW_SETTINGS["pkt-adamw-cls-s1"] = (ROW_SETTINGS["pkt-adamw-cls"][0] + ["run.seed=1"], True)
 # the [CLS]-weighted row with 4 heads: one student for the zero-shot, beat-bare and int8 latency goals together
 ROW_SETTINGS["pkt-adamw-cls-h4"] = ROW_SETTINGS["pkt-adamw-cls"]
+# ... and again from pre-training seed 1: do the three goals it holds at 4x hold for another pre-training run?
+ROW_SETTINGS["pkt-adamw-cls-h4-s1"] = ROW_SETTINGS["pkt-adamw-cls-s1"]
 # Rows whose student has other than the teacher's head count: (real, smoke; the debug teacher has 4 heads).
-STUDENT_HEADS = {"pkt-adamw-h4": (4, 2), "pkt-adamw-cls-h4": (4, 2)}
+STUDENT_HEADS = {row: (4, 2) for row in ("pkt-adamw-h4", "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1")}
 # The budget of each mode: pre-training steps (total per row; rows with a final stage split it kt_share : rest),
 # batch, sequence length, LR; fine-tuning recipe (one for all rows) and training-set caps (seeded subsets).
 REAL = {"steps": 500, "kt_share": 0.5, "batch": 32, "seq": 128, "lr": 1.5e-3, "seeds": (1, 2, 3),

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from mobilebert.checkpoint import load_config, load_pretrained
+from mobilebert.checkpoint import load_pretrained
 from mobilebert.config import MobileBertConfig
 from mobilebert.distill import shapes as SH
 from mobilebert.distill import steps as S
@@ -54,7 +54,7 @@ from mobilebert.recipes import train_state as ST
 from mobilebert.recipes import train_teacher as TK
 from mobilebert.recipes.settings import (check_device, check_precision, check_seq_len, pick_precision, seed_everything,
                                          start_device, warmup_steps)
-from mobilebert.recipes.train_settings import TrainSettings, build_model_config, check_models
+from mobilebert.recipes.train_settings import TrainSettings, check_models, model_configs
 from mobilebert.recipes.train_stages import (Stage, check_stage_batches, format_plan, plan, stage_loss,
                                              stage_lr_scales)
 
@@ -84,32 +84,7 @@ class Pipeline:
                 raise
             print(f"note: {e} (ignored by --dry-run)")
             self.vocab_size = 0
-        seq = settings.data.seq_len
-        from_teacher = settings.student.preset == SH.FROM_TEACHER and not settings.student.init
-        self.teacher_cfg = None
-        if settings.needs_teacher() or "teacher" in settings.run.stages or from_teacher:
-            if not (settings.teacher.init or "teacher" in settings.run.stages):
-                raise ConfigError(f"student.preset: {SH.FROM_TEACHER} is shaped from the teacher; give teacher.init "
-                                  "or add `teacher` to run.stages")
-            self.teacher_cfg = (TK.teacher_config(settings.teacher.init) if settings.teacher.init
-                                else build_model_config(settings.teacher, "teacher", seq))
-            if self.teacher_cfg.max_position_embeddings < seq:
-                raise ConfigError(f"data.seq_len: {seq} is longer than the teacher's max_position_embeddings="
-                                  f"{self.teacher_cfg.max_position_embeddings}")
-        if from_teacher:
-            self.student_cfg = SH.from_teacher_config(self.teacher_cfg, settings.student.overrides)
-            if self.student_cfg.max_position_embeddings < seq:
-                raise ConfigError(f"data.seq_len: {seq} is longer than student max_position_embeddings="
-                                  f"{self.student_cfg.max_position_embeddings}")
-        else:
-            self.student_cfg = (load_config(settings.student.init) if settings.student.init
-                                else build_model_config(settings.student, "student", seq))
-        for key, cfg in (("student", self.student_cfg), ("teacher", self.teacher_cfg)):
-            if cfg is not None:  # student.init / teacher.init configs too
-                check_seq_len("data.seq_len", seq, cfg.max_position_embeddings, key)
-            if cfg is not None and cfg.vocab_size < self.vocab_size:
-                raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
-                                  f"vocabulary ({self.vocab_size} tokens)")
+        self.teacher_cfg, self.student_cfg = model_configs(settings, self.vocab_size)
         check_models(settings, self.teacher_cfg, self.student_cfg)
         self.bridge = B.plan_bridge(settings, self.teacher_cfg, self.student_cfg, getattr(self, "data_tokens", None),
                                     getattr(self, "data_vocab_source", ""))

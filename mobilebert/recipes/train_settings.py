@@ -3,8 +3,9 @@ pre-training distillation (paper §4; the official run's flags are in configs/pa
 
 The YAML maps 1:1 onto these dataclasses; `mobilebert.recipes.settings.load_settings` applies dotted overrides
 (`kt.strategy=jkt pd.steps=100`) and rejects unknown keys with the key's name. `validate()` methods check
-values that a type cannot express; `check_models()` checks that teacher and student fit the chosen
-losses. All of it runs before anything is written.
+values that a type cannot express; `model_configs()` resolves the teacher's and the student's model configs
+(presets, checkpoints, or the student shaped from the teacher) and `check_models()` checks that they fit the
+chosen losses. All of it runs before anything is written.
 """
 
 from __future__ import annotations
@@ -279,6 +280,41 @@ def build_model_config(ms: ModelSettings, key: str, max_len: int) -> MobileBertC
             from None
     check_seq_len("data.seq_len", max_len, cfg.max_position_embeddings, key)
     return cfg
+
+
+def model_configs(s: TrainSettings, vocab_size: int) -> tuple[MobileBertConfig | None, MobileBertConfig]:
+    """(teacher, student) configs of a run: the teacher's from teacher.init or its preset (None when no stage needs
+    a teacher), the student's from student.init, its preset, or shaped from the teacher (`student.preset:
+    from-teacher`); each checked against data.seq_len and the data's vocabulary of `vocab_size` tokens (0: unknown)."""
+    from mobilebert.checkpoint import load_config
+    from mobilebert.distill import shapes
+    from mobilebert.recipes.train_teacher import teacher_config
+
+    seq = s.data.seq_len
+    from_teacher = s.student.preset == shapes.FROM_TEACHER and not s.student.init
+    teacher = None
+    if s.needs_teacher() or "teacher" in s.run.stages or from_teacher:
+        if not (s.teacher.init or "teacher" in s.run.stages):
+            raise ConfigError(f"student.preset: {shapes.FROM_TEACHER} is shaped from the teacher; give teacher.init "
+                              "or add `teacher` to run.stages")
+        teacher = teacher_config(s.teacher.init) if s.teacher.init else build_model_config(s.teacher, "teacher", seq)
+        if teacher.max_position_embeddings < seq:
+            raise ConfigError(f"data.seq_len: {seq} is longer than the teacher's max_position_embeddings="
+                              f"{teacher.max_position_embeddings}")
+    if from_teacher:
+        student = shapes.from_teacher_config(teacher, s.student.overrides)
+        if student.max_position_embeddings < seq:
+            raise ConfigError(f"data.seq_len: {seq} is longer than student max_position_embeddings="
+                              f"{student.max_position_embeddings}")
+    else:
+        student = load_config(s.student.init) if s.student.init else build_model_config(s.student, "student", seq)
+    for key, cfg in (("student", student), ("teacher", teacher)):
+        if cfg is not None:  # student.init / teacher.init configs too
+            check_seq_len("data.seq_len", seq, cfg.max_position_embeddings, key)
+        if cfg is not None and cfg.vocab_size < vocab_size:
+            raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
+                              f"vocabulary ({vocab_size} tokens)")
+    return teacher, student
 
 
 def check_models(s: TrainSettings, teacher: MobileBertConfig, student: MobileBertConfig) -> None:
