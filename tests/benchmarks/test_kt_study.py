@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "bare-adamw-s1", "pkt-adamw-s1",
-        "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1", "pkt-adamw-cls-h4")
+        "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1", "pkt-adamw-cls-h4",
+        "pkt-adamw-cls-h4-s1")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -55,11 +56,11 @@ def test_smoke_runs_every_cell(smoke):
     assert stages["akt-adamw"] == ["akt"] and stages["pkt-adamw-h4"] == stages["pkt-fmt-at"]
     # the 4-head row (2 heads in smoke, against the debug teacher's 4): its student, and only its, has fewer heads
     heads = {r: json.loads((state / "pretrain" / r / "student" / "config.json").read_text())["num_attention_heads"]
-             for r in ("pkt-adamw", "pkt-adamw-h4", "pkt-adamw-cls-h4")}
-    assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2, "pkt-adamw-cls-h4": 2}
+             for r in ("pkt-adamw", "pkt-adamw-h4", "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1")}
+    assert heads == {"pkt-adamw": 4, "pkt-adamw-h4": 2, "pkt-adamw-cls-h4": 2, "pkt-adamw-cls-h4-s1": 2}
     cls = {r: yaml.safe_load((state / "pretrain" / r / "settings.yaml").read_text())["kt"]["cls_weight"]
-           for r in ("pkt-adamw", "pkt-adamw-cls", "pkt-adamw-cls-h4")}
-    assert cls == {"pkt-adamw": 1.0, "pkt-adamw-cls": 127.0, "pkt-adamw-cls-h4": 127.0}
+           for r in ("pkt-adamw", "pkt-adamw-cls", "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1")}
+    assert cls == {"pkt-adamw": 1.0, "pkt-adamw-cls": 127.0, "pkt-adamw-cls-h4": 127.0, "pkt-adamw-cls-h4-s1": 127.0}
     assert stages["pkt-adamw-cls"] == stages["pkt-fmt-at"]
     cls_s1 = yaml.safe_load((state / "pretrain" / "pkt-adamw-cls-s1" / "settings.yaml").read_text())
     assert (cls_s1["kt"]["cls_weight"], cls_s1["run"]["seed"]) == (127.0, 1)
@@ -67,6 +68,7 @@ def test_smoke_runs_every_cell(smoke):
                                    ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",)),
                                    ("pkt-adamw-h4", ("kt", "pd")), ("pkt-adamw-cls", ("kt", "pd")),
                                    ("pkt-adamw-cls-s1", ("kt", "pd")), ("pkt-adamw-cls-h4", ("kt", "pd")),
+                                   ("pkt-adamw-cls-h4-s1", ("kt", "pd")),
                                    *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
                                    *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
@@ -332,7 +334,7 @@ def test_scale_is_a_study_of_its_own_at_k_times_the_steps(smoke, tmp_path):
 
 def test_seeds_section_reports_the_average_and_the_every_task_halves_apart():
     sys.path.insert(0, str(SCRIPT.parent))
-    from kt_study_report import MRPC_FLOOR, _seeds_section
+    from kt_study_seeds import MRPC_FLOOR, seeds_section
 
     # PKT beats bare by 4 points on SST-2, STS-B and RTE with both pre-training seeds; MRPC tied at the floor
     base = {"sst-2": 0.66, "mrpc": 0.812, "sts-b": 0.15, "rte": 0.51}
@@ -344,7 +346,7 @@ def test_seeds_section_reports_the_average_and_the_every_task_halves_apart():
                 jitter = 0.002 * seed  # the same fine-tuning noise in every row: the pooled std stays small
                 cells[f"finetune/{row}/{task}/{seed}"] = {
                     "row": row, "task": task, "seed": seed, "score": score + jitter + (0 if task == "mrpc" else lift)}
-    md = "\n".join(_seeds_section(cells, (1, 2, 3)))
+    md = "\n".join(seeds_section(cells, (1, 2, 3)))
     assert ("pre-training seeds 0, 1: average +3.0 vs 2 x 0.2 (n = 6 / 6 runs): held; every task: not on MRPC | "
             "**not held** |") in md
     assert "| bare (AdamW) | 0.200 ± 0.000 (n=2) |" in md  # seed 2 not run: each figure says of how many runs
@@ -356,12 +358,12 @@ def test_seeds_section_reports_the_average_and_the_every_task_halves_apart():
     for row in ("bare-adamw", "bare-adamw-s1"):
         for seed in (1, 2, 3):
             cells[f"finetune/{row}/mrpc/{seed}"]["score"] += 0.02
-    md = "\n".join(_seeds_section(cells, (1, 2, 3)))
+    md = "\n".join(seeds_section(cells, (1, 2, 3)))
     assert "every task: held | **held** |" in md and "answering 'paraphrase'" not in md
     # no seed-1 row measured yet: no section at all
-    assert _seeds_section({k: v for k, v in cells.items() if "-s1" not in k}, (1, 2, 3)) == []
+    assert seeds_section({k: v for k, v in cells.items() if "-s1" not in k}, (1, 2, 3)) == []
     # seed 2 pre-trained, its fine-tuning not finished: shown, and the check is still judged on seeds 0 and 1
     cells.update({f"zeroshot/{r}-s2": {"spearman": 0.3, "params": 1} for r in ("bare-adamw", "pkt-adamw")})
     cells["finetune/pkt-adamw-s2/sst-2/1"] = {"row": "pkt-adamw-s2", "task": "sst-2", "seed": 1, "score": 0.7}
-    md = "\n".join(_seeds_section(cells, (1, 2, 3)))
+    md = "\n".join(seeds_section(cells, (1, 2, 3)))
     assert "| PKT - bare, pre-training seed 2 | +0.000 | – |" in md and "pre-training seeds 0, 1: average" in md
