@@ -48,10 +48,10 @@ GOAL_NAMES = {"pkt-fmt-at": "PKT (fmt + at)", "pkt-clean": "PKT (fmt + at, kt.in
               "pkt-adamw-cls-h4": "PKT (fmt + at, AdamW, [CLS] x127, 4 heads)",
               "pkt-adamw-cls-h4-s1": "PKT (fmt + at, AdamW, [CLS] x127, 4 heads, pre-training seed 1)",
               "pkt-adamw-s1": "PKT (fmt + at, AdamW, pre-training seed 1)"}
-# the bare row of the same optimizer; "bare" otherwise
+# the bare row of the same optimizer and pre-training seed; "bare" otherwise
 BASELINE = {**{row: ("bare-adamw", "bare (AdamW)") for row in ("pkt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
-                                                                 "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1")},
-            "pkt-adamw-s1": ("bare-adamw-s1", "bare (AdamW, seed 1)")}
+                                                                 "pkt-adamw-cls-h4")},
+            **{row: ("bare-adamw-s1", "bare (AdamW, seed 1)") for row in ("pkt-adamw-s1", "pkt-adamw-cls-h4-s1")}}
 KINDS = {"finetune": "[CLS] pooling (the checkpoints' own)", "finetune-mean": "mean pooling (model.pooling=mean)"}
 
 
