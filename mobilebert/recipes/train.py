@@ -52,8 +52,8 @@ from mobilebert.recipes import estimate as E
 from mobilebert.recipes import train_bridge as B
 from mobilebert.recipes import train_state as ST
 from mobilebert.recipes import train_teacher as TK
-from mobilebert.recipes.settings import (check_device, check_precision, check_seq_len, pick_precision, seed_everything,
-                                         start_device, warmup_steps)
+from mobilebert.recipes.settings import (check_device, check_precision, pick_precision, seed_everything, start_device,
+                                         warmup_steps)
 from mobilebert.recipes.train_settings import TrainSettings, check_models, model_configs
 from mobilebert.recipes.train_stages import (Stage, check_stage_batches, format_plan, plan, stage_loss,
                                              stage_lr_scales)
