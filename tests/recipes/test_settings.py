@@ -115,6 +115,7 @@ def test_finetune_refuses_bad_values(tmp_path, capsys, data_dir, vocab, override
     ("pd.grad_accum=3", "pd.batch_size: 16 is not divisible by pd.grad_accum=3"),
     ("teacher.train.optim.weight_decay=-0.1", "teacher.train.optim.weight_decay: must be >= 0, got -0.1"),
     ("data.seq_len=600", "data.seq_len: 600 is longer than teacher max_position_embeddings=512"),
+    ("student.overrides={vocab_size: 100}", "student.overrides.vocab_size: 100 is smaller than the data's vocabulary"),
     ("student.preset=mobilebert-huge", "student.preset: unknown preset 'mobilebert-huge'; choose one of mobilebert, "),
 ])
 def test_train_refuses_bad_values_with_the_same_messages(tmp_path, capsys, data_dir, override, message):
