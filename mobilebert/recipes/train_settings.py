@@ -298,18 +298,12 @@ def model_configs(s: TrainSettings, vocab_size: int) -> tuple[MobileBertConfig |
             raise ConfigError(f"student.preset: {shapes.FROM_TEACHER} is shaped from the teacher; give teacher.init "
                               "or add `teacher` to run.stages")
         teacher = teacher_config(s.teacher.init) if s.teacher.init else build_model_config(s.teacher, "teacher", seq)
-        if teacher.max_position_embeddings < seq:
-            raise ConfigError(f"data.seq_len: {seq} is longer than the teacher's max_position_embeddings="
-                              f"{teacher.max_position_embeddings}")
     if from_teacher:
         student = shapes.from_teacher_config(teacher, s.student.overrides)
-        if student.max_position_embeddings < seq:
-            raise ConfigError(f"data.seq_len: {seq} is longer than student max_position_embeddings="
-                              f"{student.max_position_embeddings}")
     else:
         student = load_config(s.student.init) if s.student.init else build_model_config(s.student, "student", seq)
     for key, cfg in (("student", student), ("teacher", teacher)):
-        if cfg is not None:  # student.init / teacher.init configs too
+        if cfg is not None:  # checkpoints' and shaped-from-teacher configs too (presets are checked when built)
             check_seq_len("data.seq_len", seq, cfg.max_position_embeddings, key)
         if cfg is not None and cfg.vocab_size < vocab_size:
             raise ConfigError(f"{key}.overrides.vocab_size: {cfg.vocab_size} is smaller than the data's "
