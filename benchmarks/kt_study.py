@@ -34,6 +34,7 @@ ONNX Runtime fp32/int8 latency (1 thread, batch 1, seq 128) of teacher and stude
     python benchmarks/kt_study.py --only pkt-fmt-at   # one row (its pre-training, zero-shot, fine-tuning)
     python benchmarks/kt_study.py --pooling mean  # the same fine-tuning cells with model.pooling=mean (a second
                                                   # table: the classifier reads mean-pooled states, not [CLS])
+    python benchmarks/kt_study.py --pooling siamese   # the same with pairs encoded one sentence at a time
     python benchmarks/kt_study.py --epochs 10     # the same with 10 fine-tuning epochs (its own cells and table)
     python benchmarks/kt_study.py --scale 4 --only pkt-adamw   # a row at 4x the pre-training steps: a study of
                                                   # its own (runs/kt-study-x4, docs/kt-study-x4.json/.md/.png)
@@ -336,9 +337,9 @@ def main() -> int:
     p.add_argument("--only", action="append", choices=ROWS, help="only this row (repeatable)")
     p.add_argument("--tasks", default=",".join(TASKS), help=f"fine-tuning tasks (default {','.join(TASKS)})")
     p.add_argument("--seeds", help="only these of the budget's fine-tuning seeds (comma-separated; default all)")
-    p.add_argument("--pooling", choices=("cls", "mean"), default="cls",
-                   help="the fine-tuning cells' classifier pooling (model.pooling); mean: a second set of cells "
-                        "and table, the [CLS] ones untouched")
+    p.add_argument("--pooling", choices=("cls", "mean", "siamese"), default="cls",
+                   help="the fine-tuning cells' classifier pooling (model.pooling); mean or siamese: a set of cells "
+                        "and a table of their own, the [CLS] ones untouched")
     p.add_argument("--epochs", type=int, help="fine-tuning epochs instead of the budget's (a set of cells and a table "
                                               "of their own: finetune-eN/; the budget's cells untouched)")
     p.add_argument("--scale", type=int, default=1,

@@ -52,7 +52,11 @@ GOAL_NAMES = {"pkt-fmt-at": "PKT (fmt + at)", "pkt-clean": "PKT (fmt + at, kt.in
 BASELINE = {**{row: ("bare-adamw", "bare (AdamW)") for row in ("pkt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
                                                                  "pkt-adamw-cls-h4")},
             **{row: ("bare-adamw-s1", "bare (AdamW, seed 1)") for row in ("pkt-adamw-s1", "pkt-adamw-cls-h4-s1")}}
-KINDS = {"finetune": "[CLS] pooling (the checkpoints' own)", "finetune-mean": "mean pooling (model.pooling=mean)"}
+KINDS = {"finetune": "[CLS] pooling (the checkpoints' own)", "finetune-mean": "mean pooling (model.pooling=mean)",
+         "finetune-siamese": "siamese pairs (model.pooling=siamese)"}
+POOLING_WHAT = {"mean": "the classifier reads the mean of the last-layer states over the real tokens instead of [CLS]",
+                "siamese": "each sentence of a pair is encoded alone and the classifier reads [u, v, |u - v|, u * v] "
+                           "of the two mean states (sentence-transformers' bi-encoder)"}
 
 
 def _scores(cells: dict, row: str, task: str, kind: str = "finetune") -> dict[int, float]:
@@ -181,11 +185,11 @@ def _table(rows: dict, seeds, mode: str, z_t) -> list[str]:
     return lines
 
 
-def variant(kind: str) -> tuple[bool, int | None]:
-    """A fine-tuning cells' key prefix, finetune[-mean][-eN] (kt_study.py --pooling mean, --epochs N): (mean pooling,
-    the epochs when not the budget's)."""
-    m = re.fullmatch(r"finetune(-mean)?(?:-e(\d+))?", kind)
-    return bool(m and m[1]), (int(m[2]) if m and m[2] else None)
+def variant(kind: str) -> tuple[str, int | None]:
+    """A fine-tuning cells' key prefix, finetune[-POOLING][-eN] (kt_study.py --pooling mean|siamese, --epochs N):
+    (the classifier pooling, the epochs when not the budget's)."""
+    m = re.fullmatch(r"finetune(?:-(mean|siamese))?(?:-e(\d+))?", kind)
+    return (m[1] if m and m[1] else "cls"), (int(m[2]) if m and m[2] else None)
 
 
 def _variant_sections(cells: dict, seeds, mode: str, z_t, bench, command: str) -> list[str]:
@@ -193,13 +197,14 @@ def _variant_sections(cells: dict, seeds, mode: str, z_t, bench, command: str) -
     `--epochs N`), when any of its cells has run: its table (the rows that have a cell) and its goal checks."""
     lines = []
     for kind in sorted({key.split("/")[0] for key in cells if key.startswith("finetune-")}):
-        (mean, epochs), n = variant(kind), sum(key.startswith(kind + "/") for key in cells)
+        (pooling, epochs), n = variant(kind), sum(key.startswith(kind + "/") for key in cells)
         rows = summarise(cells, seeds, kind)
-        title = ", ".join([KINDS["finetune-mean" if mean else "finetune"]]
+        title = ", ".join([KINDS["finetune" + ("" if pooling == "cls" else f"-{pooling}")]]
                           + ([f"{epochs} fine-tuning epochs (train.epochs={epochs})"] if epochs else []))
-        flags = " ".join((["--pooling mean"] if mean else []) + ([f"--epochs {epochs}"] if epochs else []))
-        what = ((["the classifier reads the mean of the last-layer states over the real tokens instead of [CLS]"]
-                 if mean else []) + ([f"every run fine-tunes for {epochs} epochs (best dev epoch)"] if epochs else []))
+        flags = " ".join(([f"--pooling {pooling}"] if pooling != "cls" else [])
+                         + ([f"--epochs {epochs}"] if epochs else []))
+        what = ([POOLING_WHAT[pooling]] if pooling != "cls" else []) + (
+            [f"every run fine-tunes for {epochs} epochs (best dev epoch)"] if epochs else [])
         lines += ["", f"## {title[0].upper()}{title[1:]}", "",
                   f"`{command} {flags}`: the same pre-trained rows and fine-tuning recipe, but "
                   f"{' and '.join(what)}. {n} of {len(ROWS) * len(TASKS) * len(seeds)} cells finished; rows "
@@ -212,6 +217,8 @@ def _variant_sections(cells: dict, seeds, mode: str, z_t, bench, command: str) -
             # the seed-1 AdamW pair: the pair whose students were on disk for these cells
             adamw = goals(rows, bench, seeds, "pkt-adamw-s1")  # its 95 % goal needs the teacher's mean-pooled cells
             checks = [checks[0], checks[2], adamw[0]] + orderings(rows)[:2]
+        elif pooling == "siamese":  # the 4-head [CLS] student of pre-training seed 1, the one these cells ran on
+            checks = [c for c in goals(rows, bench, seeds, "pkt-adamw-cls-h4-s1")[:3] if "zero-shot" not in c[0]]
         else:  # the AdamW rows, with and without the [CLS] weight, against bare (AdamW); zero-shot is not fine-tuned
             checks = [c for row in ("pkt-adamw", "pkt-adamw-cls") for c in goals(rows, bench, seeds, row)[:3]
                       if "zero-shot" not in c[0]]

@@ -23,7 +23,7 @@ from mobilebert.errors import ConfigError
 
 ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_new", "tanh")
 NORMALIZATIONS = ("no_norm", "layer_norm")
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "siamese")
 PROBLEM_TYPES = (None, "regression", "single_label_classification", "multi_label_classification")
 
 # Generic keys transformers writes into every config.json; they carry no architecture information.
@@ -81,7 +81,9 @@ class MobileBertConfig:
     classifier_dropout: float | None = None
     # What the pooler reads: "cls" the [CLS] state (BERT, transformers), "mean" the mean of the last-layer states
     # over real tokens (sentence-transformers' pooling; the key and values of ModernBERT's config). transformers'
-    # MobileBERT and BERT classes ignore the key and always pool [CLS]; written to config.json only when "mean".
+    # MobileBERT and BERT classes ignore the key and always pool [CLS]; written to config.json unless "cls".
+    # "siamese": a pair's two sentences are encoded apart and the classifier reads [u, v, |u - v|, u * v] of their
+    # means (sentence-transformers' bi-encoder; heads.siamese_rows). transformers cannot load that classifier.
     classifier_pooling: str = "cls"
     model_type: str = "mobilebert"  # "mobilebert" or "bert" (parameter names and layout of transformers' BERT)
     # Task-head settings, stored in config.json as transformers does.

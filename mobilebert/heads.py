@@ -18,7 +18,7 @@ from torch import nn
 from mobilebert.checkpoint import load_config, load_pretrained
 from mobilebert.config import MobileBertConfig
 from mobilebert.errors import ConfigError
-from mobilebert.model import ACT2FN, ModelOutput, MobileBertModel, PreTrainedMixin, init_weights
+from mobilebert.model import ACT2FN, ModelOutput, MobileBertModel, PreTrainedMixin, init_weights, masked_mean
 
 
 class PredictionHeadTransform(nn.Module):
@@ -187,15 +187,46 @@ def _classifier_dropout(cfg: MobileBertConfig) -> nn.Dropout:
 
 
 class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
+    """A classifier (or regressor) on the pooled [CLS] or mean state; or, with classifier_pooling="siamese", on the
+    two sentences of a pair encoded apart (sentence-transformers' bi-encoder, Reimers & Gurevych 2019): classes
+    from [u, v, |u - v|, u * v] (`siamese_features`), a regression score from an affine map of cos(u, v)."""
+
     def __init__(self, cfg: MobileBertConfig):
         super().__init__(cfg)
         self.num_labels = cfg.num_labels
         self.dropout = _classifier_dropout(cfg)
-        self.classifier = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        # siamese: classes read [u, v, |u - v|, u * v], four states wide; a regression score reads the cosine
+        width = (1 if self.num_labels == 1 else 4 * cfg.hidden_size) if self.siamese else cfg.hidden_size
+        self.classifier = nn.Linear(width, cfg.num_labels)
         self.post_init()
 
+    @property
+    def siamese(self) -> bool:
+        return self.config.classifier_pooling == "siamese"
+
+    def fit_cosine_range(self, low: float, high: float) -> None:
+        """Siamese regression: start the score at `low` for cosine 0 and `high` for cosine 1, as SBERT trains the
+        cosine toward label / 5 on STS-B (low 0, high 5). A classifier at N(0, 0.02) would start every score near
+        0, and its slope and offset, one weight each, move ~lr per step: too slowly to reach the label range."""
+        with torch.no_grad():
+            self.classifier.weight.fill_(high - low)
+            self.classifier.bias.fill_(low)
+
+    @property
+    def add_pooling_layer(self) -> bool:  # siamese features are raw means: a pooler would be trained by nothing
+        return not self.siamese
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None, **kw):
-        out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
+        if self.siamese:
+            rows = siamese_rows(input_ids, attention_mask, token_type_ids)
+            out = self.encode(*rows, **kw)
+            u, v = masked_mean(out.last_hidden_state, rows[1]).chunk(2)  # (B, H) each: the two sentences
+            if self.num_labels == 1:  # regression: cos(u, v) (B, 1), mapped to the label range
+                logits = self.classifier(F.cosine_similarity(u, v, dim=-1)[:, None])
+            else:
+                logits = self.classifier(self.dropout(siamese_features(u, v)))
+        else:
+            out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
         if labels is not None:
             kind = self.config.problem_type
@@ -219,6 +250,38 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
 
     def head_outputs(self, hidden, pooled, input_shape):
         return (self.classifier(self.dropout(pooled)),)  # (B, num_labels)
+
+
+def siamese_rows(input_ids, attention_mask=None, token_type_ids=None):
+    """Pair rows [CLS] a [SEP] b [SEP] (B, S) -> the 2B rows the siamese encoder pass runs: B rows [CLS] a [SEP]
+    then B rows [CLS] b [SEP], each padded to the longer of the two, with segment ids 0 (both sentences are
+    encoded as single sentences, as sentence-transformers' bi-encoder and the zero-shot measure encode them).
+
+    Returns (input_ids, attention_mask, token_type_ids), each (2B, L) with L <= S. Segment a is the tokens with
+    segment id 0, b those with id 1 after them (the layout every pair feature has); a row without b repeats a."""
+    B, S = input_ids.shape
+    dev = input_ids.device
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
+    seg = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids.long()
+    len_a = ((seg == 0) & (mask == 1)).sum(1)  # (B,) [CLS] a [SEP]
+    len_b = ((seg == 1) & (mask == 1)).sum(1)  # (B,) b [SEP]
+    single = len_b == 0
+    L = int(torch.maximum(len_a, len_b + 1).max())
+    j = torch.arange(L, device=dev)[None, :]  # (1, L)
+    # b's row: [CLS] (input position 0), then input positions len_a .. len_a + len_b - 1
+    src_b = torch.where(j == 0, 0, len_a[:, None] + j - 1).clamp(max=S - 1)  # (B, L)
+    src_b = torch.where(single[:, None], j.clamp(max=S - 1), src_b)  # no b: the row is a again
+    len_b = torch.where(single, len_a, len_b + 1)
+    ids_a = input_ids[:, :L] if L <= S else input_ids
+    ids = torch.cat([ids_a, torch.gather(input_ids, 1, src_b)])  # (2B, L)
+    keep = (j < torch.cat([len_a, len_b])[:, None]).long()  # (2B, L)
+    return ids * keep, keep, torch.zeros_like(ids)
+
+
+def siamese_features(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The two sentences' (B, H) mean states -> (B, 4H) [u, v, |u - v|, u * v]: SBERT's classification features
+    (Reimers & Gurevych 2019) with u * v added, whose sum is the dot product that cosine similarity is made of."""
+    return torch.cat([u, v, (u - v).abs(), u * v], dim=-1)
 
 
 class MobileBertForQuestionAnswering(MobileBertPreTrainedModel):

@@ -87,6 +87,53 @@ def test_pooler_with_and_without_activation():
     assert tanh(**batch(cfg)).pooler_output.abs().max() <= 1
 
 
+def pair_batch(cfg, pairs, s=16):
+    """(a, b) word-id lists -> a padded pair batch [CLS] a [SEP] b [SEP] (b None: a single sentence)."""
+    cls_id, sep_id = 2, 3
+    ids, seg, mask = (torch.zeros(len(pairs), s, dtype=torch.long) for _ in range(3))
+    for i, (a, b) in enumerate(pairs):
+        row_a = [cls_id, *a, sep_id]
+        row = row_a + ([*b, sep_id] if b else [])
+        ids[i, :len(row)], seg[i, len(row_a):len(row)], mask[i, :len(row)] = torch.tensor(row), 1, 1
+    return dict(input_ids=ids, attention_mask=mask, token_type_ids=seg)
+
+
+@pytest.mark.parametrize("preset,num_labels", [("debug-mobilebert", 3), ("debug-bert", 3), ("debug-mobilebert", 1)])
+def test_siamese_classifier_encodes_each_sentence_alone(preset, num_labels):
+    """classifier_pooling="siamese": u and v are the mean states of [CLS] a [SEP] and [CLS] b [SEP], each run alone
+    through the encoder (sentence-transformers' bi-encoder); classes read [u, v, |u - v|, u * v], a regression score
+    is an affine map of cos(u, v) that `fit_cosine_range` starts at the label range; a single sentence pairs with
+    itself; the loss reaches every parameter (none idle under DDP)."""
+    cfg = mb.get_config(preset).replace(classifier_pooling="siamese", num_labels=num_labels)
+    torch.manual_seed(0)
+    model = mb.MobileBertForSequenceClassification(cfg).eval()
+    assert model.base_model.pooler is None
+    assert model.classifier.in_features == (1 if num_labels == 1 else 4 * cfg.hidden_size)
+    pairs = [([5, 6, 7], [8, 9]), ([10], [11, 12, 13, 14, 15]), ([16, 17], None)]
+    if num_labels == 1:
+        model.fit_cosine_range(-1.0, 4.0)
+        labels = torch.tensor([1.0, 2.0, 3.0])
+    else:
+        labels = torch.tensor([0, 2, 1])
+    out = model(**pair_batch(cfg, pairs), labels=labels)
+
+    def alone(words):  # (H,) mean state of [CLS] words [SEP], encoded by itself
+        return model.base_model(torch.tensor([[2, *words, 3]])).last_hidden_state[0].mean(0)
+
+    want = []
+    for a, b in pairs:
+        u = alone(a)
+        v = alone(b) if b else u
+        want.append(-1.0 + 5.0 * torch.cosine_similarity(u, v, dim=0)[None] if num_labels == 1
+                    else model.classifier(torch.cat([u, v, (u - v).abs(), u * v])))
+    torch.testing.assert_close(out.logits, torch.stack(want), rtol=1e-5, atol=1e-5)
+    if num_labels == 1:
+        assert out.logits[2].item() == pytest.approx(4.0, abs=1e-5)  # a sentence against itself: cosine 1
+    out.loss.backward()
+    idle = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not idle, idle
+
+
 @pytest.mark.parametrize("preset", ["debug-mobilebert", "debug-bert"])
 def test_mean_pooling_reads_only_real_tokens(preset):
     """classifier_pooling="mean": the pooler averages the last-layer states over real tokens, so a sentence pools

@@ -29,6 +29,10 @@ def head_name(model: nn.Module) -> str:
     name = type(model).__name__
     if name not in HEAD_NAMES:
         raise UserError(f"cannot export a {name}: supported heads are {', '.join(HEAD_NAMES)}")
+    if getattr(model.config, "classifier_pooling", "cls") == "siamese":
+        raise UserError("cannot export a classifier_pooling=siamese classifier: it runs the encoder once per "
+                        "sentence, and the exported graph runs it once on the pair (fine-tune with model.pooling=cls "
+                        "or mean to export)")
     return name
 
 

@@ -123,10 +123,19 @@ class Finetune:
             raise ConfigError("data: no training file (set data.dir or data.train_file)")
         model = load_model_for_task(s.model.init, data.task, tokenizer, dropout=s.model.dropout,
                                     classifier_dropout=s.model.classifier_dropout, pooling=s.model.pooling)
-        if model.config.classifier_pooling == "mean" and main:
+        pooling = model.config.classifier_pooling
+        report = getattr(model, "load_report", None)  # None: a preset, every weight new
+        if pooling == "siamese" and data.task.is_regression and (report is None or "classifier.weight" in report.missing):
+            scores = [f["label"] for f in data.train]
+            model.fit_cosine_range(min(scores), max(scores))  # a new regression head: cosine 0..1 -> the scores' range
+        if pooling == "mean" and main:
             print("model.pooling=mean: the classifier reads the mean of the last-layer states; transformers' "
                   "MobileBERT/BERT classes ignore classifier_pooling and read [CLS], so serve this checkpoint with "
                   "mobilebert or its ONNX export")
+        elif pooling == "siamese" and main:
+            print("model.pooling=siamese: each sentence of a pair is encoded alone and the classifier reads "
+                  "[u, v, |u - v|, u * v] of their mean states; transformers cannot load this classifier and the "
+                  "ONNX export does not build it, so serve this checkpoint with mobilebert")
         if s.model.qat:
             from mobilebert.quant.qat import prepare_qat
 

@@ -23,8 +23,9 @@ class FinetuneModelSettings:
     tokenizer: str | None = None         # vocab.txt / tokenizer.json / folder; default: the checkpoint's
     dropout: float | None = None         # override hidden_dropout_prob (None: the checkpoint's)
     classifier_dropout: float | None = 0.1   # on the pooled output (official run_classifier.py: 0.1)
-    pooling: Literal["cls", "mean"] | None = None  # what the classifier reads: the [CLS] state or the mean of
-    #                                      the last-layer states over real tokens; None: the checkpoint's (cls)
+    pooling: Literal["cls", "mean", "siamese"] | None = None  # what the classifier reads: the [CLS] state, the
+    #                                      mean of the last-layer states over real tokens, or (siamese) the two
+    #                                      sentences of a pair encoded apart; None: the checkpoint's (cls)
     qat: bool = False                    # quantization-aware training: fake quantization at the official
                                          # points (needs a relu6 + no_norm model, e.g. preset mobilebert-qat)
 

@@ -267,6 +267,21 @@ def test_mean_pooling_cells_are_a_second_set_with_their_own_table(smoke):
     assert "| PKT (fmt + at) beats bare on every task and on the average by > 2 x pooled std | – | **pending** |" in md
 
 
+def test_siamese_cells_are_a_set_of_their_own_with_the_seed_1_student_checks(smoke):
+    """--pooling siamese fine-tunes into finetune-siamese/ cells with model.pooling=siamese; the report gives them a
+    section of their own, judged on the 4-head [CLS] student of pre-training seed 1 (the row they ran on)."""
+    state, _ = smoke
+    ran, cells = run_bare_sts_b(state, "--pooling", "siamese")
+    assert ran == ["finetune-siamese/bare/sts-b/1"] and cells[ran[0]]["metric"] == "spearmanr"
+    settings = yaml.safe_load((state / "finetune-siamese" / "bare" / "sts-b" / "1" / "settings.yaml").read_text())
+    assert settings["model"]["pooling"] == "siamese"
+    md = (state / "kt-study.md").read_text()
+    section = md.split("## Siamese pairs (model.pooling=siamese)\n", 1)[1].split("\n## ", 1)[0]
+    assert "`python benchmarks/kt_study.py --pooling siamese`" in section and "encoded alone" in section
+    assert ("| PKT (fmt + at, AdamW, [CLS] x127, 4 heads, pre-training seed 1) beats bare (AdamW, seed 1) on every "
+            "task and on the average by > 2 x pooled std | – | **pending** |") in section
+
+
 def test_more_fine_tuning_epochs_are_a_set_of_cells_with_their_own_table(smoke):
     """--epochs N fine-tunes the same rows for N epochs into finetune-eN/ cells (train.epochs=N after the recipe's);
     the budget's cells stay as they are, and the report adds a table of the rows that have a cell, with the AdamW
@@ -292,8 +307,9 @@ def test_variant_reads_the_pooling_and_the_epochs_from_a_cells_prefix():
     sys.path.insert(0, str(SCRIPT.parent))
     from kt_study_report import variant
 
-    assert variant("finetune") == (False, None) and variant("finetune-mean") == (True, None)
-    assert variant("finetune-e10") == (False, 10) and variant("finetune-mean-e3") == (True, 3)
+    assert variant("finetune") == ("cls", None) and variant("finetune-mean") == ("mean", None)
+    assert variant("finetune-e10") == ("cls", 10) and variant("finetune-mean-e3") == ("mean", 3)
+    assert variant("finetune-siamese") == ("siamese", None)
 
 
 def test_scale_is_a_study_of_its_own_at_k_times_the_steps(smoke, tmp_path):

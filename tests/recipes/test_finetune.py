@@ -10,6 +10,8 @@ import torch
 from scipy import stats
 from sklearn import metrics as skm
 
+from safetensors.torch import load_file
+
 from mobilebert.cli import main
 from mobilebert.engine.logging import read_metrics
 from mobilebert.recipes.finetune import make_loss_fn
@@ -257,6 +259,29 @@ def test_mean_pooling_option(tmp_path, capsys, data_dir, vocab):
     assert rc == 2 and "model.pooling:" in err and err.count("\n") == 1 and not (tmp_path / "qa").exists()
     assert main(["finetune", f"out={tmp_path / 'bad'}", "model.pooling=max"]) == 2
     assert "model.pooling" in capsys.readouterr().err
+
+
+def test_siamese_pooling_option(tmp_path, capsys, data_dir, vocab):
+    """model.pooling=siamese: the run says what it means, a new regression head starts at the training scores'
+    range (cosine 0 -> 0, 1 -> 5 on the whole STS-B training set), the checkpoint keeps the pooling, `evaluate` reproduces the dev score
+    from it, and the ONNX export refuses it in one line without writing a file."""
+    rc = main(["finetune", f"out={tmp_path / 'run'}", *QUICK, "data.task=sts-b", f"data.dir={data_dir / 'glue'}",
+               f"model.tokenizer={vocab}", "model.pooling=siamese", "optim.lr=1e-9", "data.max_train_examples=0"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "model.pooling=siamese: each sentence of a pair is encoded alone" in captured.out
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    best = tmp_path / "run" / "best"
+    assert json.loads((best / "config.json").read_text())["classifier_pooling"] == "siamese"
+    state = load_file(best / "model.safetensors")
+    head = [k for k in state if k.endswith("classifier.weight")][0]
+    assert state[head].item() == pytest.approx(5.0, abs=1e-3)  # lr 1e-9: still where fit_cosine_range put it
+    assert state[head.replace("weight", "bias")].item() == pytest.approx(0.0, abs=1e-3)
+    assert main(["evaluate", str(best)]) == 0
+    assert json.loads(capsys.readouterr().out)["spearmanr"] == pytest.approx(res["best"]["spearmanr"])
+    assert main(["export", "onnx", str(best), "--out", str(tmp_path / "m.onnx")]) != 0
+    err = capsys.readouterr().err
+    assert "classifier_pooling=siamese" in err and err.count("\n") == 1 and not (tmp_path / "m.onnx").exists()
 
 
 def test_distillation_from_teacher(rte_run, tmp_path, capsys, data_dir, vocab):
