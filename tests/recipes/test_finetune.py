@@ -282,6 +282,16 @@ def test_siamese_pooling_option(tmp_path, capsys, data_dir, vocab):
     assert main(["export", "onnx", str(best), "--out", str(tmp_path / "m.onnx")]) != 0
     err = capsys.readouterr().err
     assert "classifier_pooling=siamese" in err and err.count("\n") == 1 and not (tmp_path / "m.onnx").exists()
+    # a siamese classifier: int8 through ONNX Runtime is refused before the fp32 model is scored
+    rc = main(["finetune", f"out={tmp_path / 'mrpc'}", *QUICK, "data.task=mrpc", f"data.dir={data_dir / 'glue'}",
+               f"model.tokenizer={vocab}", "model.pooling=siamese"])
+    assert rc == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["quantize", str(tmp_path / "mrpc" / "best"), "--task", "mrpc", "--data", str(data_dir / "glue"),
+                 "--out", str(tmp_path / "q.onnx")]) == 2
+    captured = capsys.readouterr()
+    assert "classifier_pooling=siamese" in captured.err and "scoring fp32" not in captured.out + captured.err
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_distillation_from_teacher(rte_run, tmp_path, capsys, data_dir, vocab):
