@@ -272,8 +272,7 @@ def siamese_rows(input_ids, attention_mask=None, token_type_ids=None):
     src_b = torch.where(j == 0, 0, len_a[:, None] + j - 1).clamp(max=S - 1)  # (B, L)
     src_b = torch.where(single[:, None], j.clamp(max=S - 1), src_b)  # no b: the row is a again
     len_b = torch.where(single, len_a, len_b + 1)
-    ids_a = input_ids[:, :L] if L <= S else input_ids
-    ids = torch.cat([ids_a, torch.gather(input_ids, 1, src_b)])  # (2B, L)
+    ids = torch.cat([input_ids[:, :L], torch.gather(input_ids, 1, src_b)])  # (2B, L)
     keep = (j < torch.cat([len_a, len_b])[:, None]).long()  # (2B, L)
     return ids * keep, keep, torch.zeros_like(ids)
 

@@ -125,17 +125,18 @@ class Finetune:
                                     classifier_dropout=s.model.classifier_dropout, pooling=s.model.pooling)
         pooling = model.config.classifier_pooling
         report = getattr(model, "load_report", None)  # None: a preset, every weight new
-        if pooling == "siamese" and data.task.is_regression and (report is None or "classifier.weight" in report.missing):
+        new_head = report is None or "classifier.weight" in report.missing
+        if pooling == "siamese" and data.task.is_regression and new_head:
             scores = [f["label"] for f in data.train]
-            model.fit_cosine_range(min(scores), max(scores))  # a new regression head: cosine 0..1 -> the scores' range
+            model.fit_cosine_range(min(scores), max(scores))  # cosine 0..1 -> the training scores' range
         if pooling == "mean" and main:
             print("model.pooling=mean: the classifier reads the mean of the last-layer states; transformers' "
                   "MobileBERT/BERT classes ignore classifier_pooling and read [CLS], so serve this checkpoint with "
                   "mobilebert or its ONNX export")
         elif pooling == "siamese" and main:
             print("model.pooling=siamese: each sentence of a pair is encoded alone and the classifier reads "
-                  "[u, v, |u - v|, u * v] of their mean states; transformers cannot load this classifier and the "
-                  "ONNX export does not build it, so serve this checkpoint with mobilebert")
+                  "[u, v, |u - v|, u * v] of their mean states (a regression score: cos(u, v)); transformers cannot "
+                  "load this classifier and the ONNX export does not build it, so serve this checkpoint with mobilebert")
         if s.model.qat:
             from mobilebert.quant.qat import prepare_qat
 
