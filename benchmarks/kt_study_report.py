@@ -238,7 +238,7 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
              f"chosen). {done} of {planned} cells finished. Scores are dev-set x 100, mean ± std "
              f"over {len(seeds)} fine-tuning seed(s); zero-shot = STS-B dev Spearman of mean-pooled last-layer states, "
              "no fine-tuning. Fine-tuned with the checkpoints' own [CLS] pooling; tables below, where they have run, "
-             "fine-tune with mean pooling or for more epochs.", "",
+             "fine-tune with mean pooling, as siamese pairs or for more epochs.", "",
              f"Pre-training per row: {budget['steps']} steps (rows with a final stage: {budget['kt_share']:.0%} KT, "
              f"the rest PD), batch {budget['batch']}, sequence length {budget['seq']}, LAMB lr {budget['lr']}. "
              f"Fine-tuning (one recipe): {' '.join(budget['finetune'])}; training sets capped at "
