@@ -220,11 +220,7 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
         if self.siamese:
             rows = siamese_rows(input_ids, attention_mask, token_type_ids)
             out = self.encode(*rows, **kw)
-            u, v = masked_mean(out.last_hidden_state, rows[1]).chunk(2)  # (B, H) each: the two sentences
-            if self.num_labels == 1:  # regression: cos(u, v) (B, 1), mapped to the label range
-                logits = self.classifier(F.cosine_similarity(u, v, dim=-1)[:, None])
-            else:
-                logits = self.classifier(self.dropout(siamese_features(u, v)))
+            logits = self.siamese_logits(out.last_hidden_state, rows[1])
         else:
             out, (logits,) = self.encode_and_head(input_ids, attention_mask, token_type_ids, position_ids, **kw)
         loss = None
@@ -251,14 +247,23 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
     def head_outputs(self, hidden, pooled, input_shape):
         return (self.classifier(self.dropout(pooled)),)  # (B, num_labels)
 
+    def siamese_logits(self, hidden: torch.Tensor, rows_mask: torch.Tensor) -> torch.Tensor:
+        """The siamese head, for the forward and the export alike: (2B, L, H) last-layer states of `siamese_rows`
+        and their (2B, L) mask -> (B, num_labels)."""
+        u, v = masked_mean(hidden, rows_mask).chunk(2)  # (B, H) each: the two sentences
+        if self.num_labels == 1:  # regression: cos(u, v) (B, 1), mapped to the label range
+            return self.classifier(F.cosine_similarity(u, v, dim=-1)[:, None])
+        return self.classifier(self.dropout(siamese_features(u, v)))
 
-def siamese_rows(input_ids, attention_mask=None, token_type_ids=None):
+
+def siamese_rows(input_ids, attention_mask=None, token_type_ids=None, trim: bool = True):
     """Pair rows [CLS] a [SEP] b [SEP] (B, S) -> the 2B rows the siamese encoder pass runs: B rows [CLS] a [SEP]
     then B rows [CLS] b [SEP], each padded to the longer of the two, with segment ids 0 (both sentences are
     encoded as single sentences, as sentence-transformers' bi-encoder and the zero-shot measure encode them).
 
     Returns (input_ids, attention_mask, token_type_ids), each (2B, L) with L <= S. Segment a is the tokens with
-    segment id 0, b those with id 1 after them (the layout every pair feature has); a row without b repeats a."""
+    segment id 0, b those with id 1 after them (the layout every pair feature has); a row without b repeats a.
+    trim=False keeps L = S: a length the exported graph knows without reading the data (extra pads change nothing)."""
     B, S = input_ids.shape
     dev = input_ids.device
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.long()
@@ -266,7 +271,7 @@ def siamese_rows(input_ids, attention_mask=None, token_type_ids=None):
     len_a = ((seg == 0) & (mask == 1)).sum(1)  # (B,) [CLS] a [SEP]
     len_b = ((seg == 1) & (mask == 1)).sum(1)  # (B,) b [SEP]
     single = len_b == 0
-    L = int(torch.maximum(len_a, len_b + 1).max())
+    L = int(torch.maximum(len_a, len_b + 1).max()) if trim else S
     j = torch.arange(L, device=dev)[None, :]  # (1, L)
     # b's row: [CLS] (input position 0), then input positions len_a .. len_a + len_b - 1
     src_b = torch.where(j == 0, 0, len_a[:, None] + j - 1).clamp(max=S - 1)  # (B, L)

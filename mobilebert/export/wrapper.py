@@ -7,6 +7,9 @@ branches. `MobileBertModel.forward` skips the attention mask when it is all ones
 which torch.export refuses and tracing bakes in; so the wrapper runs the model's own embeddings, encoder
 and pooler but always applies the additive mask (an all-ones mask adds zeros: the same numbers), asks for
 no attention maps, and hands the result to the head's own `head_outputs`, the method its forward uses.
+A siamese classifier (classifier_pooling="siamese") takes the pair row as every classifier does; the graph splits
+it into its two sentence rows (`heads.siamese_rows`, untrimmed), runs the encoder on both and applies the
+head's own `siamese_logits`.
 Parity checks compare the wrapper's exported graph with the *original* model's forward, so a divergence
 here cannot hide.
 """
@@ -17,7 +20,7 @@ import torch
 from torch import nn
 
 from mobilebert.errors import UserError
-from mobilebert.heads import HEADS, flat_choices
+from mobilebert.heads import HEADS, flat_choices, siamese_rows
 from mobilebert.model import additive_mask
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -29,10 +32,6 @@ def head_name(model: nn.Module) -> str:
     name = type(model).__name__
     if name not in HEAD_NAMES:
         raise UserError(f"cannot export a {name}: supported heads are {', '.join(HEAD_NAMES)}")
-    if getattr(model.config, "classifier_pooling", "cls") == "siamese":
-        raise UserError("cannot export a classifier_pooling=siamese classifier: it runs the encoder once per "
-                        "sentence, and the exported graph runs it once on the pair (fine-tune with model.pooling=cls "
-                        "or mean to export)")
     return name
 
 
@@ -71,6 +70,10 @@ class ExportWrapper(nn.Module):
         shape = input_ids.shape  # (B, S), or (B, C, S) for multiple choice
         if input_ids.dim() == 3:  # choices run as (B*C, S) rows, as the multiple-choice head does
             input_ids, attention_mask, token_type_ids = map(flat_choices, (input_ids, attention_mask, token_type_ids))
+        if getattr(self.model, "siamese", False):  # the pair's rows split into 2B sentence rows of S tokens each
+            rows = siamese_rows(input_ids, attention_mask, token_type_ids, trim=False)
+            h, _ = encode(self.model.base_model, *rows, self.token_major)
+            return (self.model.siamese_logits(h, rows[1]),)
         h, pooled = encode(self.model.base_model, input_ids, attention_mask, token_type_ids, self.token_major)
         return tuple(self.model.head_outputs(h, pooled, shape))
 

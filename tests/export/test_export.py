@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from mobilebert.export import onnx as export_onnx_mod  # noqa: E402
-from mobilebert.export.onnx import ParityError, compare_outputs, export_onnx  # noqa: E402
+from mobilebert.export.onnx import ParityError, compare_outputs, export_onnx, sample_inputs  # noqa: E402
 from mobilebert.export.runtime import load_session  # noqa: E402
 from mobilebert.export.wrapper import HEAD_NAMES, output_names, reference_outputs  # noqa: E402
 
@@ -94,6 +94,24 @@ def test_mean_pooled_classifier_exports_with_parity(preset, tmp_path, tokenizer,
     export_onnx(model, out, tokenizer=tokenizer)
     assert int(dev_sample[1].sum()) < dev_sample[1].numel()  # the sample is padded
     _check_dev_parity(out, model, head, dev_sample)
+
+
+@pytest.mark.parametrize("num_labels,fuse", [(3, False), (1, True)])
+def test_siamese_classifier_exports_with_parity(num_labels, fuse, tmp_path, tokenizer, data_dir):
+    """classifier_pooling="siamese" takes the pair row and splits it inside the graph: real MRPC dev pairs, longer
+    and more than the trace's, padded, match PyTorch (which trims each batch to its longer sentence), plain or
+    fused; a regression head (cos(u, v)) as well as classes."""
+    head = "MobileBertForSequenceClassification"
+    model = _perturbed(HEADS[head](get_config("debug-mobilebert", classifier_pooling="siamese",
+                                              num_labels=num_labels)))
+    out = tmp_path / "siamese.onnx"
+    export_onnx(model, out, tokenizer=tokenizer, fuse=fuse)
+    rows = [line.split("\t") for line in
+            (data_dir / "glue" / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:10]]
+    pairs = tokenizer([r[3] for r in rows], [r[4] for r in rows], max_length=64)
+    assert pairs["input_ids"].shape[1] > sample_inputs(model, tokenizer)[0].shape[1]  # longer than the trace
+    assert int(pairs["token_type_ids"].sum()) > 0 and int(pairs["attention_mask"].sum()) < pairs["attention_mask"].numel()
+    _check_dev_parity(out, model, head, (pairs["input_ids"], pairs["attention_mask"], pairs["token_type_ids"]))
 
 
 @pytest.mark.parametrize("head", ["MobileBertForSequenceClassification", "MobileBertForQuestionAnswering"])

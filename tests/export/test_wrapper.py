@@ -36,8 +36,8 @@ def _inputs(head: str, cfg, padded: bool):
 
 def _model(head: str, preset: str, **config):
     torch.manual_seed(0)
-    labels = 2 if head == "MobileBertForQuestionAnswering" else 3
-    model = HEADS[head](get_config(preset, num_labels=labels, vocab_size=600, **config))  # small V: fast in float64
+    config.setdefault("num_labels", 2 if head == "MobileBertForQuestionAnswering" else 3)
+    model = HEADS[head](get_config(preset, vocab_size=600, **config))  # small V: fast in float64
     with torch.no_grad():  # non-trivial norms, so a skipped or reordered one would show
         for name, p in model.named_parameters():
             if "LayerNorm" in name:
@@ -100,3 +100,20 @@ def test_wrapper_pools_the_mean_as_the_model_does(head, preset):
         with torch.no_grad():
             got = ExportWrapper(model, token_major=True)(*x)
         torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("preset,num_labels", [("debug-mobilebert", 3), ("debug-bert", 3), ("debug-mobilebert", 1)])
+def test_wrapper_splits_siamese_pairs_as_the_model_does(preset, num_labels):
+    """classifier_pooling="siamese": the wrapper takes the pair row and splits it into the two sentence rows itself,
+    untrimmed (rows of S tokens, not the longer sentence's length): the forward's numbers, padded or not, single
+    sentences or pairs. Extra pads change only the order of float64 sums."""
+    model = _model("MobileBertForSequenceClassification", preset, classifier_pooling="siamese", num_labels=num_labels)
+    for padded in (True, False):
+        x = _inputs("MobileBertForSequenceClassification", model.config, padded)
+        x[2][0] = 0  # row 0: a single sentence (no segment 1), which pairs with itself
+        want = reference_outputs(model, *x)
+        for token_major in (False, True):
+            with torch.no_grad():
+                got = ExportWrapper(model, token_major=token_major)(*x)
+            assert got[0].shape == (4, num_labels)
+            torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-10)

@@ -264,7 +264,7 @@ def test_mean_pooling_option(tmp_path, capsys, data_dir, vocab):
 def test_siamese_pooling_option(tmp_path, capsys, data_dir, vocab):
     """model.pooling=siamese: the run says what it means, a new regression head starts at the training scores'
     range (cosine 0 -> 0, 1 -> 5 on the whole STS-B training set), the checkpoint keeps the pooling, `evaluate` reproduces the dev score
-    from it, and the ONNX export refuses it in one line without writing a file."""
+    from it, and it exports to ONNX and quantizes through ONNX Runtime."""
     rc = main(["finetune", f"out={tmp_path / 'run'}", *QUICK, "data.task=sts-b", f"data.dir={data_dir / 'glue'}",
                f"model.tokenizer={vocab}", "model.pooling=siamese", "optim.lr=1e-9", "data.max_train_examples=0"])
     captured = capsys.readouterr()
@@ -279,19 +279,17 @@ def test_siamese_pooling_option(tmp_path, capsys, data_dir, vocab):
     assert state[head.replace("weight", "bias")].item() == pytest.approx(0.0, abs=1e-3)
     assert main(["evaluate", str(best)]) == 0
     assert json.loads(capsys.readouterr().out)["spearmanr"] == pytest.approx(res["best"]["spearmanr"])
-    assert main(["export", "onnx", str(best), "--out", str(tmp_path / "m.onnx")]) != 0
-    err = capsys.readouterr().err
-    assert "classifier_pooling=siamese" in err and err.count("\n") == 1 and not (tmp_path / "m.onnx").exists()
-    # a siamese classifier: int8 through ONNX Runtime is refused before the fp32 model is scored
+    # the ONNX export splits the pair inside the graph (parity checked on export); int8 through ONNX Runtime too
+    assert main(["export", "onnx", str(best), "--out", str(tmp_path / "m.onnx")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "m.onnx").is_file()
     rc = main(["finetune", f"out={tmp_path / 'mrpc'}", *QUICK, "data.task=mrpc", f"data.dir={data_dir / 'glue'}",
                f"model.tokenizer={vocab}", "model.pooling=siamese"])
     assert rc == 0, capsys.readouterr().err
     capsys.readouterr()
     assert main(["quantize", str(tmp_path / "mrpc" / "best"), "--task", "mrpc", "--data", str(data_dir / "glue"),
-                 "--out", str(tmp_path / "q.onnx")]) == 2
+                 "--out", str(tmp_path / "q.onnx"), "--eval-samples", "64", "--warn-only"]) == 0
     captured = capsys.readouterr()
-    assert "classifier_pooling=siamese" in captured.err and "scoring fp32" not in captured.out + captured.err
-    assert not (tmp_path / "q.onnx").exists()
+    assert "scoring fp32" in captured.out and (tmp_path / "q.onnx").is_file(), captured.out + captured.err
 
 
 def test_distillation_from_teacher(rte_run, tmp_path, capsys, data_dir, vocab):
