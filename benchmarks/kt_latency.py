@@ -12,6 +12,10 @@ at both ends. Latency does not depend on the weights: random ones are timed.
     python benchmarks/kt_latency.py --heads 6,4      # also the student with 6 and with 4 heads (the default)
     python benchmarks/kt_latency.py --report         # re-render docs/kt-latency.md from docs/kt-latency.json
     python benchmarks/kt_latency.py --smoke --out DIR   # seconds: the debug presets (the tests)
+    python benchmarks/kt_latency.py --pooling siamese   # both as bi-encoders -> docs/kt-latency-siamese.md, .json
+
+With `--pooling siamese` both models are `model.pooling=siamese` classifiers, as exported: the graph splits each
+pair row into its two sentence rows, seq tokens each, so a call runs the encoder on 2 x seq tokens.
 
 Costs ~2 min on an idle 2-core machine (export ~1 min, 5 x 200 rounds); run it with nothing else on the cores.
 """
@@ -34,9 +38,10 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 RUNTIMES = ("ort-fp32", "ort-int8")
 
 
-def configs(smoke: bool, heads=()) -> dict:
+def configs(smoke: bool, heads=(), pooling: str = "cls") -> dict:
     """{"teacher": cfg, "student": cfg, "student-hN": cfg, ...}: MiniLM, `student.preset=from-teacher`, and that
-    student with N attention heads for each N in `heads` (debug presets with --smoke)."""
+    student with N attention heads for each N in `heads` (debug presets with --smoke); every classifier reads
+    `pooling` (classifier_pooling)."""
     from mobilebert.distill.shapes import from_teacher_config
     from mobilebert.presets import get_config
 
@@ -51,7 +56,8 @@ def configs(smoke: bool, heads=()) -> dict:
         teacher = load_config(minilm_dir()).replace(architectures=None)
         student = from_teacher_config(teacher)
         shaped = lambda n: from_teacher_config(teacher, {"num_attention_heads": n}, key="student")
-    return {"teacher": teacher, "student": student, **{f"student-h{n}": shaped(n) for n in heads}}
+    cfgs = {"teacher": teacher, "student": student, **{f"student-h{n}": shaped(n) for n in heads}}
+    return {name: cfg.replace(classifier_pooling=pooling) for name, cfg in cfgs.items()}
 
 
 def measure(cfgs: dict, workdir: Path, seq: int, rounds: int, repeats: int, profile_runs: int = 20,
@@ -62,11 +68,13 @@ def measure(cfgs: dict, workdir: Path, seq: int, rounds: int, repeats: int, prof
     from mobilebert.presets import PRESETS
     from mobilebert.recipes.bench import ModelArtifacts, machine_info, time_interleaved
 
+    pooling = {cfg.classifier_pooling for cfg in cfgs.values()}.pop()
+    tag = "" if pooling == "cls" else f"-{pooling}"  # its own graphs: ModelArtifacts reuses a file it finds
     for name, cfg in cfgs.items():
-        PRESETS[f"kt-{name}"] = lambda cfg=cfg: cfg
-    arts = {name: ModelArtifacts(f"kt-{name}", workdir, RUNTIMES, seq, log) for name in cfgs}
+        PRESETS[f"kt-{name}{tag}"] = lambda cfg=cfg: cfg
+    arts = {name: ModelArtifacts(f"kt-{name}{tag}", workdir, RUNTIMES, seq, log) for name in cfgs}
     machine = machine_info()
-    out = {"machine": machine, "seq": seq, "threads": 1, "rounds": rounds, "repeats": repeats,
+    out = {"machine": machine, "seq": seq, "threads": 1, "rounds": rounds, "repeats": repeats, "pooling": pooling,
            "params": {name: sum(p.numel() for p in art.plain.parameters()) for name, art in arts.items()},
            "heads": {name: cfg.num_attention_heads for name, cfg in cfgs.items()},
            "sizes": {name: art.sizes for name, art in arts.items()}, "runtimes": {}}
@@ -121,6 +129,9 @@ def write_report(res: dict, out: Path, command: str) -> None:
              f"model per round), {res['repeats']} repeats: mean ± std over repeats. `student` is the study's "
              f"(`student.preset=from-teacher`: the teacher's {res['heads']['student']} heads); `student-hN` the same "
              f"with N heads (`student.overrides={{num_attention_heads: N}}`). Parameters: {params}.\n",
+             *([f"Both are `model.pooling={res['pooling']}` classifiers (bi-encoders), as exported: the graph splits "
+                f"each pair row into its two sentence rows of {res['seq']} tokens, so one call runs the encoder on "
+                f"2 x {res['seq']} tokens.\n"] if res.get("pooling", "cls") != "cls" else []),
              "| runtime | model | teacher p50 ms | model p50 ms | teacher / model | smallest of the repeats |",
              "|---|---|---:|---:|---:|---:|"]
     for runtime, students in s.items():
@@ -149,8 +160,10 @@ def write_report(res: dict, out: Path, command: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(REPO / "docs" / "kt-latency"), help="report stem: writes OUT.md, OUT.json")
-    ap.add_argument("--workdir", default=str(REPO / "runs" / "kt-latency"), help="exported graphs")
+    ap.add_argument("--pooling", choices=("cls", "siamese"), default="cls",
+                    help="what the classifiers read (model.pooling); siamese: bi-encoders, two sentence rows per pair")
+    ap.add_argument("--out", help="report stem: writes OUT.md, OUT.json (default docs/kt-latency[-siamese])")
+    ap.add_argument("--workdir", help="exported graphs (default runs/kt-latency[-siamese])")
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seq", type=int, default=128)
@@ -169,8 +182,11 @@ def main() -> int:
     from mobilebert import atomic
     from mobilebert.errors import ConfigError
 
-    out = Path(args.out)
-    command = "python benchmarks/kt_latency.py" + (" --smoke" if args.smoke else "")
+    suffix = "" if args.pooling == "cls" else f"-{args.pooling}"
+    out = Path(args.out or REPO / "docs" / f"kt-latency{suffix}")
+    workdir = Path(args.workdir or REPO / "runs" / f"kt-latency{suffix}")
+    command = "python benchmarks/kt_latency.py" + (" --smoke" if args.smoke else "") + \
+        (f" --pooling {args.pooling}" if suffix else "")
     if args.report:
         try:
             res = json.loads(out.with_suffix(".json").read_text())
@@ -181,10 +197,10 @@ def main() -> int:
         return 0
     t0 = time.time()
     try:
-        cfgs = configs(args.smoke, heads)
+        cfgs = configs(args.smoke, heads, args.pooling)
     except ConfigError as e:  # a head count that does not divide the student's widths
         sys.exit(f"kt_latency: --heads {args.heads}: {e}")
-    res = measure(cfgs, Path(args.workdir), args.seq, args.rounds, args.repeats, 3 if args.smoke else 20)
+    res = measure(cfgs, workdir, args.seq, args.rounds, args.repeats, 3 if args.smoke else 20)
     res["date"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     res["wall_s"], res["command"] = time.time() - t0, command
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -50,3 +50,17 @@ def test_bad_heads_and_missing_results_stop_in_one_line(tmp_path):
     proc = latency("--smoke", "--report", "--out", out)
     assert proc.returncode != 0 and "cannot read the results" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_siamese_pooling_times_the_bi_encoder_graphs(tmp_path):
+    """--pooling siamese: both models are exported as bi-encoder classifiers (graphs of their own, not the [CLS]
+    ones), the JSON and the report say so."""
+    out = tmp_path / "kt-latency-siamese"
+    proc = latency("--smoke", "--heads", "", "--pooling", "siamese", "--out", out, "--workdir", tmp_path / "work")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.with_suffix(".json").read_text())
+    assert res["pooling"] == "siamese" and res["command"].endswith("--pooling siamese")
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == ["kt-student-siamese-folded",
+                                                                      "kt-teacher-siamese"]
+    md = out.with_suffix(".md").read_text()
+    assert "Both are `model.pooling=siamese` classifiers (bi-encoders)" in md and "| ort-int8 | student |" in md
