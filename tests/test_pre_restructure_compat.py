@@ -9,7 +9,9 @@ or `mobilebert.load_pretrained`, the lazy names of `mobilebert`), so the file su
 
 Tolerances: labels, token ids, counts and task names exactly; floats to 1e-5 relative, plus 1e-5 of the largest
 value compared together (for entries near 0); sums of a tensor to 1e-5 of its sum of absolute values;
-`predict`'s 4-decimal console output to the printed precision.
+`predict`'s 4-decimal console output to the printed precision. The int8 file's outputs are the CPU's int8
+kernels' as much as ours: on an x86 CPU without VNNI they are checked to 0.25 of the largest value and on labels
+and argmax (`int8_kernels_differ`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,27 @@ def assert_close(got, want, what: str):
     want = np.asarray(want, dtype=np.float64)
     np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=RTOL,
                                atol=RTOL * float(np.abs(want).max(initial=0.0)), err_msg=what)
+
+
+def int8_kernels_differ() -> bool:
+    """True on an x86 CPU without VNNI (AVX2 only): ONNX Runtime's dynamic int8 MatMul then multiplies u8 x s8 pairs
+    with VPMADDUBSW, which saturates their int16 sums, so the int8 fixture's outputs move by a few hundredths
+    against the VNNI machine that recorded expected.json (seen 2026-12-05: logits 0.056 of 0.43, probabilities
+    0.020; labels the same). The int8 numbers then belong to the CPU, not to our code."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags and "vnni" not in flags
+
+
+def assert_int8_close(got, want, what: str):
+    """int8 outputs: to RTOL where the CPU has the recording machine's int8 kernels, else to 0.25 of the largest."""
+    if not int8_kernels_differ():
+        return assert_close(got, want, what)
+    want = np.asarray(want, dtype=np.float64)
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), want, rtol=0,
+                               atol=0.25 * float(np.abs(want).max(initial=0.0)), err_msg=what)
 
 
 def assert_summary(t: torch.Tensor, want: dict, positions: list[int], what: str):
@@ -136,7 +159,8 @@ def test_predict_file_gives_the_same_labels_and_probabilities(model, kind, input
     want = EXPECTED["predict_file"][kind]
     assert [(r["line"], r.get("label")) for r in got] == [(r["line"], r.get("label")) for r in want]
     key = "score" if kind == "stsb" else "probability"
-    assert_close([r[key] for r in got], [r[key] for r in want], f"{model} {key}")
+    close = assert_int8_close if kind == "onnx_int8" else assert_close
+    close([r[key] for r in got], [r[key] for r in want], f"{model} {key}")
 
 
 # ------------------------------------------------------------------------------- c. exported models
@@ -156,8 +180,10 @@ def test_old_onnx_files_give_the_same_raw_outputs(name):
     want = EXPECTED["onnx_raw"][name]
     got = _ort_outputs(FIX / name, want["input_ids"])
     assert sorted(got) == sorted(want["outputs"])
+    close = assert_int8_close if "int8" in name else assert_close
     for k, v in want["outputs"].items():
-        assert_close(got[k], v, f"{name}:{k}")
+        close(got[k], v, f"{name}:{k}")
+        assert (np.argmax(got[k], -1) == np.argmax(v, -1)).all(), f"{name}:{k}: argmax"
 
 
 def test_export_of_the_old_checkpoint_gives_the_old_onnx_outputs(tmp_path, capsys):
