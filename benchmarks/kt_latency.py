@@ -38,6 +38,11 @@ sys.path.insert(0, str(REPO))  # run as a script from a checkout
 RUNTIMES = ("ort-fp32", "ort-int8")
 
 
+def pooling_tag(pooling: str) -> str:
+    """"" for [CLS] (the original files), "-siamese" etc. otherwise: reports, graphs and presets of their own."""
+    return "" if pooling == "cls" else f"-{pooling}"
+
+
 def configs(smoke: bool, heads=(), pooling: str = "cls") -> dict:
     """{"teacher": cfg, "student": cfg, "student-hN": cfg, ...}: MiniLM, `student.preset=from-teacher`, and that
     student with N attention heads for each N in `heads` (debug presets with --smoke); every classifier reads
@@ -69,7 +74,7 @@ def measure(cfgs: dict, workdir: Path, seq: int, rounds: int, repeats: int, prof
     from mobilebert.recipes.bench import ModelArtifacts, machine_info, time_interleaved
 
     pooling = {cfg.classifier_pooling for cfg in cfgs.values()}.pop()
-    tag = "" if pooling == "cls" else f"-{pooling}"  # its own graphs: ModelArtifacts reuses a file it finds
+    tag = pooling_tag(pooling)  # graphs of its own: ModelArtifacts reuses a file it finds
     for name, cfg in cfgs.items():
         PRESETS[f"kt-{name}{tag}"] = lambda cfg=cfg: cfg
     arts = {name: ModelArtifacts(f"kt-{name}{tag}", workdir, RUNTIMES, seq, log) for name in cfgs}
@@ -182,7 +187,7 @@ def main() -> int:
     from mobilebert import atomic
     from mobilebert.errors import ConfigError
 
-    suffix = "" if args.pooling == "cls" else f"-{args.pooling}"
+    suffix = pooling_tag(args.pooling)
     out = Path(args.out or REPO / "docs" / f"kt-latency{suffix}")
     workdir = Path(args.workdir or REPO / "runs" / f"kt-latency{suffix}")
     command = "python benchmarks/kt_latency.py" + (" --smoke" if args.smoke else "") + \
