@@ -2,6 +2,7 @@
 
     mobilebert quantize MODEL_DIR --task SST-2 --data GLUE_DIR --out model.int8.onnx
         [--method ort-dynamic|ort-static|torch-dynamic] [--calib-samples 128] [--max-drop 1.0] [--warn-only]
+        [--weight-type s8|u8] [--reduce-range]
 
 Paper §3.3 Table 6. The command refuses (exit 2, no file written) when int8 loses more than
 --max-drop points of the task's metric on the dev set, unless --warn-only is given.
@@ -28,6 +29,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--warn-only", action="store_true", help="keep the int8 model and warn when the drop is larger")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per matrix instead of one per "
                                                              "output channel (the default; more accurate)")
+    p.add_argument("--reduce-range", action="store_true",
+                   help="ort-*: 7-bit weights, so that x86 CPUs without VNNI (AVX2 only) cannot saturate their "
+                        "int16 sums; check with the dev score")
+    p.add_argument("--weight-type", default="s8", choices=["s8", "u8"],
+                   help="ort-dynamic: int8 (default) or uint8 weights; u8 avoids the saturation of x86 CPUs "
+                        "without VNNI and keeps 8 bits (benchmarks/int8_kernels.py)")
     p.add_argument("--fold-nonorm", action="store_true", help="fold NoNorm into adjacent linear layers first")
     p.add_argument("--fuse", action="store_true", help="export the fused graph first (export onnx --fuse)")
     p.add_argument("--quantize-embeddings", action="store_true", help="ort-dynamic: int8 word embeddings too")
@@ -45,6 +52,7 @@ def _run(args) -> int:
         args.model, args.task, args.data, json_path=args.json, out=args.out, method=args.method,
         calibration=args.calibration, calib_samples=args.calib_samples, calibration_method=args.calibration_method,
         eval_file=args.eval_file, eval_samples=args.eval_samples, max_drop=args.max_drop, warn_only=args.warn_only,
-        per_channel=not args.per_tensor, fold_nonorm=args.fold_nonorm, fuse=args.fuse,
+        per_channel=not args.per_tensor, reduce_range=args.reduce_range, weight_type=args.weight_type,
+        fold_nonorm=args.fold_nonorm, fuse=args.fuse,
         embeddings=args.quantize_embeddings, max_seq_length=args.max_seq_length, batch_size=args.batch_size,
         vocab=args.vocab)

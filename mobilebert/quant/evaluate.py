@@ -153,12 +153,14 @@ def compare(sample: TaskSample, fp32_logits: np.ndarray, int8_logits: np.ndarray
     return QuantReport(task.name, metric, len(sample), float(m32), float(m8), float((a == b).mean()))
 
 
-def gate(report: QuantReport, max_drop: float, warn_only: bool = False, what: str = "int8 model") -> str | None:
-    """Raise AccuracyDropError when the drop exceeds `max_drop` points; with warn_only, return a warning."""
+def gate(report: QuantReport, max_drop: float, warn_only: bool = False, what: str = "int8 model",
+         hint: str = "") -> str | None:
+    """Raise AccuracyDropError when the drop exceeds `max_drop` points; with warn_only, return a warning.
+    `hint` (a remedy, "; ..." ) is added to the message."""
     if report.drop <= max_drop:
         return None
     msg = (f"{what} loses {report.drop:.2f} points of {report.metric} on {report.task} dev "
-           f"({100 * report.fp32:.2f} -> {100 * report.int8:.2f}), more than --max-drop {max_drop:g}")
+           f"({100 * report.fp32:.2f} -> {100 * report.int8:.2f}), more than --max-drop {max_drop:g}{hint}")
     if warn_only:
         return msg
     raise AccuracyDropError(msg + "; nothing written (use --warn-only to keep it anyway)")

@@ -17,7 +17,9 @@ the paper's ~4x smaller file. The model's metadata (config, vocabulary) is carri
 
 from __future__ import annotations
 
+import functools
 import logging
+import platform
 import tempfile
 from pathlib import Path
 
@@ -28,6 +30,33 @@ from mobilebert.errors import UserError
 from mobilebert.export.onnx import atomic_output, set_metadata
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+@functools.cache
+def int8_kernels_may_saturate(cpuinfo: str = "/proc/cpuinfo", machine: str | None = None) -> bool:
+    """True on an x86 CPU without VNNI (AVX2 or AVX-512 alone), read from `cpuinfo` (False where unreadable).
+
+    There ONNX Runtime multiplies uint8 activations by int8 weights with VPMADDUBSW, which adds each pair of products
+    in int16 and saturates at 32767, so large activations against large weights lose their tails (its quantization
+    docs: "data type selection"). Remedies: 7-bit weights (`reduce_range`) or uint8 weights (the u8 x u8 kernel
+    widens first). VNNI (VPDPBUSD) sums in int32, and so do ARM's dot-product kernels (phones)."""
+    if (machine or platform.machine()).lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx2" in flags and "vnni" not in flags
+
+
+def saturation_hint(dynamic: bool = True) -> str:
+    """The remedy to name when an int8 model scored on this CPU lost too much ("" where the kernels cannot
+    saturate). `dynamic`: the model was quantized dynamically, where uint8 weights are a choice too."""
+    if not int8_kernels_may_saturate():
+        return ""
+    return ("; this x86 CPU has no VNNI, where ONNX Runtime's u8 x s8 int8 sums can saturate: try "
+            + ("--weight-type u8 or " if dynamic else "") + "--reduce-range, or score on the CPU you deploy to")
 
 
 def _metadata(path) -> dict[str, str]:
@@ -126,14 +155,24 @@ def _finish(src: Path, tmp: Path, out: Path, cleanup) -> Path:
     return out
 
 
+WEIGHT_TYPES = ("s8", "u8")
+
+
 def quantize_onnx_dynamic(src, out, per_channel: bool = False, reduce_range: bool = False,
-                          embeddings: bool = False) -> Path:
-    """Dynamic int8: weights int8 (symmetric), activations uint8 per call. Returns `out`."""
+                          embeddings: bool = False, weight_type: str = "s8") -> Path:
+    """Dynamic int8: weights int8 (symmetric; `weight_type="u8"`: uint8 with a zero point), activations uint8 per
+    call. Returns `out`.
+
+    reduce_range: 7-bit weights. On x86 without VNNI (`int8_kernels_may_saturate`) both avoid the u8 x s8 kernel's
+    int16 saturation, in different ways: 7-bit weights keep the pair sums below 2^15, u8 weights take ONNX
+    Runtime's u8 x u8 kernel, which widens to int16 before multiplying (benchmarks/int8_kernels.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, out = Path(src), Path(out)
     if not src.is_file():
         raise UserError(f"{src}: ONNX model not found")
+    if weight_type not in WEIGHT_TYPES:
+        raise UserError(f"weight type {weight_type!r}: choose one of {', '.join(WEIGHT_TYPES)}")
     _quiet()
     ops = ["MatMul"] + (["Gather"] if embeddings else [])
     tmp, cleanup = atomic_output(out)
@@ -142,7 +181,8 @@ def quantize_onnx_dynamic(src, out, per_channel: bool = False, reduce_range: boo
             plain = Path(work) / "matmuls.onnx"
             gemms_to_matmuls(src, plain)
             weights, _ = weight_matmuls(plain)
-            quantize_dynamic(str(plain), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
+            qtype = QuantType.QInt8 if weight_type == "s8" else QuantType.QUInt8
+            quantize_dynamic(str(plain), str(tmp), weight_type=qtype, per_channel=per_channel,
                              reduce_range=reduce_range, op_types_to_quantize=ops,
                              nodes_to_quantize=None if embeddings else weights,
                              extra_options={"MatMulConstBOnly": True})
@@ -167,7 +207,7 @@ class _Reader:
 
 
 def quantize_onnx_static(src, out, calibration: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                         method: str = "minmax", per_channel: bool = True) -> Path:
+                         method: str = "minmax", per_channel: bool = True, reduce_range: bool = False) -> Path:
     """Static int8 in QDQ format: activation ranges from `calibration` batches of (ids, mask, types).
 
     Only the weight matmuls' inputs get QuantizeLinear/DequantizeLinear pairs; see the module docstring."""
@@ -197,7 +237,7 @@ def quantize_onnx_static(src, out, calibration: list[tuple[np.ndarray, np.ndarra
             weights, _ = weight_matmuls(plain)
             quantize_static(str(plain), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=weights,
+                            reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=weights,
                             calibrate_method=calib,
                             extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
                                            "WeightSymmetric": True})

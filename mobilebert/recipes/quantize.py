@@ -32,12 +32,15 @@ class QuantizeResult:
     warning: str | None
     fp32_size: int | None = None  # bytes of the fp32 ONNX file
     int8_size: int | None = None
+    reduce_range: bool = False  # ONNX Runtime's 7-bit weights
+    weight_type: str = "s8"
 
 
 def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort-dynamic",
                         calibration=None, calib_samples: int = 128, calibration_method: str = "minmax",
                         eval_file=None, eval_samples: int = 0, max_drop: float = 1.0, warn_only: bool = False,
-                        per_channel: bool = True, fold_nonorm: bool = False, fuse: bool = False, embeddings: bool = False,
+                        per_channel: bool = True, reduce_range: bool = False, weight_type: str = "s8",
+                        fold_nonorm: bool = False, fuse: bool = False, embeddings: bool = False,
                         max_seq_length: int = 128, batch_size: int = 32, vocab=None, seed: int = 0,
                         log=print) -> QuantizeResult:
     from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
@@ -48,6 +51,11 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
         raise UserError(f"--method {method}: choose one of {', '.join(METHODS)}")
     if fuse and method == "torch-dynamic":
         raise UserError("--fuse builds the fused ONNX graph: use it with --method ort-dynamic or ort-static")
+    if reduce_range and method == "torch-dynamic":
+        raise UserError("--reduce-range sets ONNX Runtime's 7-bit weights: use it with --method ort-dynamic or "
+                        "ort-static")
+    if weight_type != "s8" and method != "ort-dynamic":
+        raise UserError(f"--weight-type {weight_type}: only --method ort-dynamic takes uint8 weights")
     if method != "torch-dynamic":
         if out is None:
             raise UserError(f"--out is required for --method {method} (the int8 .onnx file to write)")
@@ -86,7 +94,7 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
         return QuantizeResult(report, method, None, gate(report, max_drop, warn_only, "PyTorch dynamic int8"))
 
     from mobilebert.export.runtime import load_session
-    from mobilebert.quant.ort import quantize_onnx_dynamic, quantize_onnx_static
+    from mobilebert.quant.ort import quantize_onnx_dynamic, quantize_onnx_static, saturation_hint
 
     work = Path(tempfile.mkdtemp(prefix="mobilebert-quantize-"))
     try:
@@ -95,20 +103,24 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
                              fuse=fuse)
         log(f"fp32 ONNX matches PyTorch: {parity}")
         if method == "ort-dynamic":
-            quantize_onnx_dynamic(fp32_path, int8_path, per_channel=per_channel, embeddings=embeddings)
+            quantize_onnx_dynamic(fp32_path, int8_path, per_channel=per_channel, reduce_range=reduce_range,
+                                  embeddings=embeddings, weight_type=weight_type)
         else:
             calib = load_split(task, calibration or data, "train", tokenizer, max_seq_length, limit=calib_samples,
                                seed=seed)
             log(f"calibrating on {len(calib)} examples of {calib.path} ({calibration_method})")
             quantize_onnx_static(fp32_path, int8_path, list(calib.batches(8)), method=calibration_method,
-                                 per_channel=per_channel)
+                                 per_channel=per_channel, reduce_range=reduce_range)
         session = load_session(int8_path)
         report = compare(dev, fp32_logits, run_logits(session_logits_fn(session), dev, batch_size))
-        warning = gate(report, max_drop, warn_only, f"{method} int8 model")
+        saturable = not reduce_range and weight_type == "s8"  # the u8 x s8 kernel at 8 bits
+        warning = gate(report, max_drop, warn_only, f"{method} int8 model",
+                       hint=saturation_hint(method == "ort-dynamic") if saturable else "")
         out.parent.mkdir(parents=True, exist_ok=True)
         with atomic.atomic_path(out) as staged:
             shutil.copyfile(int8_path, staged)
-        return QuantizeResult(report, method, out, warning, fp32_path.stat().st_size, out.stat().st_size)
+        return QuantizeResult(report, method, out, warning, fp32_path.stat().st_size, out.stat().st_size,
+                              reduce_range, weight_type)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -121,7 +133,8 @@ def quantize(model_dir, task: str, data, json_path=None, **options) -> int:
 
     result = quantize_checkpoint(model_dir, task, data, **options)
     r = result.report
-    print(r.table(result.method))
+    print(r.table(result.method + (" reduce-range" if result.reduce_range else "")
+                  + (f" {result.weight_type} weights" if result.weight_type != "s8" else "")))
     if result.fp32_size:
         print(f"size: fp32 ONNX {result.fp32_size / 2**20:.1f} MiB, int8 {result.int8_size / 2**20:.1f} MiB "
               f"({result.fp32_size / result.int8_size:.2f}x smaller)")
@@ -132,6 +145,7 @@ def quantize(model_dir, task: str, data, json_path=None, **options) -> int:
     if json_path:
         atomic.write_text(json_path, json.dumps({
             "task": r.task, "metric": r.metric, "examples": r.n, "fp32": r.fp32, "int8": r.int8, "drop_points": r.drop,
-            "agreement": r.agreement, "method": result.method, "out": str(result.out) if result.out else None,
+            "agreement": r.agreement, "method": result.method, "reduce_range": result.reduce_range,
+            "weight_type": result.weight_type, "out": str(result.out) if result.out else None,
             "warning": result.warning, "fp32_bytes": result.fp32_size, "int8_bytes": result.int8_size}, indent=2) + "\n")
     return 0

@@ -83,12 +83,18 @@ def test_export_errors_exit_2_and_leave_nothing(case, checkpoint, tmp_path, caps
     assert not any(out_dir.iterdir())
 
 
-def test_quantize_fuse_with_torch_method_exits_2(checkpoint, data_dir, tmp_path, capsys):
-    args = ["quantize", str(checkpoint), "--task", "sst-2", "--data", str(data_dir / "glue"), "--method",
-            "torch-dynamic", "--fuse"]
+@pytest.mark.parametrize("method, options, expect", [
+    ("torch-dynamic", ["--fuse"], "ort-dynamic or ort-static"),
+    ("torch-dynamic", ["--reduce-range"], "ort-dynamic or ort-static"),
+    ("ort-static", ["--weight-type", "u8"], "only --method ort-dynamic takes uint8 weights")])
+def test_quantize_options_of_another_method_exit_2(checkpoint, data_dir, tmp_path, capsys, method, options, expect):
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(checkpoint), "--task", "sst-2", "--data", str(data_dir / "glue"), "--method", method,
+            "--out", str(out), *options]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "--fuse" in err and err.count("\n") == 1
+    assert options[0] in err and expect in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
 
 
 def test_quantize_wrong_task_exits_2(checkpoint, data_dir, tmp_path, capsys):

@@ -47,10 +47,14 @@ def _check(result, min_agreement=0.99, max_drop=1.0):
     assert r.drop <= max_drop, r.table()
 
 
-def test_ort_dynamic_int8_agrees_with_fp32(sst2_model, data_dir, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"weight_type": "u8"}, {"reduce_range": True}],
+                         ids=["default", "u8-weights", "reduce-range"])
+def test_ort_dynamic_int8_agrees_with_fp32(sst2_model, data_dir, tmp_path, options):
     out = tmp_path / "sst2.int8.onnx"
-    result = quantize_checkpoint(sst2_model, "SST-2", data_dir / "glue", out=out, log=lambda *a: None)
+    result = quantize_checkpoint(sst2_model, "SST-2", data_dir / "glue", out=out, log=lambda *a: None, **options)
     _check(result)
+    assert (result.weight_type, result.reduce_range) == (options.get("weight_type", "s8"),
+                                                          options.get("reduce_range", False))
     assert out.is_file() and result.warning is None
     from mobilebert.export.runtime import load_session
 
@@ -94,6 +98,39 @@ def test_accuracy_gate_refuses_and_writes_nothing(sst2_model, data_dir, tmp_path
     assert result.warning and "more than --max-drop" in result.warning and out.is_file()
 
 
+@pytest.mark.parametrize("saturates", [True, False])
+def test_accuracy_gate_names_the_remedy_where_kernels_saturate(sst2_model, data_dir, tmp_path, monkeypatch,
+                                                               saturates):
+    """On x86 without VNNI the refusal says to try uint8 or 7-bit weights; elsewhere, and once they are chosen, not."""
+    import mobilebert.quant.ort as ort
+
+    monkeypatch.setattr(ort, "int8_kernels_may_saturate", lambda: saturates)
+    run = lambda **kw: quantize_checkpoint(sst2_model, "SST-2", data_dir / "glue", out=tmp_path / "x.onnx",
+                                           max_drop=-1.0, eval_samples=50, warn_only=True, log=lambda *a: None, **kw)
+    assert ("--weight-type u8 or --reduce-range" in run().warning) is saturates
+    assert "--reduce-range" not in run(weight_type="u8").warning
+    assert "--weight-type" not in run(reduce_range=True).warning
+    static = run(method="ort-static", calib_samples=16).warning
+    assert ("try --reduce-range" in static) is saturates and "--weight-type" not in static
+
+
+def test_cpu_without_vnni_is_recognised(tmp_path):
+    """int8_kernels_may_saturate reads the flags line: AVX2 without any VNNI flag on x86 only."""
+    from mobilebert.quant.ort import int8_kernels_may_saturate
+
+    def cpu(flags: str, machine: str = "x86_64") -> bool:
+        path = tmp_path / f"cpuinfo-{len(list(tmp_path.iterdir()))}"
+        path.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: fpu sse2 {flags}\n")
+        return int8_kernels_may_saturate(str(path), machine)
+
+    assert cpu("avx avx2 fma") is True                      # AMD Zen 2/3, Intel before Cascade Lake
+    assert cpu("avx2 avx512f avx512bw") is True             # AVX-512 without VNNI: VPMADDUBSW too
+    assert cpu("avx2 avx512f avx512_vnni") is False
+    assert cpu("avx2 avx_vnni") is False                    # Alder Lake's VEX-coded VNNI
+    assert cpu("avx2", machine="aarch64") is False          # ARM: dot-product kernels
+    assert int8_kernels_may_saturate(str(tmp_path / "missing"), "x86_64") is False
+
+
 def test_data_from_another_task_is_refused(sst2_model, data_dir, tmp_path):
     out = tmp_path / "x.onnx"
     with pytest.raises(UserError, match="fine-tuned on SST-2"):
@@ -131,3 +168,40 @@ def test_quantized_file_is_smaller_with_int8_embeddings(tmp_path):
     assert int8.stat().st_size < 0.4 * fp32.stat().st_size
     meta = {p.key: p.value for p in __import__("onnx").load(str(int8)).metadata_props}
     assert meta["mobilebert.quantized"] == "int8" and json.loads(meta["mobilebert.config"])["hidden_size"] == 64
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_reduce_range_and_uint8_weights_reach_onnx_runtime(tmp_path, static):
+    """`--reduce-range`: every int8 weight lies in [-64, 64] (7 bits), where the default uses the symmetric 8-bit
+    range up to 127; `--weight-type u8`: uint8 weights over 0..255. Both are for x86 CPUs without VNNI."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from mobilebert import get_config
+    from mobilebert.export.onnx import export_onnx
+    from mobilebert.heads import MobileBertForSequenceClassification
+    from mobilebert.quant.ort import quantize_onnx_dynamic, quantize_onnx_static
+
+    model = MobileBertForSequenceClassification(get_config("debug-mobilebert")).eval()
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32)
+    rng = np.random.default_rng(0)
+    calib = [(rng.integers(1, 100, (2, 16)), np.ones((2, 16)), np.zeros((2, 16)))]
+
+    def int8_weights(reduce_range: bool, dtype=onnx.TensorProto.INT8, **options) -> list:
+        out = tmp_path / f"m.{reduce_range}.{dtype}.onnx"
+        if static:
+            quantize_onnx_static(fp32, out, calib, reduce_range=reduce_range)
+        else:
+            quantize_onnx_dynamic(fp32, out, per_channel=True, reduce_range=reduce_range, **options)
+        weights = [numpy_helper.to_array(i).astype(np.int32) for i in onnx.load(str(out)).graph.initializer
+                   if i.data_type == dtype and i.dims and min(i.dims) > 1]
+        assert len(weights) >= 4 * model.config.num_hidden_layers  # the encoder's matmuls at least
+        return weights
+
+    assert max(np.abs(w).max() for w in int8_weights(False)) == 127
+    assert max(np.abs(w).max() for w in int8_weights(True)) <= 64
+    if not static:  # uint8 weights (with zero points) use the whole 0..255 range
+        u8 = int8_weights(False, onnx.TensorProto.UINT8, weight_type="u8")
+        assert min(w.min() for w in u8) == 0 and max(w.max() for w in u8) == 255
