@@ -10,9 +10,9 @@ argmax agreement and the logit error; and each graph's latency (batch 1, seq 128
 called in turn each round, `mobilebert.recipes.bench.time_interleaved`).
 
     python benchmarks/int8_kernels.py --model runs/bare-sst2/best:SST-2 --model DIR:MRPC --out docs/int8-kernels
-    python benchmarks/int8_kernels.py --smoke --out DIR   # seconds: the repo's tiny SST-2 fixture, 64 dev rows
+    python benchmarks/int8_kernels.py --smoke --out DIR/x   # seconds: the repo's tiny SST-2 fixture, 64 dev rows
 
-Writes results.json and table.md to --out. Run it with nothing else on the cores when the latency matters.
+Writes OUT.md and OUT.json (--out OUT). Run it with nothing else on the cores when the latency matters.
 """
 
 from __future__ import annotations
@@ -74,7 +74,10 @@ def measure(model_dir: Path, task: str, glue: Path, seq: int, rounds: int, limit
     for row in rows:
         row["p50_ms"] = p50[row["variant"]]
         row["speed_vs_default"] = p50[VARIANTS[0][0]] / row["p50_ms"]
-    return {"model": str(model_dir), "task": r.task, "examples": len(dev), "seq": seq,
+    c = model.config
+    shape = (f"{c.num_hidden_layers} layers, {c.hidden_size} wide, {c.num_attention_heads} heads, "
+             + ("NoNorm" if getattr(c, "normalization_type", "layer_norm") == "no_norm" else "LayerNorm"))
+    return {"model": str(model_dir), "shape": shape, "task": r.task, "examples": len(dev), "seq": seq,
             "largest_fp32_logit": scale, "rows": rows}
 
 
@@ -86,7 +89,7 @@ def write_report(res: dict, out: Path) -> None:
              "scores on the full dev set against the fp32 PyTorch model; latency p50 over "
              f"{res['rounds']} interleaved rounds (batch 1, 1 thread, the model's seq).", ""]
     for m in res["models"]:
-        lines += [f"## {m['model']} ({m['task']}, {m['examples']} dev examples, seq {m['seq']}, largest fp32 logit "
+        lines += [f"## {m['model']}: {m['shape']} ({m['task']}, {m['examples']} dev examples, seq {m['seq']}, largest fp32 logit "
                   f"{m['largest_fp32_logit']:.3f})", "",
                   f"| weights | {m['rows'][0]['metric']} fp32 | int8 | drop (points) | argmax agreement | "
                   "mean / max logit error | p50 ms | speed vs default |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -95,9 +98,8 @@ def write_report(res: dict, out: Path) -> None:
                          f"{r['agreement']:.2f}% | {r['mean_abs_err']:.4f} / {r['max_abs_err']:.4f} | "
                          f"{r['p50_ms']:.2f} | {r['speed_vs_default']:.2f}x |")
         lines.append("")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out / "table.md", "\n".join(lines))
-    atomic.write_text(out / "results.json", json.dumps(res, indent=2) + "\n")
+    atomic.write_text(out.with_suffix(".md"), "\n".join(lines))
+    atomic.write_text(out.with_suffix(".json"), json.dumps(res, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--smoke", action="store_true", help="the tiny SST-2 fixture, 64 dev rows, 5 rounds")
-    ap.add_argument("--out", default="runs/int8-kernels")
+    ap.add_argument("--out", default="runs/int8-kernels", help="writes OUT.md and OUT.json")
     args = ap.parse_args(argv)
     from mobilebert.quant.ort import int8_kernels_may_saturate
     from mobilebert.recipes.bench import machine_info
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
            "rounds": rounds, "load_average": os.getloadavg()[0],
            "models": [measure(path, task, Path(args.glue), args.seq, rounds, limit) for path, task in models]}
     write_report(res, Path(args.out))
-    print((Path(args.out) / "table.md").read_text())
+    print(Path(args.out).with_suffix(".md").read_text())
     return 0
 
 

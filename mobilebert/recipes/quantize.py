@@ -94,7 +94,8 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
         return QuantizeResult(report, method, None, gate(report, max_drop, warn_only, "PyTorch dynamic int8"))
 
     from mobilebert.export.runtime import load_session
-    from mobilebert.quant.ort import quantize_onnx_dynamic, quantize_onnx_static, saturation_hint
+    from mobilebert.quant.ort import (int8_kernels_may_saturate, quantize_onnx_dynamic, quantize_onnx_static,
+                                      saturation_hint)
 
     work = Path(tempfile.mkdtemp(prefix="mobilebert-quantize-"))
     try:
@@ -111,9 +112,12 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
             log(f"calibrating on {len(calib)} examples of {calib.path} ({calibration_method})")
             quantize_onnx_static(fp32_path, int8_path, list(calib.batches(8)), method=calibration_method,
                                  per_channel=per_channel, reduce_range=reduce_range)
+        saturable = not reduce_range and weight_type == "s8"  # the u8 x s8 kernel at 8 bits
+        if saturable and int8_kernels_may_saturate():
+            log("note: this x86 CPU has no VNNI, so ONNX Runtime's u8 x s8 int8 sums can saturate here (not on VNNI "
+                "CPUs or ARM); --reduce-range avoids it at the same speed (docs/int8-kernels.md)")
         session = load_session(int8_path)
         report = compare(dev, fp32_logits, run_logits(session_logits_fn(session), dev, batch_size))
-        saturable = not reduce_range and weight_type == "s8"  # the u8 x s8 kernel at 8 bits
         warning = gate(report, max_drop, warn_only, f"{method} int8 model",
                        hint=saturation_hint(method == "ort-dynamic") if saturable else "")
         out.parent.mkdir(parents=True, exist_ok=True)
