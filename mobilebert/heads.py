@@ -250,7 +250,8 @@ class MobileBertForSequenceClassification(MobileBertPreTrainedModel):
     def siamese_logits(self, hidden: torch.Tensor, rows_mask: torch.Tensor) -> torch.Tensor:
         """The siamese head, for the forward and the export alike: (2B, L, H) last-layer states of `siamese_rows`
         and their (2B, L) mask -> (B, num_labels)."""
-        u, v = masked_mean(hidden, rows_mask).chunk(2)  # (B, H) each: the two sentences
+        # (B, H) each: the two sentences. Not .chunk(2): torch.export cannot prove its chunk count for a symbolic B.
+        u, v = masked_mean(hidden, rows_mask).unflatten(0, (2, -1)).unbind(0)
         if self.num_labels == 1:  # regression: cos(u, v) (B, 1), mapped to the label range
             return self.classifier(F.cosine_similarity(u, v, dim=-1)[:, None])
         return self.classifier(self.dropout(siamese_features(u, v)))
@@ -271,12 +272,16 @@ def siamese_rows(input_ids, attention_mask=None, token_type_ids=None, trim: bool
     len_a = ((seg == 0) & (mask == 1)).sum(1)  # (B,) [CLS] a [SEP]
     len_b = ((seg == 1) & (mask == 1)).sum(1)  # (B,) b [SEP]
     single = len_b == 0
-    L = int(torch.maximum(len_a, len_b + 1).max()) if trim else S
+    # No Python scalars in the integer arithmetic: the int8 ExecuTorch export (pt2e) turns them into float32
+    # constants, and the re-export then promotes these int64 lengths to float.
+    cls_b = len_b + torch.ones_like(len_b)  # (B,) b's row: [CLS] b [SEP]
+    L = int(torch.maximum(len_a, cls_b).max()) if trim else S
     j = torch.arange(L, device=dev)[None, :]  # (1, L)
+    j_before = torch.arange(-1, L - 1, device=dev)[None, :]  # (1, L): j - 1
     # b's row: [CLS] (input position 0), then input positions len_a .. len_a + len_b - 1
-    src_b = torch.where(j == 0, 0, len_a[:, None] + j - 1).clamp(max=S - 1)  # (B, L)
+    src_b = torch.where(j == 0, j, len_a[:, None] + j_before).clamp(max=S - 1)  # (B, L)
     src_b = torch.where(single[:, None], j.clamp(max=S - 1), src_b)  # no b: the row is a again
-    len_b = torch.where(single, len_a, len_b + 1)
+    len_b = torch.where(single, len_a, cls_b)
     ids = torch.cat([input_ids[:, :L], torch.gather(input_ids, 1, src_b)])  # (2B, L)
     keep = (j < torch.cat([len_a, len_b])[:, None]).long()  # (2B, L)
     return ids * keep, keep, torch.zeros_like(ids)

@@ -136,7 +136,7 @@ class Finetune:
         elif pooling == "siamese" and main:
             print("model.pooling=siamese: each sentence of a pair is encoded alone and the classifier reads "
                   "[u, v, |u - v|, u * v] of their mean states (a regression score: cos(u, v)); transformers cannot "
-                  "load this classifier, so serve this checkpoint with mobilebert or its ONNX export")
+                  "load this classifier, so serve this checkpoint with mobilebert or its ONNX or ExecuTorch export")
         if s.model.qat:
             from mobilebert.quant.qat import prepare_qat
 

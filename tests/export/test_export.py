@@ -239,6 +239,32 @@ def test_executorch_program_matches_pytorch(tmp_path, tokenizer, dev_sample):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pte", "m.pte.json"]
 
 
+@pytest.mark.parametrize("fuse, int8", [(False, False), (True, False), (True, True)])
+def test_executorch_siamese_classifier_matches_pytorch(fuse, int8, tmp_path, tokenizer, data_dir):
+    """A bi-encoder classifier lowers to ExecuTorch as to ONNX (the graph splits the pair row itself): real MRPC dev
+    pairs, plain and fused fp32 to the parity tolerance, and dynamic int8 (pt2e), whose quantizer once turned the
+    row split's integer constants into float ones, on every argmax."""
+    pytest.importorskip("executorch")
+    from mobilebert.export.mobile import export_executorch
+
+    model = _perturbed(HEADS["MobileBertForSequenceClassification"](
+        get_config("debug-mobilebert", classifier_pooling="siamese", num_hidden_layers=2)))
+    out = tmp_path / "siamese.pte"
+    report = export_executorch(model, out, max_seq=64, tokenizer=tokenizer, fuse=fuse, int8=int8)
+    assert report.ok and out.is_file()
+    rows = [line.split("\t") for line in
+            (data_dir / "glue" / "MRPC" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:10]]
+    pairs = tokenizer([r[3] for r in rows], [r[4] for r in rows], max_length=64)
+    inputs = (pairs["input_ids"], pairs["attention_mask"], pairs["token_type_ids"])
+    if not int8:
+        _check_dev_parity(out, model, "MobileBertForSequenceClassification", inputs)
+        return
+    got = load_session(out)(*(t.numpy() for t in inputs))["logits"]
+    (want,) = [t.numpy() for t in reference_outputs(model, *inputs)]
+    np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+    assert np.abs(got - want).max() <= 0.1 * np.abs(want).max()
+
+
 @pytest.mark.parametrize("int8", [False, True])
 def test_executorch_fused_program_matches_pytorch(int8, tmp_path, tokenizer, dev_sample):
     """The fused layers (residual steps as linear + add) lower to XNNPACK, fp32 and dynamic int8."""

@@ -2,6 +2,7 @@
 a custom CSV task and SQuAD v1.1/v2.0; outputs checked against independent recomputation (sklearn,
 scipy, `mobilebert score`). Also evaluate, predict, distillation, head checks and the sweep."""
 
+import importlib.util
 import json
 
 import numpy as np
@@ -290,6 +291,10 @@ def test_siamese_pooling_option(tmp_path, capsys, data_dir, vocab):
                  "--out", str(tmp_path / "q.onnx"), "--eval-samples", "64", "--warn-only"]) == 0
     captured = capsys.readouterr()
     assert "scoring fp32" in captured.out and (tmp_path / "q.onnx").is_file(), captured.out + captured.err
+    if importlib.util.find_spec("executorch"):  # the mobile runtime as well (an optional extra)
+        assert main(["export", "executorch", str(best), "--out", str(tmp_path / "m.pte"), "--max-seq", "64",
+                     "--int8", "--fuse"]) == 0, capsys.readouterr().err
+        assert (tmp_path / "m.pte").is_file()
 
 
 def test_distillation_from_teacher(rte_run, tmp_path, capsys, data_dir, vocab):
