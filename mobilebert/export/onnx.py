@@ -240,20 +240,22 @@ def atomic_output(out: Path):
 
 def export_onnx(model, out: str | os.PathLike, opset: int = DEFAULT_OPSET, rtol: float = DEFAULT_RTOL,
                 tokenizer=None, vocab_path: Path | None = None, fold_nonorm: bool = False,
-                token_major: bool = True, fuse: bool = False) -> ParityReport:
+                token_major: bool = True, fuse: bool = False, trim_rows: bool = True) -> ParityReport:
     """Export `model` (any head) to `out` and check it against PyTorch; raises ParityError (no file) on failure.
 
     fold_nonorm: merge NoNorm into adjacent linears first (mobilebert.export.fold); the check still
     compares with the unfolded model. fuse: fold, then carry the residual NoNorms and merge the linears
     that share an input (mobilebert.export.fuse; implies token-major). token_major: run the encoder on (B*S, H) (`wrapper.encode`; faster
-    in ONNX Runtime); False keeps (B, S, H), for comparison."""
+    in ONNX Runtime); False keeps (B, S, H), for comparison. trim_rows: a siamese classifier's sentence rows are
+    trimmed to the longer sentence in the graph (`wrapper.trim_rows`); False keeps the input's length, for
+    comparison (benchmarks/siamese_trim.py)."""
     check_opset(opset)
     out = Path(out)
     if out.suffix != ".onnx":
         raise UserError(f"--out {out}: the file name must end in .onnx")
     model = model.eval().float()
     graph_model = graph_model_for(model, fuse, fold_nonorm)
-    wrapper = ExportWrapper(graph_model, token_major=token_major or fuse)  # the fused layers run token-major
+    wrapper = ExportWrapper(graph_model, token_major=token_major or fuse, trim_rows=trim_rows)  # fused: token-major
     # Two shapes: the trace shape and another batch/sequence size, so a lost dynamic axis shows up.
     batches = [sample_inputs(model, tokenizer), sample_inputs(model, tokenizer, batch=2, seed=1)]
     if batches[1][0].shape[-1] == batches[0][0].shape[-1]:

@@ -8,8 +8,9 @@ which torch.export refuses and tracing bakes in; so the wrapper runs the model's
 and pooler but always applies the additive mask (an all-ones mask adds zeros: the same numbers), asks for
 no attention maps, and hands the result to the head's own `head_outputs`, the method its forward uses.
 A siamese classifier (classifier_pooling="siamese") takes the pair row as every classifier does; the graph splits
-it into its two sentence rows (`heads.siamese_rows`, untrimmed), runs the encoder on both and applies the
-head's own `siamese_logits`.
+it into its two sentence rows (`heads.siamese_rows`), runs the encoder on both and applies the head's own
+`siamese_logits`. The ONNX graph trims the rows to the longer sentence (`trim_rows`); the ExecuTorch program keeps
+them at the input's length.
 Parity checks compare the wrapper's exported graph with the *original* model's forward, so a divergence
 here cannot hide.
 """
@@ -57,12 +58,27 @@ def encode(base: nn.Module, input_ids, attention_mask, token_type_ids, token_maj
     return h, pooled
 
 
-class ExportWrapper(nn.Module):
-    """`forward(input_ids, attention_mask, token_type_ids) -> tuple` of the head's outputs (`output_names`)."""
+def trim_rows(input_ids, attention_mask, token_type_ids):
+    """(R, S) rows whose masks are prefixes -> (R, L), L the longest row's length.
 
-    def __init__(self, model: nn.Module, token_major: bool = False):
+    The columns some row uses are found with nonzero, so L stays read from the data in a traced (ONNX) graph, where
+    `int(length)` would bake in the trace's. Extra pads change nothing, so this only saves work: a pair padded to
+    S gives sentence rows of about S/2 or less."""
+    cols = (attention_mask.sum(0) > 0).nonzero().squeeze(1)  # (L,): 0 .. L-1
+    return tuple(t.index_select(1, cols) for t in (input_ids, attention_mask, token_type_ids))
+
+
+class ExportWrapper(nn.Module):
+    """`forward(input_ids, attention_mask, token_type_ids) -> tuple` of the head's outputs (`output_names`).
+
+    trim_rows: a siamese classifier's sentence rows are trimmed to the longer sentence in the graph (`trim_rows`;
+    the ONNX export). torch.export (ExecuTorch) keeps them at the input's length: a data-dependent length would
+    leave XNNPACK no upper bound to plan memory for."""
+
+    def __init__(self, model: nn.Module, token_major: bool = False, trim_rows: bool = False):
         super().__init__()
         self.token_major = token_major  # see `encode`; the ONNX export sets it
+        self.trim_rows = trim_rows
         self.model = model.eval()
         self.output_names = output_names(model)
 
@@ -72,6 +88,8 @@ class ExportWrapper(nn.Module):
             input_ids, attention_mask, token_type_ids = map(flat_choices, (input_ids, attention_mask, token_type_ids))
         if getattr(self.model, "siamese", False):  # the pair's rows split into 2B sentence rows of S tokens each
             rows = siamese_rows(input_ids, attention_mask, token_type_ids, trim=False)
+            if self.trim_rows:  # (2B, L)
+                rows = trim_rows(*rows)
             h, _ = encode(self.model.base_model, *rows, self.token_major)
             return (self.model.siamese_logits(h, rows[1]),)
         h, pooled = encode(self.model.base_model, input_ids, attention_mask, token_type_ids, self.token_major)

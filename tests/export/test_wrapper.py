@@ -105,15 +105,25 @@ def test_wrapper_pools_the_mean_as_the_model_does(head, preset):
 @pytest.mark.parametrize("preset,num_labels", [("debug-mobilebert", 3), ("debug-bert", 3), ("debug-mobilebert", 1)])
 def test_wrapper_splits_siamese_pairs_as_the_model_does(preset, num_labels):
     """classifier_pooling="siamese": the wrapper takes the pair row and splits it into the two sentence rows itself,
-    untrimmed (rows of S tokens, not the longer sentence's length): the forward's numbers, padded or not, single
-    sentences or pairs. Extra pads change only the order of float64 sums."""
+    untrimmed (rows of S tokens, not the longer sentence's length) or trimmed by `trim_rows`: the forward's numbers,
+    padded or not, single sentences or pairs. Extra pads change only the order of float64 sums."""
     model = _model("MobileBertForSequenceClassification", preset, classifier_pooling="siamese", num_labels=num_labels)
     for padded in (True, False):
         x = _inputs("MobileBertForSequenceClassification", model.config, padded)
         x[2][0] = 0  # row 0: a single sentence (no segment 1), which pairs with itself
         want = reference_outputs(model, *x)
-        for token_major in (False, True):
+        for token_major, trim in ((False, False), (True, False), (True, True)):
             with torch.no_grad():
-                got = ExportWrapper(model, token_major=token_major)(*x)
+                got = ExportWrapper(model, token_major=token_major, trim_rows=trim)(*x)
             assert got[0].shape == (4, num_labels)
             torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-10)
+
+
+def test_trim_rows_keeps_the_longest_rows_columns():
+    from mobilebert.export.wrapper import trim_rows
+
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    ids = torch.arange(12).view(2, 6) * mask
+    got = trim_rows(ids, mask, torch.zeros_like(ids))
+    assert [t.shape for t in got] == [(2, 3)] * 3
+    assert got[0].tolist() == [[0, 1, 2], [6, 7, 0]] and got[1].tolist() == mask[:, :3].tolist()
