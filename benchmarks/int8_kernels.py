@@ -2,12 +2,12 @@
 
 On x86-64 with AVX2 (or AVX-512 without VNNI) ONNX Runtime multiplies uint8 activations by int8 weights with
 VPMADDUBSW, which adds each pair of products in int16 and saturates at 32767 (ONNX Runtime's quantization docs,
-"data type selection"); VNNI CPUs and ARM phones sum in int32. Its two remedies are 7-bit weights (`reduce_range`)
-and uint8 weights (the u8 x u8 kernel widens before multiplying). This script quantizes the same fp32 graph of each
-fine-tuned classifier three ways with `mobilebert.quant.ort.quantize_onnx_dynamic` (per-channel, the `mobilebert
-quantize` default) and reports, on the task's full dev set, each against its fp32 PyTorch model: the GLUE metric,
-argmax agreement and the logit error; and each graph's latency (batch 1, seq 128, 1 thread, the three sessions
-called in turn each round, `mobilebert.recipes.bench.time_interleaved`).
+"data type selection"); the docs name no such problem on VNNI CPUs or ARM (phones). Their two remedies are 7-bit
+weights (`reduce_range`) and uint8 weights (the u8 x u8 kernel, which they say does not saturate). This script
+quantizes the same fp32 graph of each fine-tuned classifier three ways with `quantize_onnx_dynamic` (per-channel,
+the `mobilebert quantize` default) and reports, on the task's full dev set, each against its fp32 PyTorch model:
+the GLUE metric, argmax agreement and the logit error; and each graph's latency (batch 1, seq 128, 1 thread, the
+three sessions called in turn each round, `mobilebert.recipes.bench.time_interleaved`).
 
     python benchmarks/int8_kernels.py --model runs/bare-sst2/best:SST-2 --model DIR:MRPC --out docs/int8-kernels
     python benchmarks/int8_kernels.py --smoke --out DIR/x   # seconds: the repo's tiny SST-2 fixture, 64 dev rows
@@ -29,6 +29,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from kt_study_rows import data_root  # noqa: E402  (beside this file)
 
 # (name, quantize_onnx_dynamic options); the first is `mobilebert quantize`'s default.
 VARIANTS = [("u8 x s8 (default)", {}), ("u8 x s8, 7-bit weights (--reduce-range)", {"reduce_range": True}),
@@ -89,8 +92,8 @@ def write_report(res: dict, out: Path) -> None:
              "scores on the full dev set against the fp32 PyTorch model; latency p50 over "
              f"{res['rounds']} interleaved rounds (batch 1, 1 thread, the model's seq).", ""]
     for m in res["models"]:
-        lines += [f"## {m['model']}: {m['shape']} ({m['task']}, {m['examples']} dev examples, seq {m['seq']}, largest fp32 logit "
-                  f"{m['largest_fp32_logit']:.3f})", "",
+        lines += [f"## {m['model']}: {m['shape']} ({m['task']}, {m['examples']} dev examples, seq {m['seq']}, "
+                  f"largest fp32 logit {m['largest_fp32_logit']:.3f})", "",
                   f"| weights | {m['rows'][0]['metric']} fp32 | int8 | drop (points) | argmax agreement | "
                   "mean / max logit error | p50 ms | speed vs default |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in m["rows"]:
@@ -106,8 +109,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", default=[], metavar="DIR:TASK",
                     help="a fine-tuned classifier and its GLUE task (repeatable)")
-    ap.add_argument("--glue", default=os.path.join(os.environ.get("MOBILEBERT_DATA", str(REPO.parent / "shared" / "data")),
-                                                   "glue"))
+    ap.add_argument("--glue", default=str(data_root() / "glue"))
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--smoke", action="store_true", help="the tiny SST-2 fixture, 64 dev rows, 5 rounds")

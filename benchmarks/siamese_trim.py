@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from kt_study_rows import VOCAB, data_root  # noqa: E402  (beside this file)
+
 
 def mrpc_pairs(glue: Path, tokenizer, n: int, seq: int) -> list[tuple[np.ndarray, ...]]:
     """The first n MRPC dev pairs as (1, length) rows, truncated to seq."""
@@ -63,8 +65,7 @@ def time_pairs(sessions: dict, pairs: list, rounds: int) -> dict[str, float]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--glue", default=os.path.join(os.environ.get("MOBILEBERT_DATA", str(REPO.parent / "shared" / "data")),
-                                                   "glue"))
+    ap.add_argument("--glue", default=str(data_root() / "glue"))
     ap.add_argument("--pairs", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3, help="passes over the pairs")
     ap.add_argument("--smoke", action="store_true")
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     model = MobileBertForSequenceClassification(cfg).eval()
     seq = min(128, cfg.max_position_embeddings)
-    tokenizer = Tokenizer.from_file(Path(args.glue).parent / "bert-base-uncased" / "vocab.txt")
+    tokenizer = Tokenizer.from_file(VOCAB())
     pairs = mrpc_pairs(Path(args.glue), tokenizer, n, seq)
     res = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "command": "python benchmarks/siamese_trim.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -31,7 +31,7 @@ def add_parser(subparsers) -> None:
                                                              "output channel (the default; more accurate)")
     p.add_argument("--reduce-range", action="store_true",
                    help="ort-*: 7-bit weights, so that x86 CPUs without VNNI (AVX2 only) cannot saturate their "
-                        "int16 sums; check with the dev score")
+                        "int16 sums; same speed (docs/int8-kernels.md)")
     p.add_argument("--weight-type", default="s8", choices=["s8", "u8"],
                    help="ort-dynamic: int8 (default) or uint8 weights; u8 avoids the saturation of x86 CPUs "
                         "without VNNI and keeps 8 bits (benchmarks/int8_kernels.py)")

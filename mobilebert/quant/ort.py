@@ -38,8 +38,8 @@ def int8_kernels_may_saturate(cpuinfo: str = "/proc/cpuinfo", machine: str | Non
 
     There ONNX Runtime multiplies uint8 activations by int8 weights with VPMADDUBSW, which adds each pair of products
     in int16 and saturates at 32767, so large activations against large weights lose their tails (its quantization
-    docs: "data type selection"). Remedies: 7-bit weights (`reduce_range`) or uint8 weights (the u8 x u8 kernel
-    widens first). VNNI (VPDPBUSD) sums in int32, and so do ARM's dot-product kernels (phones)."""
+    docs: "data type selection", which name x86 with AVX2/AVX-512 only; VNNI's VPDPBUSD sums in int32). Remedies:
+    7-bit weights (`reduce_range`) or uint8 weights (the u8 x u8 kernel, which the docs say does not saturate)."""
     if (machine or platform.machine()).lower() not in ("x86_64", "amd64", "i686", "x86"):
         return False
     try:
@@ -165,7 +165,7 @@ def quantize_onnx_dynamic(src, out, per_channel: bool = False, reduce_range: boo
 
     reduce_range: 7-bit weights. On x86 without VNNI (`int8_kernels_may_saturate`) both avoid the u8 x s8 kernel's
     int16 saturation, in different ways: 7-bit weights keep the pair sums below 2^15, u8 weights take ONNX
-    Runtime's u8 x u8 kernel, which widens to int16 before multiplying (benchmarks/int8_kernels.py)."""
+    Runtime's u8 x u8 kernel, which does not saturate (measured: benchmarks/int8_kernels.py)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src, out = Path(src), Path(out)
@@ -237,8 +237,8 @@ def quantize_onnx_static(src, out, calibration: list[tuple[np.ndarray, np.ndarra
             weights, _ = weight_matmuls(plain)
             quantize_static(str(plain), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
-                            reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"], nodes_to_quantize=weights,
-                            calibrate_method=calib,
+                            reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"],
+                            nodes_to_quantize=weights, calibrate_method=calib,
                             extra_options={"MatMulConstBOnly": True, "ActivationSymmetric": False,
                                            "WeightSymmetric": True})
         return _finish(src, tmp, out, cleanup)
