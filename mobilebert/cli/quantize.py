@@ -38,7 +38,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--fold-nonorm", action="store_true", help="fold NoNorm into adjacent linear layers first")
     p.add_argument("--fuse", action="store_true", help="export the fused graph first (export onnx --fuse)")
     p.add_argument("--quantize-embeddings", action="store_true", help="ort-dynamic: int8 word embeddings too")
-    p.add_argument("--max-seq-length", type=int, default=128)
+    p.add_argument("--max-seq-length", type=int, help="tokens per example (default 128, or the model's "
+                                                          "max_position_embeddings where smaller)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--vocab", help="vocabulary (default: the one in the checkpoint folder)")
     p.add_argument("--json", help="also write the report here as JSON")

@@ -41,7 +41,7 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
                         eval_file=None, eval_samples: int = 0, max_drop: float = 1.0, warn_only: bool = False,
                         per_channel: bool = True, reduce_range: bool = False, weight_type: str = "s8",
                         fold_nonorm: bool = False, fuse: bool = False, embeddings: bool = False,
-                        max_seq_length: int = 128, batch_size: int = 32, vocab=None, seed: int = 0,
+                        max_seq_length: int | None = None, batch_size: int = 32, vocab=None, seed: int = 0,
                         log=print) -> QuantizeResult:
     from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
     from mobilebert.outpaths import check_out_file
@@ -77,6 +77,12 @@ def quantize_checkpoint(model_dir, task: str, data, out=None, method: str = "ort
     from mobilebert.tasks.glue import get_task
 
     check_task(model_dir, model.config, get_task(task))  # before reading: a wrong task fails with its name
+    positions = model.config.max_position_embeddings
+    if max_seq_length is None:  # 128, or fewer where the model has fewer positions
+        max_seq_length = min(128, positions)
+    elif not 2 <= max_seq_length <= positions:
+        raise UserError(f"--max-seq-length {max_seq_length}: must be from 2 to the model's max_position_embeddings="
+                        f"{positions}")
     if data is None and eval_file is None:
         raise UserError("give --data (a GLUE folder) or --eval-file (the task's labeled dev file)")
     dev = load_split(task, eval_file or data, "dev", tokenizer, max_seq_length, limit=eval_samples)

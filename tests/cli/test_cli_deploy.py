@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -156,3 +157,20 @@ def test_export_executorch_cli(tmp_path, vocab_file, capsys):
     assert "max rel diff" in capsys.readouterr().out and out.is_file()
     assert main(["export", "executorch", str(folder), "--out", str(tmp_path / "x.pte"), "--max-seq", "1000"]) == 2
     assert "--max-seq 1000" in capsys.readouterr().err and not (tmp_path / "x.pte").exists()
+
+
+def test_quantize_sequence_length_follows_the_model(data_dir, tmp_path, capsys):
+    """A model with 64 positions: by default quantize scores at 64 tokens (not 128, which its position table cannot
+    hold); an explicit longer --max-seq-length is one line naming the option, before anything is written."""
+    model = Path(__file__).resolve().parents[1] / "fixtures" / "pre_restructure" / "finetune-sst2" / "best"
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(model), "--task", "sst-2", "--data", str(data_dir / "glue"), "--out", str(out),
+            "--eval-samples", "40", "--warn-only"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert out.is_file()
+    out.unlink()
+    capsys.readouterr()
+    assert main([*args, "--max-seq-length", "128"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-seq-length 128" in err and "max_position_embeddings=64" in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
