@@ -33,8 +33,8 @@ def add_parser(subparsers) -> None:
         if fmt == "onnx":
             q.add_argument("--opset", type=int, default=17, help="ONNX opset, 14 to 20 (default 17)")
         else:
-            q.add_argument("--max-seq", type=int, default=128, help="longest sequence the program accepts "
-                                                                    "(default 128)")
+            q.add_argument("--max-seq", type=int, help="longest sequence the program accepts (default 128, or "
+                                                       "the model's max_position_embeddings where smaller)")
             q.add_argument("--max-batch", type=int, default=16, help="largest batch the program accepts "
                                                                       "(default 16; memory is planned for it)")
             q.add_argument("--int8", action="store_true", help="XNNPACK dynamic int8 linear layers "

@@ -16,7 +16,7 @@ from mobilebert.outpaths import check_out_file
 
 
 def export_checkpoint(model_dir, out, format: str, task: str | None = None, vocab=None, rtol: float = 1e-4,
-                      fold_nonorm: bool = False, fuse: bool = False, opset: int = 17, max_seq: int = 128,
+                      fold_nonorm: bool = False, fuse: bool = False, opset: int = 17, max_seq: int | None = None,
                       max_batch: int = 16, int8: bool = False) -> int:
     """Export, print each output's differences and the file written; exit status 0 (errors raise UserError)."""
     from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
@@ -24,7 +24,7 @@ def export_checkpoint(model_dir, out, format: str, task: str | None = None, voca
     check_out_file(out, "--out")
     if not rtol > 0:
         raise UserError(f"--rtol {rtol}: must be a positive number")
-    if format == "executorch" and (max_seq < 3 or max_batch < 1):
+    if format == "executorch" and ((max_seq is not None and max_seq < 3) or max_batch < 1):
         raise UserError(f"--max-seq {max_seq} / --max-batch {max_batch}: need a sequence of at least 3 "
                         "tokens ([CLS] x [SEP]) and a batch of at least 1")
     if Path(model_dir).exists():

@@ -72,7 +72,7 @@ def lower_to_executorch(wrapper, example, dynamic_shapes, int8: bool = False) ->
         return lowered.to_executorch().buffer
 
 
-def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL, tokenizer=None,
+def export_executorch(model, out, max_seq: int | None = None, rtol: float = DEFAULT_RTOL, tokenizer=None,
                       vocab_path: Path | None = None, fold_nonorm: bool = False, int8: bool = False,
                       max_batch: int = 16, fuse: bool = False) -> ParityReport:
     """Write `out` (.pte) and `out.json`, after checking the program against PyTorch; ParityError otherwise."""
@@ -80,6 +80,8 @@ def export_executorch(model, out, max_seq: int = 128, rtol: float = DEFAULT_RTOL
     out = Path(out)
     if out.suffix != ".pte":
         raise UserError(f"--out {out}: the file name must end in .pte")
+    if max_seq is None:  # 128, or fewer where the model has fewer positions
+        max_seq = min(128, model.config.max_position_embeddings)
     if not 3 <= max_seq <= model.config.max_position_embeddings:
         raise UserError(f"--max-seq {max_seq}: must be from 3 to the model's max_position_embeddings="
                         f"{model.config.max_position_embeddings}")

@@ -157,11 +157,16 @@ def test_export_executorch_cli(tmp_path, vocab_file, capsys):
     assert "max rel diff" in capsys.readouterr().out and out.is_file()
     assert main(["export", "executorch", str(folder), "--out", str(tmp_path / "x.pte"), "--max-seq", "1000"]) == 2
     assert "--max-seq 1000" in capsys.readouterr().err and not (tmp_path / "x.pte").exists()
+    # no --max-seq: 128, or the model's positions where fewer (the 64-position fixture)
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "pre_restructure" / "finetune-sst2" / "best"
+    assert main(["export", "executorch", str(fixture), "--out", str(tmp_path / "f.pte")]) == 0
+    assert json.loads((tmp_path / "f.pte.json").read_text())["mobilebert.max_seq"] == 64
 
 
 def test_quantize_sequence_length_follows_the_model(data_dir, tmp_path, capsys):
     """A model with 64 positions: by default quantize scores at 64 tokens (not 128, which its position table cannot
-    hold); an explicit longer --max-seq-length is one line naming the option, before anything is written."""
+    hold); an explicit longer --max-seq-length is one line naming the option, before anything is written. (`export
+    executorch --max-seq` follows the model the same way: test_export_executorch_cli.)"""
     model = Path(__file__).resolve().parents[1] / "fixtures" / "pre_restructure" / "finetune-sst2" / "best"
     out = tmp_path / "q.onnx"
     args = ["quantize", str(model), "--task", "sst-2", "--data", str(data_dir / "glue"), "--out", str(out),
