@@ -15,7 +15,9 @@ at both ends. Latency does not depend on the weights: random ones are timed.
     python benchmarks/kt_latency.py --pooling siamese   # both as bi-encoders -> docs/kt-latency-siamese.md, .json
 
 With `--pooling siamese` both models are `model.pooling=siamese` classifiers, as exported: the graph splits each
-pair row into its two sentence rows, seq tokens each, so a call runs the encoder on 2 x seq tokens.
+pair row into its two sentence rows. The inputs are single sentences of seq tokens, so both rows are seq long (the
+ONNX graph trims them to the longer sentence, which is the whole row here) and a call runs the encoder on 2 x seq
+tokens. Real pairs are shorter: benchmarks/siamese_trim.py.
 
 Costs ~2 min on an idle 2-core machine (export ~1 min, 5 x 200 rounds); run it with nothing else on the cores.
 """
@@ -135,8 +137,9 @@ def write_report(res: dict, out: Path, command: str) -> None:
              f"(`student.preset=from-teacher`: the teacher's {res['heads']['student']} heads); `student-hN` the same "
              f"with N heads (`student.overrides={{num_attention_heads: N}}`). Parameters: {params}.\n",
              *([f"Both are `model.pooling={res['pooling']}` classifiers (bi-encoders), as exported: the graph splits "
-                f"each pair row into its two sentence rows of {res['seq']} tokens, so one call runs the encoder on "
-                f"2 x {res['seq']} tokens.\n"] if res.get("pooling", "cls") != "cls" else []),
+                f"each pair row into its two sentence rows. The timed inputs are single sentences of {res['seq']} "
+                f"tokens (as every `bench` input), so both rows are {res['seq']} tokens long and one call runs the "
+                f"encoder on 2 x {res['seq']} tokens.\n"] if res.get("pooling", "cls") != "cls" else []),
              "| runtime | model | teacher p50 ms | model p50 ms | teacher / model | smallest of the repeats |",
              "|---|---|---:|---:|---:|---:|"]
     for runtime, students in s.items():
