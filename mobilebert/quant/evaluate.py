@@ -63,8 +63,6 @@ def check_task(model_dir, config, task) -> None:
         if trained and task_key(trained) != task_key(task.name):
             raise UserError(f"--task {task.name}: the model in {model_dir} was fine-tuned on {trained} "
                             f"(its task.json); calibration and evaluation data must come from {trained}")
-    if task.is_regression:
-        raise UserError(f"--task {task.name}: regression tasks are not supported by the int8 accuracy gate")
     bad = SentenceTask(task).head_mismatch(config, generic_names_ok=True)
     if bad is not None and bad.what == "count":
         raise UserError(f"--task {task.name}: the task has {bad.want} labels but the model's classifier "
@@ -128,7 +126,9 @@ class QuantReport:
     n: int
     fp32: float
     int8: float
-    agreement: float  # fraction of dev examples with the same predicted class
+    agreement: float | None  # fraction of dev examples with the same predicted class (None: a regression task)
+    mean_abs_diff: float = 0.0  # mean |int8 - fp32| over every output value (logits, or regression scores)
+    largest: float = 0.0  # the largest |fp32| output value, the scale of mean_abs_diff
 
     @property
     def drop(self) -> float:
@@ -136,21 +136,32 @@ class QuantReport:
         return 100.0 * (self.fp32 - self.int8)
 
     def table(self, method: str = "int8") -> str:
-        return "\n".join([
-            f"| {self.task} dev ({self.n} examples) | {self.metric} |", "|---|---|",
-            f"| fp32 | {100 * self.fp32:.2f} |", f"| {method} | {100 * self.int8:.2f} |",
-            f"| drop (points) | {self.drop:+.2f} |", f"| argmax agreement | {100 * self.agreement:.2f}% |"])
+        rows = [f"| {self.task} dev ({self.n} examples) | {self.metric} |", "|---|---|",
+                f"| fp32 | {100 * self.fp32:.2f} |", f"| {method} | {100 * self.int8:.2f} |",
+                f"| drop (points) | {self.drop:+.2f} |"]
+        if self.agreement is not None:
+            rows.append(f"| argmax agreement | {100 * self.agreement:.2f}% |")
+        rel = f" ({100 * self.mean_abs_diff / self.largest:.2f}% of the largest)" if self.largest else ""
+        return "\n".join(rows + [f"| mean output difference | {self.mean_abs_diff:.4f}{rel} |"])
 
 
 def compare(sample: TaskSample, fp32_logits: np.ndarray, int8_logits: np.ndarray) -> QuantReport:
+    """The task's main metric of both models' outputs on `sample`: classes by argmax, a regression task's scores as
+    they are (STS-B: Spearman x 100 points); plus argmax agreement (classes) and the mean output difference."""
     if sample.labels is None:
         raise UserError(f"{sample.path}: the evaluation split has no labels")
     task = sample.task
     metric = task.main_metric
-    a, b = fp32_logits.argmax(-1), int8_logits.argmax(-1)
+    if task.is_regression:
+        a, b, agreement = fp32_logits[:, 0], int8_logits[:, 0], None
+    else:
+        a, b = fp32_logits.argmax(-1), int8_logits.argmax(-1)
+        agreement = float((a == b).mean())
     m32 = task.metrics(a, sample.labels, (metric,))[metric]
     m8 = task.metrics(b, sample.labels, (metric,))[metric]
-    return QuantReport(task.name, metric, len(sample), float(m32), float(m8), float((a == b).mean()))
+    diff = float(np.abs(int8_logits.astype(np.float64) - fp32_logits).mean())
+    return QuantReport(task.name, metric, len(sample), float(m32), float(m8), agreement, diff,
+                       float(np.abs(fp32_logits).max(initial=0.0)))
 
 
 def gate(report: QuantReport, max_drop: float, warn_only: bool = False, what: str = "int8 model",

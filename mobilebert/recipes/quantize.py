@@ -155,7 +155,8 @@ def quantize(model_dir, task: str, data, json_path=None, **options) -> int:
     if json_path:
         atomic.write_text(json_path, json.dumps({
             "task": r.task, "metric": r.metric, "examples": r.n, "fp32": r.fp32, "int8": r.int8, "drop_points": r.drop,
-            "agreement": r.agreement, "method": result.method, "reduce_range": result.reduce_range,
+            "agreement": r.agreement, "mean_abs_diff": r.mean_abs_diff, "largest_fp32": r.largest,
+            "method": result.method, "reduce_range": result.reduce_range,
             "weight_type": result.weight_type, "out": str(result.out) if result.out else None,
             "warning": result.warning, "fp32_bytes": result.fp32_size, "int8_bytes": result.int8_size}, indent=2) + "\n")
     return 0

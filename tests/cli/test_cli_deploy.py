@@ -115,6 +115,7 @@ def test_quantize_reports_side_by_side(checkpoint, data_dir, tmp_path, capsys):
     assert "| fp32 |" in text and "| ort-dynamic |" in text and "argmax agreement" in text
     r = json.loads(report.read_text())
     assert r["examples"] == 64 and out.is_file() and 0 <= r["agreement"] <= 1
+    assert "mean output difference" in text and 0 <= r["mean_abs_diff"] <= r["largest_fp32"]
 
 
 def test_bench_writes_table_chart_and_json(tmp_path, capsys):

@@ -212,3 +212,19 @@ def test_reduce_range_and_uint8_weights_reach_onnx_runtime(tmp_path, static):
     if not static:  # uint8 weights (with zero points) use the whole 0..255 range
         u8 = int8_weights(False, onnx.TensorProto.UINT8, weight_type="u8")
         assert min(w.min() for w in u8) == 0 and max(w.max() for w in u8) == 255
+
+
+@pytest.mark.parametrize("method", ["ort-dynamic", "ort-static", "torch-dynamic"])
+def test_regression_task_is_scored_on_its_scores(data_dir, tmp_path, method):
+    """STS-B (one regression output): both models' scores against the gold ones (Spearman, x 100 points), no argmax
+    agreement, and the mean output difference; the repository's tiny STS-B fixture (64 positions)."""
+    from pathlib import Path
+
+    model = Path(__file__).resolve().parents[1] / "fixtures" / "pre_restructure" / "finetune-stsb" / "best"
+    out = tmp_path / "stsb.onnx" if method != "torch-dynamic" else None
+    r = quantize_checkpoint(model, "STS-B", data_dir / "glue", out=out, method=method, calib_samples=32,
+                            log=lambda *a: None).report
+    assert r.task == "STS-B" and r.metric == "spearmanr" and r.n == 1500 and r.agreement is None
+    assert -1 <= r.fp32 <= 1 and abs(r.drop) <= 2.0, r.table()
+    assert 0 < r.mean_abs_diff <= 0.02 * r.largest, r.table()
+    assert "argmax agreement" not in r.table() and "mean output difference" in r.table()

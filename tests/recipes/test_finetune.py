@@ -291,6 +291,10 @@ def test_siamese_pooling_option(tmp_path, capsys, data_dir, vocab):
                  "--out", str(tmp_path / "q.onnx"), "--eval-samples", "64", "--warn-only"]) == 0
     captured = capsys.readouterr()
     assert "scoring fp32" in captured.out and (tmp_path / "q.onnx").is_file(), captured.out + captured.err
+    # the regression head (cos(u, v)) as well: scored on Spearman
+    assert main(["quantize", str(best), "--task", "sts-b", "--data", str(data_dir / "glue"), "--out",
+                 str(tmp_path / "q-stsb.onnx"), "--eval-samples", "64", "--warn-only"]) == 0
+    assert "| spearmanr |" in capsys.readouterr().out and (tmp_path / "q-stsb.onnx").is_file()
     if importlib.util.find_spec("executorch"):  # the mobile runtime as well (an optional extra)
         assert main(["export", "executorch", str(best), "--out", str(tmp_path / "m.pte"), "--max-seq", "64",
                      "--int8", "--fuse"]) == 0, capsys.readouterr().err
