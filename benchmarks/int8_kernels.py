@@ -53,7 +53,6 @@ def measure(model_dir: Path, task: str, glue: Path, seq: int, rounds: int, limit
     seq = min(seq, model.config.max_position_embeddings)
     dev = load_split(task, glue, "dev", tokenizer, seq, limit=limit)
     fp32 = run_logits(torch_logits_fn(model), dev)
-    scale = float(np.abs(fp32).max())
     rows, fns = [], {}
     with tempfile.TemporaryDirectory() as work:
         plain = Path(work) / "fp32.onnx"
@@ -65,14 +64,13 @@ def measure(model_dir: Path, task: str, glue: Path, seq: int, rounds: int, limit
             session = load_session(path, threads=1)
             int8 = run_logits(session_logits_fn(session), dev)
             r = compare(dev, fp32, int8)
-            err = np.abs(int8 - fp32)
             rows.append({"variant": name, "options": opts, "metric": r.metric, "fp32": 100 * r.fp32,
                          "int8": 100 * r.int8, "drop": r.drop, "agreement": 100 * r.agreement,
-                         "mean_abs_err": float(err.mean()), "max_abs_err": float(err.max()),
-                         "rel_mean_err": float(err.mean()) / scale})
+                         "mean_abs_err": r.mean_abs_diff, "max_abs_err": float(np.abs(int8 - fp32).max()),
+                         "rel_mean_err": r.mean_abs_diff / r.largest})
             fns[name] = lambda s=session: s(*timing_row)
             log(f"{model_dir} {name}: {r.metric} {rows[-1]['int8']:.2f} (fp32 {rows[-1]['fp32']:.2f}), agreement "
-                f"{rows[-1]['agreement']:.2f}%, mean |logit error| {err.mean():.4f}")
+                f"{rows[-1]['agreement']:.2f}%, mean |logit error| {r.mean_abs_diff:.4f}")
         p50 = time_interleaved(fns, rounds)
     for row in rows:
         row["p50_ms"] = p50[row["variant"]]
@@ -81,7 +79,7 @@ def measure(model_dir: Path, task: str, glue: Path, seq: int, rounds: int, limit
     shape = (f"{c.num_hidden_layers} layers, {c.hidden_size} wide, {c.num_attention_heads} heads, "
              + ("NoNorm" if getattr(c, "normalization_type", "layer_norm") == "no_norm" else "LayerNorm"))
     return {"model": str(model_dir), "shape": shape, "task": r.task, "examples": len(dev), "seq": seq,
-            "largest_fp32_logit": scale, "rows": rows}
+            "largest_fp32_logit": r.largest, "rows": rows}
 
 
 def write_report(res: dict, out: Path) -> None:
@@ -115,14 +113,22 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="the tiny SST-2 fixture, 64 dev rows, 5 rounds")
     ap.add_argument("--out", default="runs/int8-kernels", help="writes OUT.md and OUT.json")
     args = ap.parse_args(argv)
+    from mobilebert.errors import UserError
     from mobilebert.quant.ort import int8_kernels_may_saturate
     from mobilebert.recipes.bench import machine_info
+    from mobilebert.tasks.glue import get_task
 
     models = [(FIXTURE, "SST-2")] if args.smoke else []
     for spec in args.model:
         path, sep, task = spec.rpartition(":")
         if not sep or not Path(path, "config.json").is_file():
             ap.error(f"--model {spec}: give DIR:TASK, DIR a checkpoint folder with config.json")
+        try:
+            regression = get_task(task).is_regression
+        except UserError as e:
+            ap.error(f"--model {spec}: {e}")
+        if regression:
+            ap.error(f"--model {spec}: {task} is a regression task; this benchmark compares classes (argmax)")
         models.append((Path(path), task))
     if not models:
         ap.error("give --model DIR:TASK (or --smoke)")

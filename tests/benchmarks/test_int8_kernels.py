@@ -34,3 +34,8 @@ def test_bad_model_is_one_line(tmp_path):
     proc = run("--model", tmp_path / "nope", "--out", tmp_path / "out")
     assert proc.returncode == 2 and "--model" in proc.stderr and "DIR:TASK" in proc.stderr
     assert not any(tmp_path.iterdir())
+    for task, expect in (("NOPE", "NOPE"), ("STS-B", "regression task")):
+        proc = run("--model", f"{REPO / 'tests' / 'fixtures' / 'pre_restructure' / 'finetune-sst2' / 'best'}:{task}",
+                   "--out", tmp_path / "out")
+        assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not any(tmp_path.iterdir())
