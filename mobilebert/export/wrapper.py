@@ -72,8 +72,9 @@ class ExportWrapper(nn.Module):
     """`forward(input_ids, attention_mask, token_type_ids) -> tuple` of the head's outputs (`output_names`).
 
     trim_rows: a siamese classifier's sentence rows are trimmed to the longer sentence in the graph (`trim_rows`;
-    the ONNX export). torch.export (ExecuTorch) keeps them at the input's length: a data-dependent length would
-    leave XNNPACK no upper bound to plan memory for."""
+    the ONNX export). torch.export (ExecuTorch) keeps them at the input's length: with a data-dependent length,
+    even one bounded by torch._check, XNNPACK delegates none of the encoder's linears and int8 does not lower
+    (docs/benchmarks.md, bi-encoder section)."""
 
     def __init__(self, model: nn.Module, token_major: bool = False, trim_rows: bool = False):
         super().__init__()
