@@ -7,6 +7,7 @@ still to run, and checked against what the results file recorded, so that no cel
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shutil
 import time
@@ -37,18 +38,37 @@ def prepare_again(self, out: Path, prepare, record: dict) -> None:
                        f"cell {record.get('tokens'):,}; the corpus changed: give a new --state for a new study")
 
 
+@contextlib.contextmanager
+def recorded_threads(threads: int | None):
+    """Run the block on the record's intra-op thread count. CPU float sums are the same from run to run only at
+    the same count (a 1-thread and a 2-thread run of configs/tiny-test.yaml differ in the 8th digit of the gradient
+    norm by step 5, and such differences grow over a long run); None (a record from before 2026-12-06): as this process is."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
     """A finished row in a new checkout keeps its record but not its run folder: pre-train it again for the cells
-    still to run (same settings, seed, machine and versions: the same model) and check it against the record,
-    its tokens (unless the re-run itself was resumed) and held-out MLM loss; a run that differs is set aside
+    still to run (same settings, seed, machine, versions and thread count: the same model) and check it against the
+    record, its tokens (unless the re-run itself was resumed) and held-out MLM loss; a run that differs is set aside
     (ROW.differs) and stops the study. False while another process does it."""
     claims, key = self.state / "claims", f"pretrain-again/{row}"
     if (other := claim(claims, key)) is not None:
         print(f"--- pretrain/{row}: pre-trained again by process {other}, skipped here", flush=True)
         return False
+    threads = record.get("env", {}).get("threads")
     try:
-        print(f"--- pretrain/{row}: its run folder is gone; pre-training it again", flush=True)
-        got = self.pretrain(row, out)
+        print(f"--- pretrain/{row}: its run folder is gone; pre-training it again"
+              + (f" on {threads} thread(s), as the record was" if threads else ""), flush=True)
+        with recorded_threads(threads):
+            got = self.pretrain(row, out)
     finally:
         release(claims, key)
     loss = lambda r: r["eval"]["student"]["mlm_loss"]
@@ -60,4 +80,6 @@ def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
     out.rename(aside)
     raise CliError(f"pretrain/{row}: pre-trained again it saw {got['tokens']:,} tokens and reached MLM loss "
                    f"{loss(got):.4f}, the study's record {record['tokens']:,} and {loss(record):.4f}; the cells "
-                   f"still to run would score another model: set aside in {aside}")
+                   f"still to run would score another model: set aside in {aside}"
+                   + ("" if threads else " (the record names no thread count, and CPU sums depend on it: set "
+                      "OMP_NUM_THREADS to the first run's)"))

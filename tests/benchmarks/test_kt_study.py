@@ -3,6 +3,7 @@ cells, `--only` reruns one row's missing cells, and the real mode stops with one
 missing."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,10 @@ ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
-def study(*args, env_data=None):
+def study(*args, threads: int | None = None):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+                          timeout=900, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -157,21 +159,25 @@ def test_a_new_checkout_pretrains_a_finished_row_again_and_checks_it_against_its
     record = data["cells"]["pretrain/pkt-fmt-at"]
     loss = record["eval"]["student"]["mlm_loss"]
     record["eval"]["student"]["mlm_loss"] = loss + 0.5  # as if the code had changed since the row ran
+    threads = record["env"].pop("threads")  # as a record from before thread counts were kept
     (new / "results.json").write_text(json.dumps(data))
     proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "pretrain/pkt-fmt-at: pre-trained again" in proc.stderr and "pkt-fmt-at.differs" in proc.stderr
+    assert "the record names no thread count" in proc.stderr
     assert (new / "pretrain" / "pkt-fmt-at.differs" / "student").is_dir()
     assert not (new / "pretrain" / "pkt-fmt-at").exists()
     assert "finetune/pkt-fmt-at/rte/1" not in json.loads((new / "results.json").read_text())["cells"]
-    record["eval"]["student"]["mlm_loss"] = loss
+    record["eval"]["student"]["mlm_loss"], record["env"]["threads"] = loss, threads
     (new / "results.json").write_text(json.dumps(data))
-    proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte")
+    # run on another thread count than the record's: the re-run takes the record's, on which CPU sums depend
+    proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte", threads=1 if threads > 1 else 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "its run folder is gone; pre-training it again" in proc.stdout
+    assert f"its run folder is gone; pre-training it again on {threads} thread(s), as the record was" in proc.stdout
     cells = json.loads((new / "results.json").read_text())["cells"]
     assert cells["pretrain/pkt-fmt-at"] == record and "finetune/pkt-fmt-at/rte/1" in cells
-    assert (new / "pretrain" / "pkt-fmt-at" / "summary.json").is_file()
+    again = json.loads((new / "pretrain" / "pkt-fmt-at" / "summary.json").read_text())
+    assert again["eval"]["student"]["mlm_loss"] == loss  # the same machine, versions and threads: the same model
 
 
 def test_report_only_rerenders(smoke, tmp_path):
