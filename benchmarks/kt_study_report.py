@@ -284,8 +284,9 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
         work = (f"{rec['tokens']:,} tokens" if rec.get("tokens") else
                 f"{rec['examples_seen']:,} examples" if rec.get("examples_seen") else "–")
         gpu = f"{env['gpu']}, " if env.get("gpu") else ""
-        machine = (f"{gpu}{env.get('cpu', '?')} x{env.get('cores', '?')}, py {env.get('python')}, torch {env.get('torch')}, "
-                   f"ort {env.get('onnxruntime')}, @{env.get('commit')}")
+        threads = f" ({env['threads']} thread{'s' * (env['threads'] != 1)})" if env.get("threads") else ""
+        machine = (f"{gpu}{env.get('cpu', '?')} x{env.get('cores', '?')}{threads}, py {env.get('python')}, "
+                   f"torch {env.get('torch')}, ort {env.get('onnxruntime')}, @{env.get('commit')}")
         lines.append(f"| {key} | {rec.get('wall_s', 0) / 60:.1f} min | {work} | {rec.get('finished', '')} | "
                      f"{env.get('load_average', '')} | {machine} |")
     return "\n".join(lines) + "\n"
