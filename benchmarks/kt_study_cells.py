@@ -109,15 +109,15 @@ def environment() -> dict:
                                 text=True).stdout.strip()
     except OSError:
         commit = ""
-    gpu = {}
+    compute = {}
     with contextlib.suppress(Exception):
         import torch
 
         # the CLI runs in this process: its intra-op threads, on which CPU float sums depend (kt_study_recover)
-        gpu = {"threads": torch.get_num_threads()}
+        compute = {"threads": torch.get_num_threads()}
         if torch.cuda.is_available():
-            gpu["gpu"] = torch.cuda.get_device_name(0)
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2), **gpu,
+            compute["gpu"] = torch.cuda.get_device_name(0)
+    return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2), **compute,
             "python": platform.python_version(), **versions, "commit": commit or os.environ.get("KT_COMMIT", "")}
 
 

@@ -42,14 +42,15 @@ def prepare_again(self, out: Path, prepare, record: dict) -> None:
 def recorded_threads(threads: int | None):
     """Run the block on the record's intra-op thread count. CPU float sums are the same from run to run only at
     the same count (a 1-thread and a 2-thread run of configs/tiny-test.yaml differ in the 8th digit of the gradient
-    norm by step 5, and such differences grow over a long run); None (a record from before 2026-12-06): as this process is."""
+    norm by step 5, and such differences grow over a long run); None (a record from before 2026-12-06): as this
+    process is. Yields the count in effect."""
     import torch
 
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        yield
+        yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
 
@@ -65,9 +66,9 @@ def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
         return False
     threads = record.get("env", {}).get("threads")
     try:
-        print(f"--- pretrain/{row}: its run folder is gone; pre-training it again"
-              + (f" on {threads} thread(s), as the record was" if threads else ""), flush=True)
-        with recorded_threads(threads):
+        with recorded_threads(threads) as running:
+            print(f"--- pretrain/{row}: its run folder is gone; pre-training it again"
+                  + (f" on {running} thread(s), as the record was" if threads else ""), flush=True)
             got = self.pretrain(row, out)
     finally:
         release(claims, key)

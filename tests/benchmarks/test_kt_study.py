@@ -170,14 +170,15 @@ def test_a_new_checkout_pretrains_a_finished_row_again_and_checks_it_against_its
     assert "finetune/pkt-fmt-at/rte/1" not in json.loads((new / "results.json").read_text())["cells"]
     record["eval"]["student"]["mlm_loss"], record["env"]["threads"] = loss, threads
     (new / "results.json").write_text(json.dumps(data))
-    # run on another thread count than the record's: the re-run takes the record's, on which CPU sums depend
+    # run on another thread count than the record's: the re-run takes the record's, on which CPU sums depend (the
+    # message names the count in effect; the smoke model is too small for the count to change its numbers)
     proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte", threads=1 if threads > 1 else 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"its run folder is gone; pre-training it again on {threads} thread(s), as the record was" in proc.stdout
     cells = json.loads((new / "results.json").read_text())["cells"]
     assert cells["pretrain/pkt-fmt-at"] == record and "finetune/pkt-fmt-at/rte/1" in cells
     again = json.loads((new / "pretrain" / "pkt-fmt-at" / "summary.json").read_text())
-    assert again["eval"]["student"]["mlm_loss"] == loss  # the same machine, versions and threads: the same model
+    assert again["eval"]["student"]["mlm_loss"] == loss  # the same machine and versions: the same model
 
 
 def test_report_only_rerenders(smoke, tmp_path):
