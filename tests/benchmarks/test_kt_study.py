@@ -390,3 +390,21 @@ def test_seeds_section_reports_the_average_and_the_every_task_halves_apart():
     cells["finetune/pkt-adamw-s2/sst-2/1"] = {"row": "pkt-adamw-s2", "task": "sst-2", "seed": 1, "score": 0.7}
     md = "\n".join(seeds_section(cells, (1, 2, 3)))
     assert "| PKT - bare, pre-training seed 2 | +0.000 | – |" in md and "pre-training seeds 0, 1: average" in md
+
+
+def test_a_stopped_command_is_reported_as_stopped_not_by_its_last_warning(monkeypatch):
+    """SIGTERM makes `mobilebert train` save and exit 143; its last stderr line is then some earlier warning."""
+    import mobilebert.cli
+    from kt_study_cells import CliError, cli
+
+    def stopped(args):
+        print("loading X: missing (newly initialised): cls.predictions.bias", file=sys.stderr)
+        return 143
+
+    monkeypatch.setattr(mobilebert.cli, "main", stopped)
+    with pytest.raises(CliError, match=r"`mobilebert train` was stopped by a signal \(exit 143\).*continue the cell"):
+        cli(["train", "cfg.yaml"])
+
+    monkeypatch.setattr(mobilebert.cli, "main", lambda args: print("train: error: bad key", file=sys.stderr) or 2)
+    with pytest.raises(CliError, match=r"exited with 2: train: error: bad key"):
+        cli(["train", "cfg.yaml"])
