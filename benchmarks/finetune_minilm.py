@@ -18,13 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script from a checkout
-from kt_study_rows import minilm_dir  # noqa: E402  (beside this file)
+from kt_study_rows import data_root, minilm_dir  # noqa: E402  (beside this file)
 
 # Recipes: the usual BERT/MiniLM fine-tuning settings (lr, batch, epochs in the paper's search space).
 RECIPES = {
@@ -34,12 +33,6 @@ RECIPES = {
     "sts-b": {"metric": "spearmanr", "target": 0.85,
               "overrides": ["optim.lr=5e-5", "train.batch_size=16", "train.epochs=5", "data.max_seq_length=128"]},
 }
-
-
-def default_glue() -> Path:
-    env = os.environ.get("MOBILEBERT_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "glue"
 
 
 def run_task(task: str, args) -> dict:
@@ -74,7 +67,7 @@ def run_task(task: str, args) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--glue", default=str(default_glue()), help="GLUE folder (download_glue_data.py layout)")
+    p.add_argument("--glue", default=str(data_root() / "glue"), help="GLUE folder (download_glue_data.py layout)")
     p.add_argument("--task", choices=["sst-2", "sts-b", "both"], default="both")
     p.add_argument("--out", default="runs/minilm-benchmark")
     p.add_argument("--device", default="auto")

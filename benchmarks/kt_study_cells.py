@@ -133,9 +133,9 @@ def cli(args: list[str]) -> None:
     with contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
     sys.stderr.write(err.getvalue())
-    if code in (130, 143):  # SIGINT/SIGTERM: the command saved a checkpoint; its last stderr line is unrelated
-        raise CliError(f"`mobilebert {args[0]}` was stopped by a signal (exit {code}) after saving a checkpoint; "
-                       "run the study again to continue the cell")
+    if code in (130, 143):  # 128 + SIGINT/SIGTERM: its last stderr line is then some earlier, unrelated warning
+        raise CliError(f"`mobilebert {args[0]}` was stopped by a signal (exit {code}); run the study again to "
+                       "continue the cell (from its checkpoint where one was saved; a stop in set-up saves none)")
     if code != 0:
         last = (err.getvalue().strip().splitlines() or ["(no message)"])[-1]
         raise CliError(f"`mobilebert {args[0]}` exited with {code}: {last}")

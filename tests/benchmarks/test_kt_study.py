@@ -13,6 +13,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "kt_study.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the study's modules, imported by the tests below
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "bare-adamw-s1", "pkt-adamw-s1",
         "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1", "pkt-adamw-cls-h4",
@@ -228,7 +229,6 @@ def test_two_processes_share_one_results_file_and_claim_cells(tmp_path):
 
 
 def test_orderings_are_reported_on_the_fine_tuned_average_and_on_zero_shot():
-    sys.path.insert(0, str(SCRIPT.parent))
     from kt_study_report import orderings
 
     rows = {r: {"avg": None, "zero_shot": None} for r in ROWS}
@@ -311,7 +311,6 @@ def test_more_fine_tuning_epochs_are_a_set_of_cells_with_their_own_table(smoke):
 
 
 def test_variant_reads_the_pooling_and_the_epochs_from_a_cells_prefix():
-    sys.path.insert(0, str(SCRIPT.parent))
     from kt_study_report import variant
 
     assert variant("finetune") == ("cls", None) and variant("finetune-mean") == ("mean", None)
@@ -336,7 +335,6 @@ def test_scale_is_a_study_of_its_own_at_k_times_the_steps(smoke, tmp_path):
     assert (new / "kt-study-x2.png").is_file() and not (new / "kt-study.md").exists()
     # inheriting from the 1x results file (real mode does it on start; smoke's teacher depends on the steps, so
     # the smoke study does not, and the test calls it)
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from kt_study import Study
 
     scaled = Study(argparse.Namespace(smoke=True, state=str(new), scale=2, pooling="cls"))
@@ -356,7 +354,6 @@ def test_scale_is_a_study_of_its_own_at_k_times_the_steps(smoke, tmp_path):
 
 
 def test_seeds_section_reports_the_average_and_the_every_task_halves_apart():
-    sys.path.insert(0, str(SCRIPT.parent))
     from kt_study_seeds import MRPC_FLOOR, seeds_section
 
     # PKT beats bare by 4 points on SST-2, STS-B and RTE with both pre-training seeds; MRPC tied at the floor
