@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -27,7 +26,9 @@ BUDGET_MS = 500.0   # the old unit test's limit
 def main() -> None:
     from mobilebert.data import PretrainingData, prepare
 
-    root = Path(os.environ.get("MOBILEBERT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    from kt_study_rows import data_root  # beside this file: $MOBILEBERT_DATA, else ../shared/data
+
+    root = data_root()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default=str(root / "corpus" / "inaugural"))
     ap.add_argument("--vocab", default=str(root / "bert-base-uncased" / "vocab.txt"))

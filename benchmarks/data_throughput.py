@@ -24,7 +24,9 @@ def main() -> None:
     from mobilebert.data import MaskingConfig, PretrainingData, prepare
     from mobilebert.data.prefetch import StepPrefetcher
 
-    root = Path(os.environ.get("MOBILEBERT_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    from kt_study_rows import data_root  # beside this file: $MOBILEBERT_DATA, else ../shared/data
+
+    root = data_root()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default=str(root / "corpus"))
     ap.add_argument("--vocab", default=str(root / "bert-base-uncased" / "vocab.txt"))

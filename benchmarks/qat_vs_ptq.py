@@ -22,15 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
-
-
-def default_glue() -> Path:
-    env = os.environ.get("MOBILEBERT_DATA")
-    root = Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-    return root / "glue"
 
 
 def finetune(out: Path, init: str, args, epochs: float, lr: float, qat: bool) -> dict:
@@ -54,9 +47,10 @@ def main() -> None:
     from mobilebert import get_config
     from mobilebert.model import MobileBertModel
     from mobilebert.recipes.quantize import quantize_checkpoint
+    from kt_study_rows import data_root  # beside this file: $MOBILEBERT_DATA, else ../shared/data
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--glue", default=str(default_glue()))
+    ap.add_argument("--glue", default=str(data_root() / "glue"))
     ap.add_argument("--vocab", default=None, help="vocab.txt (default: ../bert-base-uncased/vocab.txt from --glue)")
     ap.add_argument("--task", default="sst-2")
     ap.add_argument("--epochs", type=float, default=3.0)
