@@ -287,7 +287,9 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
         threads = f" ({env['threads']} thread{'s' * (env['threads'] != 1)})" if env.get("threads") else ""
         machine = (f"{gpu}{env.get('cpu', '?')} x{env.get('cores', '?')}{threads}, py {env.get('python')}, "
                    f"torch {env.get('torch')}, ort {env.get('onnxruntime')}, @{env.get('commit')}")
-        lines.append(f"| {key} | {rec.get('wall_s', 0) / 60:.1f} min | {work} | {rec.get('finished', '')} | "
+        # a resumed run records only its last sitting (its wall clock and tokens; steps count from the checkpoint)
+        sitting = " (last sitting: resumed)" if rec.get("resumed") else ""
+        lines.append(f"| {key} | {rec.get('wall_s', 0) / 60:.1f} min{sitting} | {work} | {rec.get('finished', '')} | "
                      f"{env.get('load_average', '')} | {machine} |")
     return "\n".join(lines) + "\n"
 

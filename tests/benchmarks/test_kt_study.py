@@ -405,3 +405,15 @@ def test_a_stopped_command_is_reported_as_stopped_not_by_its_last_warning(monkey
     monkeypatch.setattr(mobilebert.cli, "main", lambda args: print("train: error: bad key", file=sys.stderr) or 2)
     with pytest.raises(CliError, match=r"exited with 2: train: error: bad key"):
         cli(["train", "cfg.yaml"])
+
+
+def test_a_resumed_runs_wall_time_and_tokens_are_labelled_as_its_last_sitting():
+    """A resumed `mobilebert train` reports the wall clock and tokens of its last sitting only; the cell table says so."""
+    from kt_study_report import markdown
+    from kt_study_rows import SMOKE
+
+    cells = {"pretrain/bare": {"row": "bare", "resumed": True, "wall_s": 120.0, "tokens": 1000},
+             "pretrain/pkt-fmt": {"row": "pkt-fmt", "resumed": False, "wall_s": 60.0, "tokens": 2000}}
+    md = markdown({"mode": "smoke", "cells": cells}, SMOKE)
+    assert "| pretrain/bare | 2.0 min (last sitting: resumed) | 1,000 tokens |" in md
+    assert "| pretrain/pkt-fmt | 1.0 min | 2,000 tokens |" in md
