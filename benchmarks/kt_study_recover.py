@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -60,15 +61,23 @@ def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
     still to run (same settings, seed, machine, versions and thread count: the same model) and check it against the
     record, its tokens (unless the re-run itself was resumed) and held-out MLM loss; a run that differs is set aside
     (ROW.differs) and stops the study. False while another process does it."""
+    threads = record.get("env", {}).get("threads")
+    if not threads and not os.environ.get("OMP_NUM_THREADS"):  # refuse before the run, not after it
+        stage = (record.get("stages") or [{}])[0]
+        raise CliError(f"pretrain/{row}: its run folder is gone and its record names no thread count, on which CPU "
+                       f"sums depend: set OMP_NUM_THREADS to the first run's (it ran at "
+                       f"{stage.get('tokens_per_s', 0):,.0f} tokens/s, load average "
+                       f"{record.get('env', {}).get('load_average', '?')}) and run again; on another count the "
+                       f"re-run is another model, set aside after it has run")
     claims, key = self.state / "claims", f"pretrain-again/{row}"
     if (other := claim(claims, key)) is not None:
         print(f"--- pretrain/{row}: pre-trained again by process {other}, skipped here", flush=True)
         return False
-    threads = record.get("env", {}).get("threads")
     try:
         with recorded_threads(threads) as running:
             print(f"--- pretrain/{row}: its run folder is gone; pre-training it again"
-                  + (f" on {running} thread(s), as the record was" if threads else ""), flush=True)
+                  + (f" on {running} thread(s), as the record was" if threads
+                     else f" on {running} thread(s), as OMP_NUM_THREADS says (the record names none)"), flush=True)
             got = self.pretrain(row, out)
     finally:
         release(claims, key)
@@ -82,5 +91,5 @@ def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
     raise CliError(f"pretrain/{row}: pre-trained again it saw {got['tokens']:,} tokens and reached MLM loss "
                    f"{loss(got):.4f}, the study's record {record['tokens']:,} and {loss(record):.4f}; the cells "
                    f"still to run would score another model: set aside in {aside}"
-                   + ("" if threads else " (the record names no thread count, and CPU sums depend on it: set "
-                      "OMP_NUM_THREADS to the first run's)"))
+                   + ("" if threads else f" (the record names no thread count; this re-run used OMP_NUM_THREADS="
+                      f"{os.environ.get('OMP_NUM_THREADS')})"))

@@ -22,7 +22,10 @@ TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
 def study(*args, threads: int | None = None):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+    """Run the study script; `threads` sets OMP_NUM_THREADS, 0 unsets it."""
+    env = None if threads is None else {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, capture_output=True, text=True,
                           timeout=900, env=env)
 
@@ -162,10 +165,17 @@ def test_a_new_checkout_pretrains_a_finished_row_again_and_checks_it_against_its
     record["eval"]["student"]["mlm_loss"] = loss + 0.5  # as if the code had changed since the row ran
     threads = record["env"].pop("threads")  # as a record from before thread counts were kept
     (new / "results.json").write_text(json.dumps(data))
-    proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte")
+    # no thread count in the record nor in OMP_NUM_THREADS: refused before anything runs, not after the whole run
+    proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte", threads=0)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "pretrain/pkt-fmt-at: its run folder is gone and its record names no thread count" in proc.stderr
+    assert "set OMP_NUM_THREADS to the first run's" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (new / "pretrain" / "pkt-fmt-at").exists() and not (new / "pretrain" / "pkt-fmt-at.differs").exists()
+    proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte", threads=threads)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"pre-training it again on {threads} thread(s), as OMP_NUM_THREADS says" in proc.stdout
     assert "pretrain/pkt-fmt-at: pre-trained again" in proc.stderr and "pkt-fmt-at.differs" in proc.stderr
-    assert "the record names no thread count" in proc.stderr
+    assert f"the record names no thread count; this re-run used OMP_NUM_THREADS={threads}" in proc.stderr
     assert (new / "pretrain" / "pkt-fmt-at.differs" / "student").is_dir()
     assert not (new / "pretrain" / "pkt-fmt-at").exists()
     assert "finetune/pkt-fmt-at/rte/1" not in json.loads((new / "results.json").read_text())["cells"]
