@@ -50,9 +50,9 @@ Every cell (pre-training run, zero-shot score, fine-tuning run, latency run) is 
 file (docs/kt-study.json; STATE/results.json with --state or --smoke) when it ends, with machine, versions, tokens
 and wall time; a stopped `mobilebert train` run resumes mid-run. In a new checkout (results kept, runs/ gone) a row
 with cells still to run is pre-trained again, on the thread count its record names (a record from before
-2026-12-06 names none: set OMP_NUM_THREADS to the first run's, or the study stops before the run), and must reach its
-recorded tokens and MLM loss. First, every real row's settings pass `mobilebert train --dry-run` (`--check` does only that),
-or the study stops with one line.
+2026-12-06 names none: set OMP_NUM_THREADS to the first run's, or the study stops before the run), and must reach
+its recorded tokens and MLM loss. First, every real row's settings pass `mobilebert train --dry-run` (`--check` does
+only that), or the study stops with one line.
 Rows and budget: kt_study_rows.py; how the budget was chosen: kt_study_timing.py.
 """
 
