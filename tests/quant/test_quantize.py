@@ -222,8 +222,10 @@ def test_regression_task_is_scored_on_its_scores(data_dir, tmp_path, method):
 
     model = Path(__file__).resolve().parents[1] / "fixtures" / "pre_restructure" / "finetune-stsb" / "best"
     out = tmp_path / "stsb.onnx" if method != "torch-dynamic" else None
+    # the fixture's Spearman is near 0 (-0.4 points), so int8 moves it by noise whose size depends on the CPU's int8
+    # kernels (1.4 points with ort-dynamic on an AVX512-VNNI EPYC): the refusal's bound is the test's own, 2 points
     r = quantize_checkpoint(model, "STS-B", data_dir / "glue", out=out, method=method, calib_samples=32,
-                            log=lambda *a: None).report
+                            max_drop=2.0, log=lambda *a: None).report
     assert r.task == "STS-B" and r.metric == "spearmanr" and r.n == 1500 and r.agreement is None
     assert -1 <= r.fp32 <= 1 and abs(r.drop) <= 2.0, r.table()
     assert 0 < r.mean_abs_diff <= 0.02 * r.largest, r.table()
