@@ -61,23 +61,22 @@ def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
     still to run (same settings, seed, machine, versions and thread count: the same model) and check it against the
     record, its tokens (unless the re-run itself was resumed) and held-out MLM loss; a run that differs is set aside
     (ROW.differs) and stops the study. False while another process does it."""
-    threads = record.get("env", {}).get("threads")
+    env = record.get("env", {})
+    threads = env.get("threads")
     if not threads and not os.environ.get("OMP_NUM_THREADS"):  # refuse before the run, not after it
-        stage = (record.get("stages") or [{}])[0]
+        rate = (record.get("stages") or [{}])[0].get("tokens_per_s")
         raise CliError(f"pretrain/{row}: its run folder is gone and its record names no thread count, on which CPU "
                        f"sums depend: set OMP_NUM_THREADS to the first run's (it ran at "
-                       f"{stage.get('tokens_per_s', 0):,.0f} tokens/s, load average "
-                       f"{record.get('env', {}).get('load_average', '?')}) and run again; on another count the "
-                       f"re-run is another model, set aside after it has run")
+                       f"{f'{rate:,.0f}' if rate else '?'} tokens/s, load average {env.get('load_average', '?')}) "
+                       f"and run again; on another count the re-run is another model, set aside after it has run")
     claims, key = self.state / "claims", f"pretrain-again/{row}"
     if (other := claim(claims, key)) is not None:
         print(f"--- pretrain/{row}: pre-trained again by process {other}, skipped here", flush=True)
         return False
     try:
         with recorded_threads(threads) as running:
-            print(f"--- pretrain/{row}: its run folder is gone; pre-training it again"
-                  + (f" on {running} thread(s), as the record was" if threads
-                     else f" on {running} thread(s), as OMP_NUM_THREADS says (the record names none)"), flush=True)
+            print(f"--- pretrain/{row}: its run folder is gone; pre-training it again on {running} thread(s), "
+                  + ("as the record was" if threads else "as OMP_NUM_THREADS says (the record names none)"), flush=True)
             got = self.pretrain(row, out)
     finally:
         release(claims, key)
