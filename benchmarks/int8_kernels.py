@@ -11,8 +11,11 @@ three sessions called in turn each round, `mobilebert.recipes.bench.time_interle
 
     python benchmarks/int8_kernels.py --model runs/bare-sst2/best:SST-2 --model DIR:MRPC --out docs/int8-kernels
     python benchmarks/int8_kernels.py --smoke --out DIR/x   # seconds: the repo's tiny SST-2 fixture, 64 dev rows
+    python benchmarks/int8_kernels.py --model pkt=RUN1/best:SST-2 --model pkt=RUN2/best:SST-2 ...
 
-Writes OUT.md and OUT.json (--out OUT). Run it with nothing else on the cores when the latency matters.
+Models given one LABEL (`--model LABEL=DIR:TASK`: the same model fine-tuned with other seeds) also get a summary,
+mean ± std (sample std) over them per weight encoding. Writes OUT.md and OUT.json (--out OUT). Run it with nothing
+else on the cores when the latency matters.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ VARIANTS = [("u8 x s8 (default)", {}), ("u8 x s8, 7-bit weights (--reduce-range)
 FIXTURE = REPO / "tests" / "fixtures" / "pre_restructure" / "finetune-sst2" / "best"
 
 
-def measure(model_dir: Path, task: str, glue: Path, seq: int, rounds: int, limit: int = 0, log=print) -> dict:
+def measure(model_dir: Path, task: str, glue: Path, seq: int, rounds: int, limit: int = 0, log=print,
+            label: str | None = None) -> dict:
     from mobilebert.export.onnx import export_onnx, find_vocab, load_for_export
     from mobilebert.export.runtime import load_session
     from mobilebert.quant.evaluate import compare, load_split, run_logits, session_logits_fn, torch_logits_fn
@@ -78,8 +82,32 @@ def measure(model_dir: Path, task: str, glue: Path, seq: int, rounds: int, limit
     c = model.config
     shape = (f"{c.num_hidden_layers} layers, {c.hidden_size} wide, {c.num_attention_heads} heads, "
              + ("NoNorm" if getattr(c, "normalization_type", "layer_norm") == "no_norm" else "LayerNorm"))
-    return {"model": str(model_dir), "shape": shape, "task": r.task, "examples": len(dev), "seq": seq,
-            "largest_fp32_logit": r.largest, "rows": rows}
+    return {"model": str(model_dir), "label": label, "shape": shape, "task": r.task, "examples": len(dev),
+            "seq": seq, "largest_fp32_logit": r.largest, "rows": rows}
+
+
+SUMMED = ("fp32", "int8", "drop", "agreement", "rel_mean_err", "p50_ms")
+
+
+def summarize(models: list[dict]) -> list[dict]:
+    """Per label given to more than one model (one model fine-tuned with several seeds) and per weight encoding:
+    mean and sample std over those models of the scores, the drop, the agreement, the logit error relative to
+    each model's largest fp32 logit, and p50."""
+    groups: dict[str, list[dict]] = {}
+    for m in models:
+        if m.get("label"):
+            groups.setdefault(m["label"], []).append(m)
+    out = []
+    for label, ms in groups.items():
+        if len(ms) < 2:
+            continue
+        for i, (variant, _) in enumerate(VARIANTS):
+            rows = [m["rows"][i] for m in ms]
+            stat = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1)))
+                    for k in SUMMED}
+            out.append({"label": label, "variant": variant, "n": len(ms), "task": ms[0]["task"],
+                        "metric": rows[0]["metric"], **stat})
+    return out
 
 
 def write_report(res: dict, out: Path) -> None:
@@ -99,14 +127,24 @@ def write_report(res: dict, out: Path) -> None:
                          f"{r['agreement']:.2f}% | {r['mean_abs_err']:.4f} / {r['max_abs_err']:.4f} | "
                          f"{r['p50_ms']:.2f} | {r['speed_vs_default']:.2f}x |")
         lines.append("")
+    if res.get("summary"):
+        pm = lambda ms, f="{:.2f}": f"{f.format(ms[0])} ± {ms[1]:.2f}"
+        lines += ["## Summary: mean ± std over the models of one label", "",
+                  "| label | n | weights | fp32 | int8 | drop (points) | argmax agreement | mean logit error / "
+                  "largest fp32 logit | p50 ms |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for s in res["summary"]:
+            lines.append(f"| {s['label']} ({s['task']} {s['metric']}) | {s['n']} | {s['variant']} | {pm(s['fp32'])} | "
+                         f"{pm(s['int8'])} | {pm(s['drop'], '{:+.2f}')} | {pm(s['agreement'])}% | "
+                         f"{pm(tuple(100 * x for x in s['rel_mean_err']))}% | {pm(s['p50_ms'])} |")
+        lines.append("")
     atomic.write_text(out.with_suffix(".md"), "\n".join(lines))
     atomic.write_text(out.with_suffix(".json"), json.dumps(res, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", action="append", default=[], metavar="DIR:TASK",
-                    help="a fine-tuned classifier and its GLUE task (repeatable)")
+    ap.add_argument("--model", action="append", default=[], metavar="[LABEL=]DIR:TASK",
+                    help="a fine-tuned classifier and its GLUE task (repeatable); models of one LABEL are summarized")
     ap.add_argument("--glue", default=str(data_root() / "glue"))
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=200)
@@ -118,18 +156,19 @@ def main(argv=None) -> int:
     from mobilebert.recipes.bench import machine_info
     from mobilebert.tasks.glue import get_task
 
-    models = [(FIXTURE, "SST-2")] if args.smoke else []
+    models = [(FIXTURE, "SST-2", None)] if args.smoke else []
     for spec in args.model:
-        path, sep, task = spec.rpartition(":")
+        label, _, rest = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
+        path, sep, task = rest.rpartition(":")
         if not sep or not Path(path, "config.json").is_file():
-            ap.error(f"--model {spec}: give DIR:TASK, DIR a checkpoint folder with config.json")
+            ap.error(f"--model {spec}: give [LABEL=]DIR:TASK, DIR a checkpoint folder with config.json")
         try:
             regression = get_task(task).is_regression
         except UserError as e:
             ap.error(f"--model {spec}: {e}")
         if regression:
             ap.error(f"--model {spec}: {task} is a regression task; this benchmark compares classes (argmax)")
-        models.append((Path(path), task))
+        models.append((Path(path), task, label or None))
     if not models:
         ap.error("give --model DIR:TASK (or --smoke)")
     limit, rounds = (64, 5) if args.smoke else (0, args.rounds)
@@ -139,7 +178,9 @@ def main(argv=None) -> int:
            "cpu": machine.get("cpu", "?") + (" (x86 without VNNI)" if int8_kernels_may_saturate() else ""),
            "versions": ", ".join(f"{k} {v}" for k, v in machine.items() if k in ("python", "torch", "onnxruntime")),
            "rounds": rounds, "load_average": os.getloadavg()[0],
-           "models": [measure(path, task, Path(args.glue), args.seq, rounds, limit) for path, task in models]}
+           "models": [measure(path, task, Path(args.glue), args.seq, rounds, limit, label=label)
+                      for path, task, label in models]}
+    res["summary"] = summarize(res["models"])
     write_report(res, Path(args.out))
     print(Path(args.out).with_suffix(".md").read_text())
     return 0

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "int8_kernels.py"
 
@@ -39,3 +41,24 @@ def test_bad_model_is_one_line(tmp_path):
                    "--out", tmp_path / "out")
         assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_models_of_one_label_are_summarized_with_sample_std():
+    """Two seeds of one model: each column's mean and sample std (ddof=1) per weight encoding; a lone label and an
+    unlabelled model get no summary row."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from int8_kernels import VARIANTS, summarize
+
+    def model(label, fp32, int8, p50):
+        rows = [{"variant": v, "metric": "accuracy", "fp32": fp32, "int8": int8 - i, "drop": fp32 - int8 + i,
+                 "agreement": 99.0 + i, "rel_mean_err": 0.01 * (i + 1), "p50_ms": p50 + i} for i, (v, _) in
+                enumerate(VARIANTS)]
+        return {"label": label, "task": "SST-2", "rows": rows}
+
+    out = summarize([model("pkt", 80.0, 79.0, 9.0), model("pkt", 82.0, 82.0, 11.0), model("solo", 70.0, 70.0, 5.0),
+                     model(None, 60.0, 60.0, 5.0)])
+    assert [(s["label"], s["variant"], s["n"]) for s in out] == [("pkt", v, 2) for v, _ in VARIANTS]
+    first = out[0]
+    assert first["fp32"] == pytest.approx((81.0, 2 ** 0.5)) and first["int8"] == pytest.approx((80.5, 1.5 * 2 ** 0.5))
+    assert first["drop"] == pytest.approx((0.5, 0.5 * 2 ** 0.5)) and first["p50_ms"] == pytest.approx((10.0, 2 ** 0.5))
+    assert out[2]["int8"][0] == 78.5 and out[2]["agreement"] == (101.0, 0.0)
