@@ -34,7 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from a checkout
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from kt_study_rows import data_root  # noqa: E402  (beside this file)
+from kt_study_report import mean_std  # noqa: E402  (beside this file)
+from kt_study_rows import data_root  # noqa: E402
 
 # (name, quantize_onnx_dynamic options); the first is `mobilebert quantize`'s default.
 VARIANTS = [("u8 x s8 (default)", {}), ("u8 x s8, 7-bit weights (--reduce-range)", {"reduce_range": True}),
@@ -103,8 +104,7 @@ def summarize(models: list[dict]) -> list[dict]:
             continue
         for i, (variant, _) in enumerate(VARIANTS):
             rows = [m["rows"][i] for m in ms]
-            stat = {k: (float(np.mean([r[k] for r in rows])), float(np.std([r[k] for r in rows], ddof=1)))
-                    for k in SUMMED}
+            stat = {k: mean_std(r[k] for r in rows) for k in SUMMED}
             out.append({"label": label, "variant": variant, "n": len(ms), "task": ms[0]["task"],
                         "metric": rows[0]["metric"], **stat})
     return out
@@ -168,6 +168,10 @@ def main(argv=None) -> int:
             ap.error(f"--model {spec}: {e}")
         if regression:
             ap.error(f"--model {spec}: {task} is a regression task; this benchmark compares classes (argmax)")
+        other = next((t for _, t, lab in models if label and lab == label and t != task), None)
+        if other:
+            ap.error(f"--model {spec}: label {label!r} is already given to a {other} model; a label's models are "
+                     "one model's seeds, on one task")
         models.append((Path(path), task, label or None))
     if not models:
         ap.error("give --model DIR:TASK (or --smoke)")

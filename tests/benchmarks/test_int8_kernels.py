@@ -36,9 +36,13 @@ def test_bad_model_is_one_line(tmp_path):
     proc = run("--model", tmp_path / "nope", "--out", tmp_path / "out")
     assert proc.returncode == 2 and "--model" in proc.stderr and "DIR:TASK" in proc.stderr
     assert not any(tmp_path.iterdir())
+    fixture = REPO / "tests" / "fixtures" / "pre_restructure" / "finetune-sst2" / "best"
     for task, expect in (("NOPE", "NOPE"), ("STS-B", "regression task")):
-        proc = run("--model", f"{REPO / 'tests' / 'fixtures' / 'pre_restructure' / 'finetune-sst2' / 'best'}:{task}",
-                   "--out", tmp_path / "out")
+        proc = run("--model", f"{fixture}:{task}", "--out", tmp_path / "out")
+        assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    for specs, expect in ((["pkt=" + str(tmp_path / "nope") + ":SST-2"], "[LABEL=]DIR:TASK"),
+                          ([f"pkt={fixture}:SST-2", f"pkt={fixture}:MRPC"], "already given to a SST-2 model")):
+        proc = run(*(a for spec in specs for a in ("--model", spec)), "--out", tmp_path / "out")
         assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not any(tmp_path.iterdir())
 
