@@ -92,6 +92,24 @@ def claim(folder: Path, key: str) -> int | None:
         return None
 
 
+# The variables that cap the vector instructions of torch's three CPU kernel libraries (ATen's own, MKL's GEMMs,
+# oneDNN's); CPU float sums depend on them. A record's dispatch is made again on a larger CPU by capping all three
+# (session 33: a 2-thread PKT run first made on an AVX2 CPU drifted on an AVX-512 one, and matched its record to the
+# last digit with these three set; with any one or two of them it did not).
+KERNEL_CAPS = {"AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+               "AVX512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                          "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}}
+
+
+def cpu_kernels() -> dict:
+    """The CPU kernels this process dispatches to: {"isa": torch's capability ("AVX2", "AVX512", ...), "isa_caps":
+    the KERNEL_CAPS variables set in its environment}. Read when torch first dispatches, so set before it starts."""
+    import torch
+
+    caps = {var: os.environ[var] for var in KERNEL_CAPS["AVX2"] if var in os.environ}
+    return {"isa": torch.backends.cpu.get_cpu_capability(), "isa_caps": caps}
+
+
 def environment() -> dict:
     """Machine and versions, stored with every cell."""
     from importlib.metadata import version
@@ -113,8 +131,8 @@ def environment() -> dict:
     with contextlib.suppress(Exception):
         import torch
 
-        # the CLI runs in this process: its intra-op threads, on which CPU float sums depend (kt_study_recover)
-        compute = {"threads": torch.get_num_threads()}
+        # the CLI runs in this process: its intra-op threads and CPU kernels, on which CPU float sums depend
+        compute = {"threads": torch.get_num_threads(), **cpu_kernels()}
         if torch.cuda.is_available():
             compute["gpu"] = torch.cuda.get_device_name(0)
     return {"cpu": cpu, "cores": os.cpu_count(), "load_average": round(os.getloadavg()[0], 2), **compute,

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from kt_study_cells import CliError, claim, release
+from kt_study_cells import KERNEL_CAPS, CliError, claim, cpu_kernels, release
 
 
 def prepare_again(self, out: Path, prepare, record: dict) -> None:
@@ -56,13 +56,45 @@ def recorded_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+def check_kernels(row: str, env: dict) -> None:
+    """Refuse, before the run, to pre-train a row again on other CPU kernels than its record's: the re-run would be
+    another model (an AVX2 first run drifted on AVX-512 from its 11th pre-training step). A run without caps
+    dispatches as if capped at its CPU's own ISA, so an AVX2 CPU's record is made again on an AVX-512 CPU by capping
+    it at AVX2. A record from before 2026-12-07 names no ISA: nothing to check."""
+    if not env.get("isa"):
+        return
+    here = cpu_kernels()
+    dispatch = lambda e: e.get("isa_caps") or KERNEL_CAPS.get(e["isa"])  # noqa: E731
+    want = dispatch(env)
+    if env["isa"] == here["isa"] and want == dispatch(here):
+        return
+    first = env["isa"] + (f" (capped by {_assignments(env['isa_caps'])})" if env.get("isa_caps") else "")
+    if here["isa_caps"]:  # capped as the record was, yet at another ISA: this CPU has not the record's
+        beyond = here["isa_caps"] == want
+    else:  # uncapped, a process runs at its CPU's highest of torch's x86 capabilities
+        order = ("DEFAULT", "AVX2", "AVX512")
+        beyond = {env["isa"], here["isa"]} - set(order) or order.index(env["isa"]) > order.index(here["isa"])
+    if want and not beyond:
+        raise CliError(f"pretrain/{row}: its run folder is gone and its record ran the CPU kernels at {first}, this "
+                       f"process at {here['isa']}; CPU sums depend on them: run again with {_assignments(want)} set, "
+                       f"or the re-run is another model, set aside after it has run")
+    raise CliError(f"pretrain/{row}: its run folder is gone and its record ran the CPU kernels at {first}; this CPU "
+                   f"runs them at {here['isa']} at most, so the first run's model cannot be made again here: run it "
+                   f"on a CPU with {env['isa']}, or give a new --state")
+
+
+def _assignments(caps: dict) -> str:
+    return " ".join(f"{var}={value}" for var, value in caps.items())
+
+
 def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
     """A finished row in a new checkout keeps its record but not its run folder: pre-train it again for the cells
     still to run (same settings, seed, machine, versions and thread count) and check it against the record, its
     tokens (unless the re-run itself was resumed) and held-out MLM loss; a run that differs is set aside (ROW.differs)
     and stops the study. False while another process does it. On one thread the re-run has been the same model
-    (session 31, bare-adamw); a 2-thread re-run of pkt-adamw-s1 was not (session 32: the same to the last digit
-    through stage emb, then 8th-digit drift from pkt-1's first logged loss, MLM 4.595 against 4.627)."""
+    (session 31, bare-adamw). A 2-thread re-run of pkt-adamw-s1 on an AVX-512 CPU was not (session 32: 8th-digit
+    drift from pkt-1's first logged loss, MLM 4.595 against 4.627); its record had run on an AVX2 CPU, and capped at
+    AVX2 (check_kernels) the re-run matched it to the last digit (session 33)."""
     env = record.get("env", {})
     threads = env.get("threads")
     if not threads and not os.environ.get("OMP_NUM_THREADS"):  # refuse before the run, not after it
@@ -71,6 +103,7 @@ def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
                        f"sums depend: set OMP_NUM_THREADS to the first run's (it ran at "
                        f"{f'{rate:,.0f}' if rate else '?'} tokens/s, load average {env.get('load_average', '?')}) "
                        f"and run again; on another count the re-run is another model, set aside after it has run")
+    check_kernels(row, env)
     claims, key = self.state / "claims", f"pretrain-again/{row}"
     if (other := claim(claims, key)) is not None:
         print(f"--- pretrain/{row}: pre-trained again by process {other}, skipped here", flush=True)
@@ -93,4 +126,6 @@ def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
                    f"{loss(got):.4f}, the study's record {record['tokens']:,} and {loss(record):.4f}; the cells "
                    f"still to run would score another model: set aside in {aside}"
                    + ("" if threads else f" (the record names no thread count; this re-run used OMP_NUM_THREADS="
-                      f"{os.environ.get('OMP_NUM_THREADS')})"))
+                      f"{os.environ.get('OMP_NUM_THREADS')})")
+                   + ("" if env.get("isa") else f" (the record names no CPU kernel ISA; this re-run ran at "
+                      f"{cpu_kernels()['isa']}, and a first run on another CPU, AVX2 against AVX-512, is another model)"))

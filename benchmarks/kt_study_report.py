@@ -284,8 +284,11 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
         work = (f"{rec['tokens']:,} tokens" if rec.get("tokens") else
                 f"{rec['examples_seen']:,} examples" if rec.get("examples_seen") else "–")
         gpu = f"{env['gpu']}, " if env.get("gpu") else ""
-        threads = f" ({env['threads']} thread{'s' * (env['threads'] != 1)})" if env.get("threads") else ""
-        machine = (f"{gpu}{env.get('cpu', '?')} x{env.get('cores', '?')}{threads}, py {env.get('python')}, "
+        # what CPU float sums depend on: the intra-op thread count and the kernels' ISA (kt_study_recover)
+        sums = [f"{env['threads']} thread{'s' * (env['threads'] != 1)}"] if env.get("threads") else []
+        sums += [env["isa"] + (" capped" if env.get("isa_caps") else "")] if env.get("isa") else []
+        sums = f" ({', '.join(sums)})" if sums else ""
+        machine = (f"{gpu}{env.get('cpu', '?')} x{env.get('cores', '?')}{sums}, py {env.get('python')}, "
                    f"torch {env.get('torch')}, ort {env.get('onnxruntime')}, @{env.get('commit')}")
         # a resumed run records only its last sitting (its wall clock and tokens; steps count from the checkpoint)
         sitting = " (last sitting: resumed)" if rec.get("resumed") else ""

@@ -180,6 +180,16 @@ def test_a_new_checkout_pretrains_a_finished_row_again_and_checks_it_against_its
     assert not (new / "pretrain" / "pkt-fmt-at").exists()
     assert "finetune/pkt-fmt-at/rte/1" not in json.loads((new / "results.json").read_text())["cells"]
     record["eval"]["student"]["mlm_loss"], record["env"]["threads"] = loss, threads
+    # a record made on CPU kernels this machine cannot dispatch to (an ARM run's): refused before anything runs
+    isa = record["env"]["isa"]
+    assert isa == __import__("torch").backends.cpu.get_cpu_capability() and record["env"]["isa_caps"] == {}
+    record["env"]["isa"] = "SVE256"
+    (new / "results.json").write_text(json.dumps(data))
+    proc = study("--smoke", "--state", new, "--only", "pkt-fmt-at", "--tasks", "rte")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "record ran the CPU kernels at SVE256; this CPU runs them at" in proc.stderr
+    assert not (new / "pretrain" / "pkt-fmt-at").exists()
+    record["env"]["isa"] = isa
     (new / "results.json").write_text(json.dumps(data))
     # run on another thread count than the record's: the re-run takes the record's, on which CPU sums depend (the
     # message names the count in effect; the smoke model is too small for the count to change its numbers)
@@ -190,6 +200,37 @@ def test_a_new_checkout_pretrains_a_finished_row_again_and_checks_it_against_its
     assert cells["pretrain/pkt-fmt-at"] == record and "finetune/pkt-fmt-at/rte/1" in cells
     again = json.loads((new / "pretrain" / "pkt-fmt-at" / "summary.json").read_text())
     assert again["eval"]["student"]["mlm_loss"] == loss  # the same machine and versions: the same model
+
+
+def test_a_row_pre_trained_again_must_run_on_its_records_cpu_kernels(monkeypatch):
+    """check_kernels: a record's ISA and caps against this process's, before any re-run. An uncapped run dispatches
+    as if capped at its CPU's ISA, so an AVX2 CPU's record is made again on an AVX-512 CPU capped at AVX2."""
+    import kt_study_recover
+    from kt_study_cells import KERNEL_CAPS, CliError
+
+    def check(record: dict, here: dict) -> str:
+        monkeypatch.setattr(kt_study_recover, "cpu_kernels", lambda: here)
+        try:
+            kt_study_recover.check_kernels("row", record)
+        except CliError as e:
+            return str(e)
+        return ""
+
+    avx2, avx512 = ({"isa": isa, "isa_caps": {}} for isa in ("AVX2", "AVX512"))
+    capped = {"isa": "AVX2", "isa_caps": KERNEL_CAPS["AVX2"]}
+    assert check({}, avx512) == "" and check(avx512, avx512) == "" and check(avx2, avx2) == ""  # nothing to do
+    assert check(avx2, capped) == "" and check(capped, avx2) == ""  # the same dispatch, capped or not
+    msg = check(avx2, avx512)  # the session-32 case: told how to cap, before the run
+    assert "record ran the CPU kernels at AVX2, this process at AVX512" in msg
+    assert "run again with ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 set" in msg
+    assert "capped by ATEN_CPU_CAPABILITY=avx2" in check(capped, avx512)
+    partial = {"isa": "AVX512", "isa_caps": {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}}  # one library capped: that exactly
+    assert "run again with MKL_ENABLE_INSTRUCTIONS=AVX2 set" in check(partial, avx512)
+    assert "run again with ATEN_CPU_CAPABILITY=avx512" in check(avx512, capped)  # capped here: the CPU may have it
+    for record, here in ((avx512, avx2), ({"isa": "SVE256", "isa_caps": {}}, avx512)):
+        assert f"cannot be made again here: run it on a CPU with {record['isa']}" in check(record, here)
+    # capped at AVX-512 on an AVX2 CPU: still AVX2, so the CPU lacks it
+    assert "cannot be made again" in check(avx512, {"isa": "AVX2", "isa_caps": KERNEL_CAPS["AVX512"]})
 
 
 def test_report_only_rerenders(smoke, tmp_path):
