@@ -127,7 +127,7 @@ def write_report(res: dict, out: Path, command: str) -> None:
 
     m, s = res["machine"], summary(res)
     params = ", ".join(f"{k} {v / 1e6:.1f}M" for k, v in res["params"].items())
-    lines = [f"# Knowledge-transfer study: teacher against student latency\n",
+    lines = ["# Knowledge-transfer study: teacher against student latency\n",
              f"Written by `{command}` (benchmarks/kt_latency.py) on {res['date']}: {m['cpu']}, {m['cores']} cores, "
              f"Python {m['python']}, torch {m['torch']}, ONNX Runtime {m['onnxruntime']}; load average "
              f"{m.get('load_average', float('nan')):.2f} at the start, {res['load_average_end']:.2f} at the end; "
