@@ -58,7 +58,7 @@ def recorded_threads(threads: int | None):
 
 def check_kernels(row: str, env: dict) -> None:
     """Refuse, before the run, to pre-train a row again on other CPU kernels than its record's: the re-run would be
-    another model (an AVX2 first run drifted on AVX-512 from its 11th pre-training step). A run without caps
+    another model (an AVX2 first run drifted on AVX-512 from its first transfer stage's first logged loss). A run without caps
     dispatches as if capped at its CPU's own ISA, so an AVX2 CPU's record is made again on an AVX-512 CPU by capping
     it at AVX2. A record from before 2026-12-07 names no ISA: nothing to check."""
     if not env.get("isa"):

@@ -46,6 +46,9 @@ def test_smoke_runs_every_cell(smoke):
     assert set(cells) == want
     for key, rec in cells.items():
         assert rec["wall_s"] >= 0 and rec["env"]["torch"] and rec["env"]["cores"] >= 1, key
+        assert rec["env"]["isa"] and "isa_caps" in rec["env"], key  # the CPU kernels, on which CPU sums depend
+    env = cells["pretrain/bare"]["env"]
+    assert f" thread{'s' * (env['threads'] != 1)}, {env['isa']}" in (state / "kt-study.md").read_text()
     assert -1 <= cells["zeroshot/pkt-fmt-at"]["spearman"] <= 1 and cells["zeroshot/teacher"]["params"] > 0
     assert {cells[f"finetune/bare/{t}/1"]["metric"] for t in TASKS} == {"accuracy", "f1", "spearmanr"}
     # equal compute: every pre-trained row ran the same number of steps at the same batch and length
