@@ -95,7 +95,7 @@ def claim(folder: Path, key: str) -> int | None:
 # The variables that cap the vector instructions of torch's three CPU kernel libraries (ATen's own, MKL's GEMMs,
 # oneDNN's); CPU float sums depend on them. A record's dispatch is made again on a larger CPU by capping all three
 # (session 33: a 2-thread PKT run first made on an AVX2 CPU drifted on an AVX-512 one, and matched its record to the
-# last digit with these three set; with any one or two of them it did not).
+# last digit with these three set; with any one of them alone it did not, nor without oneDNN's or ATen's).
 KERNEL_CAPS = {"AVX2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
                "AVX512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
                           "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}}
