@@ -58,9 +58,9 @@ def recorded_threads(threads: int | None):
 
 def check_kernels(row: str, env: dict) -> None:
     """Refuse, before the run, to pre-train a row again on other CPU kernels than its record's: the re-run would be
-    another model (an AVX2 first run drifted on AVX-512 from its first transfer stage's first logged loss). A run without caps
-    dispatches as if capped at its CPU's own ISA, so an AVX2 CPU's record is made again on an AVX-512 CPU by capping
-    it at AVX2. A record from before 2026-12-07 names no ISA: nothing to check."""
+    another model (an AVX2 first run drifted on AVX-512 from its first transfer stage's first logged loss). A run
+    without caps dispatches as if capped at its CPU's own ISA, so an AVX2 CPU's record is made again on an AVX-512
+    CPU by capping it at AVX2. A record from before 2026-12-07 names no ISA: nothing to check."""
     if not env.get("isa"):
         return
     here = cpu_kernels()
@@ -73,7 +73,8 @@ def check_kernels(row: str, env: dict) -> None:
         beyond = here["isa_caps"] == want
     else:  # uncapped, a process runs at its CPU's highest of torch's x86 capabilities
         order = ("DEFAULT", "AVX2", "AVX512")
-        beyond = {env["isa"], here["isa"]} - set(order) or order.index(env["isa"]) > order.index(here["isa"])
+        beyond = env["isa"] not in order or here["isa"] not in order or \
+            order.index(env["isa"]) > order.index(here["isa"])
     if want and not beyond:
         raise CliError(f"pretrain/{row}: its run folder is gone and its record ran the CPU kernels at {first}, this "
                        f"process at {here['isa']}; CPU sums depend on them: run again with {_assignments(want)} set, "
@@ -128,4 +129,5 @@ def pretrain_again(self, row: str, out: Path, record: dict) -> bool:
                    + ("" if threads else f" (the record names no thread count; this re-run used OMP_NUM_THREADS="
                       f"{os.environ.get('OMP_NUM_THREADS')})")
                    + ("" if env.get("isa") else f" (the record names no CPU kernel ISA; this re-run ran at "
-                      f"{cpu_kernels()['isa']}, and a first run on another CPU, AVX2 against AVX-512, is another model)"))
+                      f"{cpu_kernels()['isa']}, and a first run on another CPU, AVX2 against AVX-512, is another "
+                      "model)"))
