@@ -16,7 +16,7 @@ PRETRAIN_SEEDS = (1, 2, 3)
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
         *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")), "pkt-adamw-cls-s1",
-        "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1")
+        "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
@@ -35,6 +35,7 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
 LABELS["pkt-adamw-cls-s1"] = LABELS["pkt-adamw-cls"] + ", pre-training seed 1"
 LABELS["pkt-adamw-cls-h4"] = LABELS["pkt-adamw-cls"] + ", 4 heads (teacher's in groups of 3)"
 LABELS["pkt-adamw-cls-h4-s1"] = LABELS["pkt-adamw-cls-h4"] + ", pre-training seed 1"
+LABELS.update({f"{row}-s1": LABELS[row] + ", pre-training seed 1" for row in ("jkt-adamw", "akt-adamw")})
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
 SEED_PAIR = {k: (label, (pair, *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS)))
              for k, label, pair in (("bare", "bare (AdamW)", "bare-adamw"),
