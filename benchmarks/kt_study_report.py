@@ -32,10 +32,9 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
                            "(kt.cls_weight=127)",
           **{f"{pair}-s{seed}": f"{label}, AdamW lr 1e-3, pre-training seed {seed}" for seed in PRETRAIN_SEEDS
              for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
-LABELS["pkt-adamw-cls-s1"] = LABELS["pkt-adamw-cls"] + ", pre-training seed 1"
 LABELS["pkt-adamw-cls-h4"] = LABELS["pkt-adamw-cls"] + ", 4 heads (teacher's in groups of 3)"
-LABELS["pkt-adamw-cls-h4-s1"] = LABELS["pkt-adamw-cls-h4"] + ", pre-training seed 1"
-LABELS.update({f"{row}-s1": LABELS[row] + ", pre-training seed 1" for row in ("jkt-adamw", "akt-adamw")})
+LABELS.update({f"{row}-s1": LABELS[row] + ", pre-training seed 1"
+               for row in ("pkt-adamw-cls", "pkt-adamw-cls-h4", "jkt-adamw", "akt-adamw")})
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
 SEED_PAIR = {k: (label, (pair, *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS)))
              for k, label, pair in (("bare", "bare (AdamW)", "bare-adamw"),
