@@ -17,7 +17,7 @@ sys.path.insert(0, str(SCRIPT.parent))  # the study's modules, imported by the t
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "bare-adamw-s1", "pkt-adamw-s1",
         "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1", "pkt-adamw-cls-h4",
-        "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1")
+        "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -78,7 +78,7 @@ def test_smoke_runs_every_cell(smoke):
                                    ("pkt-adamw-h4", ("kt", "pd")), ("pkt-adamw-cls", ("kt", "pd")),
                                    ("pkt-adamw-cls-s1", ("kt", "pd")), ("pkt-adamw-cls-h4", ("kt", "pd")),
                                    ("pkt-adamw-cls-h4-s1", ("kt", "pd")), ("jkt-adamw-s1", ("kt", "pd")),
-                                   ("akt-adamw-s1", ("kt",)),
+                                   ("akt-adamw-s1", ("kt",)), ("pkt-fmt-adamw-s1", ("kt", "pd")),
                                    *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
                                    *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
         settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
@@ -87,6 +87,9 @@ def test_smoke_runs_every_cell(smoke):
         # the rows named -sN (other pre-training seeds), and only they, run from run.seed N
         assert settings["run"]["seed"] == {"-s1": 1, "-s2": 2, "-s3": 3}.get(row[-3:], 0), row
     assert stages["jkt-adamw-s1"] == ["jkt", "pd"] and stages["akt-adamw-s1"] == ["akt"]
+    assert stages["pkt-fmt-adamw-s1"] == stages["pkt-fmt-adamw"]
+    fmt_s1 = yaml.safe_load((state / "pretrain" / "pkt-fmt-adamw-s1" / "settings.yaml").read_text())
+    assert fmt_s1["kt"]["at"]["weight"] == 0 and fmt_s1["run"]["seed"] == 1  # feature maps alone, seed 1
     for s in ("-s1", "-s2", "-s3"):
         assert stages["pkt-adamw" + s] == stages["pkt-adamw"] and stages["bare-adamw" + s] == ["bare"]
     # another seed is another run: the students differ
