@@ -13,11 +13,12 @@ from pathlib import Path
 
 # the AdamW pair pre-trained again from these run.seed values (rows bare-adamw-sN, pkt-adamw-sN; seed 0: the plain pair)
 PRETRAIN_SEEDS = (1, 2, 3)
+# rows pre-trained again from run.seed=1 as ROW-s1, the row's settings otherwise (kt_study_rows.ROW_SETTINGS)
+SEED1_ROWS = ("pkt-adamw-cls", "jkt-adamw", "akt-adamw", "pkt-fmt-adamw")
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
         *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")), "pkt-adamw-cls-s1",
-        "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1",
-        "pkt-fmt-adamw-s1")
+        "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
@@ -35,7 +36,7 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
              for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
 LABELS["pkt-adamw-cls-h4"] = LABELS["pkt-adamw-cls"] + ", 4 heads (teacher's in groups of 3)"
 LABELS.update({f"{row}-s1": LABELS[row] + ", pre-training seed 1"
-               for row in ("pkt-adamw-cls", "pkt-adamw-cls-h4", "jkt-adamw", "akt-adamw", "pkt-fmt-adamw")})
+               for row in (*SEED1_ROWS, "pkt-adamw-cls-h4")})
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
 SEED_PAIR = {k: (label, (pair, *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS)))
              for k, label, pair in (("bare", "bare (AdamW)", "bare-adamw"),

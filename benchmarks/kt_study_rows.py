@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from kt_study_report import PRETRAIN_SEEDS, TASKS
+from kt_study_report import PRETRAIN_SEEDS, SEED1_ROWS, TASKS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ ROW_SETTINGS.update({f"{pair}-s{seed}": (ROW_SETTINGS[pair][0] + [f"run.seed={se
 # JKT and AKT (Table 8 at 4x otherwise rests on one run per row; PKT has seeds 0-3), and PKT with feature maps alone
 # (Table 9's "attention adds" at 4x is a tie within one seed)
 ROW_SETTINGS.update({f"{row}-s1": (ROW_SETTINGS[row][0] + ["run.seed=1"], ROW_SETTINGS[row][1])
-                     for row in ("pkt-adamw-cls", "jkt-adamw", "akt-adamw", "pkt-fmt-adamw")})
+                     for row in SEED1_ROWS})
 # the [CLS]-weighted row with 4 heads: one student for the zero-shot, beat-bare and int8 latency goals together
 ROW_SETTINGS["pkt-adamw-cls-h4"] = ROW_SETTINGS["pkt-adamw-cls"]
 # ... and again from pre-training seed 1: do the three goals it holds at 4x hold for another pre-training run?

@@ -73,6 +73,7 @@ def test_smoke_runs_every_cell(smoke):
     assert stages["pkt-adamw-cls"] == stages["pkt-fmt-at"]
     cls_s1 = yaml.safe_load((state / "pretrain" / "pkt-adamw-cls-s1" / "settings.yaml").read_text())
     assert (cls_s1["kt"]["cls_weight"], cls_s1["run"]["seed"]) == (127.0, 1)
+    settings_of = {}  # row -> its settings.yaml, read once
     for row, stages_with_adamw in (("pkt-adamw", ("kt", "pd")), ("bare-adamw", ("kt",)), ("jkt-adamw", ("kt", "pd")),
                                    ("pkt-fmt-adamw", ("kt", "pd")), ("akt-adamw", ("kt",)),
                                    ("pkt-adamw-h4", ("kt", "pd")), ("pkt-adamw-cls", ("kt", "pd")),
@@ -81,14 +82,14 @@ def test_smoke_runs_every_cell(smoke):
                                    ("akt-adamw-s1", ("kt",)), ("pkt-fmt-adamw-s1", ("kt", "pd")),
                                    *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
                                    *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
-        settings = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
+        settings = settings_of[row] = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
         for stage in stages_with_adamw:  # the row's own optimizer wins over the budget's LAMB and lr
             assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
         # the rows named -sN (other pre-training seeds), and only they, run from run.seed N
         assert settings["run"]["seed"] == {"-s1": 1, "-s2": 2, "-s3": 3}.get(row[-3:], 0), row
     assert stages["jkt-adamw-s1"] == ["jkt", "pd"] and stages["akt-adamw-s1"] == ["akt"]
     assert stages["pkt-fmt-adamw-s1"] == stages["pkt-fmt-adamw"]
-    fmt_s1 = yaml.safe_load((state / "pretrain" / "pkt-fmt-adamw-s1" / "settings.yaml").read_text())
+    fmt_s1 = settings_of["pkt-fmt-adamw-s1"]
     assert fmt_s1["kt"]["at"]["weight"] == 0 and fmt_s1["run"]["seed"] == 1  # feature maps alone, seed 1
     for s in ("-s1", "-s2", "-s3"):
         assert stages["pkt-adamw" + s] == stages["pkt-adamw"] and stages["bare-adamw" + s] == ["bare"]
