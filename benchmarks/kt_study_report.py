@@ -13,12 +13,13 @@ from pathlib import Path
 
 # the AdamW pair pre-trained again from these run.seed values (rows bare-adamw-sN, pkt-adamw-sN; seed 0: the plain pair)
 PRETRAIN_SEEDS = (1, 2, 3)
-# rows pre-trained again from run.seed=1 as ROW-s1, the row's settings otherwise (kt_study_rows.ROW_SETTINGS)
-SEED1_ROWS = ("pkt-adamw-cls", "jkt-adamw", "akt-adamw", "pkt-fmt-adamw")
+# rows pre-trained again from run.seed=N as ROW-sN, the row's settings otherwise (kt_study_rows.ROW_SETTINGS)
+RESEEDED_ROWS = {1: ("pkt-adamw-cls", "jkt-adamw", "akt-adamw", "pkt-fmt-adamw"), 2: ("jkt-adamw", "akt-adamw")}
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
         *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")), "pkt-adamw-cls-s1",
-        "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1")
+        "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1", "jkt-adamw-s2",
+        "akt-adamw-s2")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
@@ -35,8 +36,8 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
           **{f"{pair}-s{seed}": f"{label}, AdamW lr 1e-3, pre-training seed {seed}" for seed in PRETRAIN_SEEDS
              for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
 LABELS["pkt-adamw-cls-h4"] = LABELS["pkt-adamw-cls"] + ", 4 heads (teacher's in groups of 3)"
-LABELS.update({f"{row}-s1": LABELS[row] + ", pre-training seed 1"
-               for row in (*SEED1_ROWS, "pkt-adamw-cls-h4")})
+LABELS.update({f"{row}-s{seed}": LABELS[row] + f", pre-training seed {seed}"
+               for seed, rows in {**RESEEDED_ROWS, 1: (*RESEEDED_ROWS[1], "pkt-adamw-cls-h4")}.items() for row in rows})
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
 SEED_PAIR = {k: (label, (pair, *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS)))
              for k, label, pair in (("bare", "bare (AdamW)", "bare-adamw"),
@@ -271,9 +272,9 @@ def markdown(results: dict, budget: dict, command: str = "python benchmarks/kt_s
               + orderings(rows) + orderings(rows, "-adamw"))
     for name, measured, verdict in checks:
         lines.append(f"| {name} | {measured} | **{verdict}** |")
-    from kt_study_seeds import seeds_section  # it reads this module's tables and summaries
+    from kt_study_seeds import orderings_section, seeds_section  # they read this module's tables and summaries
 
-    lines += seeds_section(cells, seeds)
+    lines += seeds_section(cells, seeds) + orderings_section(cells, seeds)
     lines += _variant_sections(cells, seeds, results["mode"], z_t, bench, command)
     if results["mode"] == "real":
         lines += ["", "Why the missed goals are missed, layer by layer ([CLS] against mean pooling, and how far each "

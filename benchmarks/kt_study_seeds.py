@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import statistics
 
-from kt_study_report import METRIC, PRETRAIN_SEEDS, SEED_PAIR, TASKS, mean_std, seed_averages, summarise
+from kt_study_report import METRIC, PRETRAIN_SEEDS, ROWS, SEED_PAIR, TASKS, mean_std, seed_averages, summarise
 
 
 def _pm(xs, n_all: int, scale: float = 100, digits: int = 1) -> str:
@@ -77,4 +77,63 @@ def seeds_section(cells: dict, seeds) -> list[str]:
     if any(rows[runs[i]]["mrpc"][0] < MRPC_FLOOR + 0.005 for i in done for _, runs in SEED_PAIR.values()):
         lines += ["", f"MRPC dev: answering 'paraphrase' for every pair scores F1 {100 * MRPC_FLOOR:.1f}; a row within "
                   "half a point of it has learnt next to nothing of the task, so a tie there says little either way."]
+    return lines
+
+
+# the paper's orderings over the AdamW rows (Table 8: PKT > JKT > AKT; Table 9: + attention > + feature maps > bare)
+SEED_CHAINS = (("Table 8: PKT > JKT > AKT", ("pkt-adamw", "jkt-adamw", "akt-adamw")),
+               ("Table 9: + attention > + feature maps (+ distillation) > bare",
+                ("pkt-adamw", "pkt-fmt-adamw", "bare-adamw")))
+
+
+def _runs(row: str) -> dict[int, str]:
+    """pre-training seed -> the study row of `row` pre-trained from it (seed 0: the row itself)."""
+    return {0: row, **{int(r.rsplit("-s", 1)[1]): r for r in ROWS if r.startswith(row + "-s")
+                       and r.rsplit("-s", 1)[1].isdigit()}}
+
+
+def orderings_section(cells: dict, seeds) -> list[str]:
+    """Table 8 and Table 9 over the pre-training seeds the rows of each chain share (each row's figure per seed: its
+    mean over fine-tuning seeds), when some row of a chain has run from a second seed. Judged on the means over the
+    shared seeds, like the one-seed checks above; each gap is set beside the pooled std over every pre-training x
+    fine-tuning run of the two rows, and the number of seeds at which the chain holds alone is given."""
+    rows = summarise(cells, seeds)
+    chain_rows = dict.fromkeys(r for _, chain in SEED_CHAINS for r in chain)
+    finished = {row: [s for s, r in _runs(row).items() if rows[r]["zero_shot"] is not None
+                      and all(rows[r][t] for t in TASKS)] for row in chain_rows}
+    covered = SEED_PAIR["bare"][1] + SEED_PAIR["pkt"][1]  # the pair over seeds has the section above
+    if all(len(finished[r]) < 2 for r in chain_rows if r not in covered):
+        return []
+    lines = ["", "## The paper's orderings over pre-training seeds (AdamW rows)", "",
+             "Each figure: mean ± std over the pre-training runs (seed 0: the row itself; seed N: ROW-sN) of their "
+             "means over fine-tuning seeds, for the runs with every cell finished.", "",
+             "| row | pre-training seeds | zero-shot STS-B | average | per seed: average |", "|---|---|---:|---:|---|"]
+    for row in chain_rows:
+        runs = [_runs(row)[s] for s in finished[row]]
+        lines.append(f"| {row} | {_and(finished[row]) or '–'} | {_pm([rows[r]['zero_shot'] for r in runs], 0, 1, 3)} "
+                     f"| {_pm([rows[r]['avg'][0] for r in runs], 0, 100, 2)} | "
+                     + ", ".join(f"{100 * rows[r]['avg'][0]:.2f}" for r in runs) + " |")
+    lines += ["", "| check | measured | verdict |", "|---|---|---|"]
+    for name, chain in SEED_CHAINS:
+        shared = sorted(set.intersection(*(set(finished[r]) for r in chain)))
+        for what, value, fmt in (("fine-tuned average", lambda r: 100 * rows[r]["avg"][0], ".2f"),
+                                 ("zero-shot STS-B", lambda r: rows[r]["zero_shot"], ".3f")):
+            label = f"{name}, {what}, over the pre-training seeds every row has"
+            if len(shared) < 2:
+                lines.append(f"| {label} | – | **pending** |")
+                continue
+            mean = {r: statistics.fmean(value(_runs(r)[s]) for s in shared) for r in chain}
+            at_each = sum(all(value(_runs(a)[s]) > value(_runs(b)[s]) for a, b in zip(chain, chain[1:])) for s in shared)
+            gaps = []
+            for a, b in zip(chain, chain[1:]):
+                if what == "zero-shot STS-B":  # one value per pre-training run: its spread is over the runs
+                    sd = [statistics.stdev(value(_runs(r)[s]) for s in shared) for r in (a, b)]
+                else:  # every (pre-training seed, fine-tuning seed) average: both kinds of noise
+                    sd = [statistics.stdev([100 * x for s in shared for x in seed_averages(cells, _runs(r)[s], seeds)])
+                          for r in (a, b)]
+                gaps.append(f"{mean[a] - mean[b]:+{fmt}} vs std {((sd[0] ** 2 + sd[1] ** 2) / 2) ** 0.5:{fmt}}")
+            held = all(mean[a] > mean[b] for a, b in zip(chain, chain[1:]))
+            lines.append(f"| {label} | seeds {_and(shared)}: " + " > ".join(f"{r} {mean[r]:{fmt}}" for r in chain)
+                         + f" (gaps {'; '.join(gaps)}); at each seed alone: held at {at_each} of {len(shared)} | "
+                         f"**{'held' if held else 'not held'}** |")
     return lines

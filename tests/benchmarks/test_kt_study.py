@@ -17,7 +17,7 @@ sys.path.insert(0, str(SCRIPT.parent))  # the study's modules, imported by the t
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "bare-adamw-s1", "pkt-adamw-s1",
         "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1", "pkt-adamw-cls-h4",
-        "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1")
+        "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1", "jkt-adamw-s2", "akt-adamw-s2")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -80,6 +80,7 @@ def test_smoke_runs_every_cell(smoke):
                                    ("pkt-adamw-cls-s1", ("kt", "pd")), ("pkt-adamw-cls-h4", ("kt", "pd")),
                                    ("pkt-adamw-cls-h4-s1", ("kt", "pd")), ("jkt-adamw-s1", ("kt", "pd")),
                                    ("akt-adamw-s1", ("kt",)), ("pkt-fmt-adamw-s1", ("kt", "pd")),
+                                   ("jkt-adamw-s2", ("kt", "pd")), ("akt-adamw-s2", ("kt",)),
                                    *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
                                    *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
         settings = settings_of[row] = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
@@ -87,7 +88,8 @@ def test_smoke_runs_every_cell(smoke):
             assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
         # the rows named -sN (other pre-training seeds), and only they, run from run.seed N
         assert settings["run"]["seed"] == {"-s1": 1, "-s2": 2, "-s3": 3}.get(row[-3:], 0), row
-    assert stages["jkt-adamw-s1"] == ["jkt", "pd"] and stages["akt-adamw-s1"] == ["akt"]
+    for s in ("-s1", "-s2"):
+        assert stages["jkt-adamw" + s] == ["jkt", "pd"] and stages["akt-adamw" + s] == ["akt"]
     assert stages["pkt-fmt-adamw-s1"] == stages["pkt-fmt-adamw"]
     fmt_s1 = settings_of["pkt-fmt-adamw-s1"]
     assert fmt_s1["kt"]["at"]["weight"] == 0 and fmt_s1["run"]["seed"] == 1  # feature maps alone, seed 1
@@ -447,6 +449,46 @@ def test_seeds_section_reports_the_average_and_the_every_task_halves_apart():
     cells["finetune/pkt-adamw-s2/sst-2/1"] = {"row": "pkt-adamw-s2", "task": "sst-2", "seed": 1, "score": 0.7}
     md = "\n".join(seeds_section(cells, (1, 2, 3)))
     assert "| PKT - bare, pre-training seed 2 | +0.000 | – |" in md and "pre-training seeds 0, 1: average" in md
+
+
+def test_orderings_section_judges_the_chains_on_the_seeds_every_row_has():
+    from kt_study_seeds import orderings_section
+
+    # every task scores v (+ the same fine-tuning jitter in every row); zero-shot is v too. PKT's seed 2 is shared by
+    # no other row, so the chains are judged on seeds 0 and 1: Table 8 holds on the means but not at seed 1 alone
+    v = {"pkt-adamw": (0.60, 0.60, 0.70), "jkt-adamw": (0.58, 0.61), "akt-adamw": (0.55, 0.55),
+         "pkt-fmt-adamw": (0.59, 0.59), "bare-adamw": (0.50, 0.50)}
+    cells = {}
+    for base, per_seed in v.items():
+        for pre, score in enumerate(per_seed):
+            row = base if pre == 0 else f"{base}-s{pre}"
+            cells[f"zeroshot/{row}"] = {"spearman": score, "params": 1}
+            for task in TASKS:
+                for seed in (1, 2, 3):
+                    cells[f"finetune/{row}/{task}/{seed}"] = {"score": score + 0.001 * seed}
+    md = "\n".join(orderings_section(cells, (1, 2, 3)))
+    assert "| pkt-adamw | 0, 1 and 2 | 0.633 ± 0.058 | 63.53 ± 5.77 | 60.20, 60.20, 70.20 |" in md
+    assert "| jkt-adamw | 0 and 1 | 0.595 ± 0.021 | 59.70 ± 2.12 | 58.20, 61.20 |" in md
+    # the gap against the pooled std of every (pre-training, fine-tuning) run: sqrt((0.008 + 2.708) / 2) = 1.17
+    assert ("| Table 8: PKT > JKT > AKT, fine-tuned average, over the pre-training seeds every row has | seeds 0 and 1: "
+            "pkt-adamw 60.20 > jkt-adamw 59.70 > akt-adamw 55.20 (gaps +0.50 vs std 1.17; +4.50 vs std 1.17); "
+            "at each seed alone: held at 1 of 2 | **held** |") in md
+    assert "pkt-adamw 0.600 > jkt-adamw 0.595 > akt-adamw 0.550 (gaps +0.005 vs std 0.015; +0.045 vs std 0.015)" in md
+    assert "bare-adamw 50.20 (gaps +1.00 vs std 0.09; +9.00 vs std 0.09); at each seed alone: held at 2 of 2 | **held**" in md
+    # JKT ahead at both seeds: Table 8 not held, whatever one seed says
+    for key, rec in cells.items():
+        if key.startswith("finetune/jkt-adamw"):
+            rec["score"] += 0.03
+    md = "\n".join(orderings_section(cells, (1, 2, 3)))
+    assert "pkt-adamw 60.20 > jkt-adamw 62.70 > akt-adamw 55.20 (gaps -2.50 vs std 1.17; +7.50 vs std 1.17); at each " \
+           "seed alone: held at 0 of 2 | **not held** |" in md
+    # AKT's seed 1 unfinished: Table 8 is pending (one shared seed), Table 9 still judged
+    md = "\n".join(orderings_section({k: v for k, v in cells.items() if "akt-adamw-s1/rte" not in k}, (1, 2, 3)))
+    assert "| Table 8: PKT > JKT > AKT, fine-tuned average, over the pre-training seeds every row has | – | **pending** |" in md
+    assert md.count("**held**") == 2
+    # only the bare / PKT pair has other seeds (it has its own section): no section
+    assert orderings_section({k: v for k, v in cells.items() if not any(f"{r}-s" in k for r in (
+        "jkt-adamw", "akt-adamw", "pkt-fmt-adamw"))}, (1, 2, 3)) == []
 
 
 def test_a_stopped_command_is_reported_as_stopped_not_by_its_last_warning(monkeypatch):
