@@ -37,7 +37,8 @@ LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random we
              for pair, label in (("bare-adamw", "bare"), ("pkt-adamw", "PKT, feature maps + attention + final stage"))}}
 LABELS["pkt-adamw-cls-h4"] = LABELS["pkt-adamw-cls"] + ", 4 heads (teacher's in groups of 3)"
 LABELS.update({f"{row}-s{seed}": LABELS[row] + f", pre-training seed {seed}"
-               for seed, rows in {**RESEEDED_ROWS, 1: (*RESEEDED_ROWS[1], "pkt-adamw-cls-h4")}.items() for row in rows})
+               for seed, rows in RESEEDED_ROWS.items() for row in rows})
+LABELS["pkt-adamw-cls-h4-s1"] = LABELS["pkt-adamw-cls-h4"] + ", pre-training seed 1"
 # the AdamW pair over pre-training seeds (run.seed 0, 1, 2, ...): (label, the rows of seeds 0, 1, ...)
 SEED_PAIR = {k: (label, (pair, *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS)))
              for k, label, pair in (("bare", "bare (AdamW)", "bare-adamw"),

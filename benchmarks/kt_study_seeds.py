@@ -99,7 +99,8 @@ def orderings_section(cells: dict, seeds) -> list[str]:
     fine-tuning run of the two rows, and the number of seeds at which the chain holds alone is given."""
     rows = summarise(cells, seeds)
     chain_rows = dict.fromkeys(r for _, chain in SEED_CHAINS for r in chain)
-    finished = {row: [s for s, r in _runs(row).items() if rows[r]["zero_shot"] is not None
+    runs_of = {row: _runs(row) for row in chain_rows}  # row -> {pre-training seed: study row}
+    finished = {row: [s for s, r in runs_of[row].items() if rows[r]["zero_shot"] is not None
                       and all(rows[r][t] for t in TASKS)] for row in chain_rows}
     covered = SEED_PAIR["bare"][1] + SEED_PAIR["pkt"][1]  # the pair over seeds has the section above
     if all(len(finished[r]) < 2 for r in chain_rows if r not in covered):
@@ -109,28 +110,30 @@ def orderings_section(cells: dict, seeds) -> list[str]:
              "means over fine-tuning seeds, for the runs with every cell finished.", "",
              "| row | pre-training seeds | zero-shot STS-B | average | per seed: average |", "|---|---|---:|---:|---|"]
     for row in chain_rows:
-        runs = [_runs(row)[s] for s in finished[row]]
+        runs = [runs_of[row][s] for s in finished[row]]
         lines.append(f"| {row} | {_and(finished[row]) or '–'} | {_pm([rows[r]['zero_shot'] for r in runs], 0, 1, 3)} "
                      f"| {_pm([rows[r]['avg'][0] for r in runs], 0, 100, 2)} | "
                      + ", ".join(f"{100 * rows[r]['avg'][0]:.2f}" for r in runs) + " |")
     lines += ["", "| check | measured | verdict |", "|---|---|---|"]
     for name, chain in SEED_CHAINS:
         shared = sorted(set.intersection(*(set(finished[r]) for r in chain)))
-        for what, value, fmt in (("fine-tuned average", lambda r: 100 * rows[r]["avg"][0], ".2f"),
-                                 ("zero-shot STS-B", lambda r: rows[r]["zero_shot"], ".3f")):
+        # (measure, a run's figure, format, a row's values over the shared seeds whose std is the noise): zero-shot
+        # has one value per pre-training run; the average has one per (pre-training, fine-tuning) run, both noises
+        for what, value, fmt, spread in (
+                ("fine-tuned average", lambda r: 100 * rows[r]["avg"][0], ".2f",
+                 lambda row: [100 * x for s in shared for x in seed_averages(cells, runs_of[row][s], seeds)]),
+                ("zero-shot STS-B", lambda r: rows[r]["zero_shot"], ".3f",
+                 lambda row: [rows[runs_of[row][s]]["zero_shot"] for s in shared])):
             label = f"{name}, {what}, over the pre-training seeds every row has"
             if len(shared) < 2:
                 lines.append(f"| {label} | – | **pending** |")
                 continue
-            mean = {r: statistics.fmean(value(_runs(r)[s]) for s in shared) for r in chain}
-            at_each = sum(all(value(_runs(a)[s]) > value(_runs(b)[s]) for a, b in zip(chain, chain[1:])) for s in shared)
+            mean = {r: statistics.fmean(value(runs_of[r][s]) for s in shared) for r in chain}
+            at_each = sum(all(value(runs_of[a][s]) > value(runs_of[b][s]) for a, b in zip(chain, chain[1:]))
+                          for s in shared)
             gaps = []
             for a, b in zip(chain, chain[1:]):
-                if what == "zero-shot STS-B":  # one value per pre-training run: its spread is over the runs
-                    sd = [statistics.stdev(value(_runs(r)[s]) for s in shared) for r in (a, b)]
-                else:  # every (pre-training seed, fine-tuning seed) average: both kinds of noise
-                    sd = [statistics.stdev([100 * x for s in shared for x in seed_averages(cells, _runs(r)[s], seeds)])
-                          for r in (a, b)]
+                sd = [statistics.stdev(spread(r)) for r in (a, b)]
                 gaps.append(f"{mean[a] - mean[b]:+{fmt}} vs std {((sd[0] ** 2 + sd[1] ** 2) / 2) ** 0.5:{fmt}}")
             held = all(mean[a] > mean[b] for a, b in zip(chain, chain[1:]))
             lines.append(f"| {label} | seeds {_and(shared)}: " + " > ".join(f"{r} {mean[r]:{fmt}}" for r in chain)
