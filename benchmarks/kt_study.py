@@ -25,7 +25,7 @@ Rows (the pre-training ones all get the same steps, batch and sequence length; t
                  -h4: with 4 heads, as pkt-adamw-h4
     bare-adamw-sN, pkt-adamw-sN   the AdamW pair again from pre-training seed N = 1, 2, 3 (run.seed;
                  kt_study_report.PRETRAIN_SEEDS), for the spread over pre-training runs one run per row cannot show
-    jkt-adamw-sN, akt-adamw-sN   jkt-adamw, akt-adamw from pre-training seed N = 1, 2 (Table 8's spread over
+    jkt-adamw-sN, akt-adamw-sN   jkt-adamw, akt-adamw from pre-training seed N = 1, 2, 3 (Table 8's spread over
                  seeds; kt_study_report.RESEEDED_ROWS)
     pkt-fmt-adamw-s1   pkt-fmt-adamw from pre-training seed 1 (Table 9's "attention adds" over seeds)
 

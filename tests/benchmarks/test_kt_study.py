@@ -17,7 +17,8 @@ sys.path.insert(0, str(SCRIPT.parent))  # the study's modules, imported by the t
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls", "bare-adamw-s1", "pkt-adamw-s1",
         "bare-adamw-s2", "pkt-adamw-s2", "bare-adamw-s3", "pkt-adamw-s3", "pkt-adamw-cls-s1", "pkt-adamw-cls-h4",
-        "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1", "jkt-adamw-s2", "akt-adamw-s2")
+        "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1", "jkt-adamw-s2", "akt-adamw-s2",
+        "jkt-adamw-s3", "akt-adamw-s3")
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 
 
@@ -81,6 +82,7 @@ def test_smoke_runs_every_cell(smoke):
                                    ("pkt-adamw-cls-h4-s1", ("kt", "pd")), ("jkt-adamw-s1", ("kt", "pd")),
                                    ("akt-adamw-s1", ("kt",)), ("pkt-fmt-adamw-s1", ("kt", "pd")),
                                    ("jkt-adamw-s2", ("kt", "pd")), ("akt-adamw-s2", ("kt",)),
+                                   ("jkt-adamw-s3", ("kt", "pd")), ("akt-adamw-s3", ("kt",)),
                                    *((f"bare-adamw-s{n}", ("kt",)) for n in (1, 2, 3)),
                                    *((f"pkt-adamw-s{n}", ("kt", "pd")) for n in (1, 2, 3))):
         settings = settings_of[row] = yaml.safe_load((state / "pretrain" / row / "settings.yaml").read_text())
@@ -88,7 +90,7 @@ def test_smoke_runs_every_cell(smoke):
             assert settings[stage]["optim"]["name"] == "adamw" and settings[stage]["optim"]["lr"] == 1e-3
         # the rows named -sN (other pre-training seeds), and only they, run from run.seed N
         assert settings["run"]["seed"] == {"-s1": 1, "-s2": 2, "-s3": 3}.get(row[-3:], 0), row
-    for s in ("-s1", "-s2"):
+    for s in ("-s1", "-s2", "-s3"):
         assert stages["jkt-adamw" + s] == ["jkt", "pd"] and stages["akt-adamw" + s] == ["akt"]
     assert stages["pkt-fmt-adamw-s1"] == stages["pkt-fmt-adamw"]
     fmt_s1 = settings_of["pkt-fmt-adamw-s1"]
