@@ -18,9 +18,8 @@ RESEEDED_ROWS = {1: ("pkt-adamw-cls", "jkt-adamw", "akt-adamw", "pkt-fmt-adamw")
                  3: ("jkt-adamw", "akt-adamw")}
 ROWS = ("teacher", "random", "bare", "pkt-fmt", "pkt-fmt-at", "jkt", "akt", "pkt-clean", "bare-adamw", "pkt-adamw",
         "pkt-fmt-adamw", "jkt-adamw", "akt-adamw", "pkt-adamw-h4", "pkt-adamw-cls",
-        *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")), "pkt-adamw-cls-s1",
-        "pkt-adamw-cls-h4", "pkt-adamw-cls-h4-s1", "jkt-adamw-s1", "akt-adamw-s1", "pkt-fmt-adamw-s1", "jkt-adamw-s2",
-        "akt-adamw-s2", "jkt-adamw-s3", "akt-adamw-s3")
+        *(f"{pair}-s{seed}" for seed in PRETRAIN_SEEDS for pair in ("bare-adamw", "pkt-adamw")), "pkt-adamw-cls-h4",
+        "pkt-adamw-cls-h4-s1", *(f"{row}-s{seed}" for seed, rows in RESEEDED_ROWS.items() for row in rows))
 TASKS = ("sst-2", "mrpc", "sts-b", "rte")
 LABELS = {"teacher": "teacher (all-MiniLM-L6-v2)", "random": "student, random weights", "bare": "bare (MLM + NSP, no teacher)",
           "pkt-fmt": "PKT, feature maps + final stage", "pkt-fmt-at": "PKT, feature maps + attention + final stage",
